@@ -1,0 +1,321 @@
+"""The appliance configuration document: one versioned, validated description of a router.
+
+The orchestrator renders it from Neutron data and PUTs it whole; the appliance converges the
+kernel and its daemons to it. Field-level rules live on the models (pydantic reports each
+violation with its path); rules that relate several parts of the document live in
+``problems()``, which reports every violation with its path too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    IPvAnyAddress,
+    IPvAnyInterface,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+)
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def _mac(value: str) -> str:
+    value = value.lower()
+    if not MAC_RE.match(value):
+        raise ValueError("must be a MAC address like fa:16:3e:00:00:01")
+    return value
+
+
+def _hostname(value: str) -> str:
+    value = value.lower()
+    if len(value) > 253 or not HOSTNAME_RE.match(value):
+        raise ValueError("must be a DNS name: labels of letters, digits and '-'")
+    return value
+
+
+MacAddress = Annotated[str, AfterValidator(_mac)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IpVersion = Literal[4, 6]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortRange(Strict):
+    """A single port (first == last) or an inclusive range."""
+
+    first: Port
+    last: Port
+
+    @field_validator("last")
+    @classmethod
+    def _ordered(cls, last: int, info: object) -> int:
+        first = getattr(info, "data", {}).get("first")
+        if first is not None and last < first:
+            raise ValueError("must not be lower than first")
+        return last
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+class Interface(Strict):
+    """A NIC of the appliance, found by MAC (kernel names are the appliance's business)."""
+
+    mac: MacAddress
+    mtu: int = Field(1500, ge=1280, le=9216)
+
+
+class HostRoute(Strict):
+    destination: IPvAnyNetwork
+    nexthop: IPvAnyAddress
+
+
+Ipv6Mode = Literal["slaac", "dhcpv6-stateful", "dhcpv6-stateless"]
+
+
+class Subnet(Strict):
+    id: Identifier
+    cidr: IPvAnyNetwork
+    gateway_ip: IPvAnyAddress | None = None
+    dhcp_enabled: bool = True
+    dns_nameservers: list[IPvAnyAddress] = Field(default_factory=list, max_length=16)
+    host_routes: list[HostRoute] = Field(default_factory=list, max_length=256)
+    ipv6_ra_mode: Ipv6Mode | None = None
+    ipv6_address_mode: Ipv6Mode | None = None
+
+
+class Allocation(Strict):
+    """A Neutron port behind the router: DHCP serves it its fixed IPs, DNS its name."""
+
+    port_id: Identifier
+    mac: MacAddress
+    ips: list[IPvAnyAddress] = Field(min_length=1, max_length=16)
+    hostname: Hostname
+
+
+NetworkKind = Literal["management", "external", "internal"]
+
+
+class Network(Strict):
+    id: Identifier
+    kind: NetworkKind
+    interface_mac: MacAddress
+    addresses: list[IPvAnyInterface] = Field(min_length=1, max_length=32)
+    subnets: list[Subnet] = Field(default_factory=list, max_length=32)
+    allocations: list[Allocation] = Field(default_factory=list, max_length=4096)
+
+
+class StaticRoute(Strict):
+    """Neutron's extra routes."""
+
+    destination: IPvAnyNetwork
+    nexthop: IPvAnyAddress
+
+
+class FloatingIP(Strict):
+    """1:1 NAT between an address of the external network and a fixed IP behind the router."""
+
+    floating_ip: ipaddress.IPv4Address
+    fixed_ip: ipaddress.IPv4Address
+
+
+class PortForward(Strict):
+    """Neutron's port_forwarding resource: a port (range) of a floating IP to an inside host."""
+
+    id: Identifier
+    external_ip: ipaddress.IPv4Address
+    protocol: Literal["tcp", "udp"]
+    external_port: PortRange
+    internal_ip: ipaddress.IPv4Address
+    internal_port: PortRange
+
+
+class FirewallRule(Strict):
+    """One rule on forwarded traffic; the first rule that matches decides.
+
+    direction is relative to the router's external network: ``ingress`` is traffic arriving
+    from it, ``egress`` traffic leaving through it, ``any`` every forwarded packet.
+    """
+
+    id: Identifier | None = None
+    action: Literal["allow", "deny", "reject"]
+    direction: Literal["ingress", "egress", "any"] = "any"
+    ip_version: IpVersion = 4
+    # "icmp" means ICMPv6 in an IPv6 rule: one name for both families.
+    protocol: Literal["any", "tcp", "udp", "icmp"] = "any"
+    source_cidr: IPvAnyNetwork | None = None
+    destination_cidr: IPvAnyNetwork | None = None
+    source_ports: PortRange | None = None
+    destination_ports: PortRange | None = None
+
+
+class Firewall(Strict):
+    default_action: Literal["allow", "deny"] = "allow"
+    rules: list[FirewallRule] = Field(default_factory=list, max_length=20000)
+
+
+class Metadata(Strict):
+    """Where the appliance's metadata proxy forwards instances' 169.254.169.254 requests."""
+
+    upstream_url: HttpUrl
+    shared_secret: SecretStr | None = None
+
+
+class ApplianceConfig(Strict):
+    """The whole desired state of one router appliance."""
+
+    generation: int = Field(ge=1, description="Increases with every change; older ones get 409")
+    router_id: Identifier
+    hostname: Hostname
+    interfaces: list[Interface] = Field(max_length=64)
+    networks: list[Network] = Field(max_length=64)
+    routes: list[StaticRoute] = Field(default_factory=list, max_length=1024)
+    snat_enabled: bool = True
+    floating_ips: list[FloatingIP] = Field(default_factory=list, max_length=8192)
+    port_forwards: list[PortForward] = Field(default_factory=list, max_length=8192)
+    firewall: Firewall = Field(default_factory=Firewall)
+    metadata: Metadata | None = None
+
+    def network(self, kind: NetworkKind) -> Network | None:
+        """The first network of a kind (there is at most one management and one external)."""
+        return next((net for net in self.networks if net.kind == kind), None)
+
+    def internal_networks(self) -> list[Network]:
+        return [net for net in self.networks if net.kind == "internal"]
+
+
+class Problem(BaseModel):
+    """One reason a document is refused: where it is, and what is wrong."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+def problems(config: ApplianceConfig) -> list[Problem]:
+    """Every cross-reference error in a document; empty when it can be applied."""
+    return list(_problems(config))
+
+
+def _problems(config: ApplianceConfig) -> Iterator[Problem]:
+    macs = [iface.mac for iface in config.interfaces]
+    for index, mac in enumerate(macs):
+        if mac in macs[:index]:
+            yield Problem(loc=("interfaces", index, "mac"), msg=f"{mac} is listed twice")
+
+    used_macs: set[str] = set()
+    for kind in ("management", "external"):
+        found = [i for i, net in enumerate(config.networks) if net.kind == kind]
+        for index in found[1:]:
+            yield Problem(loc=("networks", index, "kind"), msg=f"only one {kind} network")
+    for n, net in enumerate(config.networks):
+        where: tuple[str | int, ...] = ("networks", n)
+        if net.interface_mac not in macs:
+            yield Problem(loc=(*where, "interface_mac"), msg="no interface has this MAC")
+        if net.interface_mac in used_macs:
+            yield Problem(loc=(*where, "interface_mac"), msg="interface used by another network")
+        used_macs.add(net.interface_mac)
+        yield from _network_problems(net, where)
+
+    internal_subnets = [s.cidr for net in config.internal_networks() for s in net.subnets]
+    external = config.network("external")
+    external_subnets = [s.cidr for s in external.subnets] if external else []
+    connected = [addr.network for net in config.networks for addr in net.addresses]
+
+    for r, route in enumerate(config.routes):
+        if not _inside(route.nexthop, connected):
+            yield Problem(loc=("routes", r, "nexthop"), msg="not on a connected subnet")
+
+    if (config.floating_ips or config.port_forwards) and external is None:
+        yield Problem(loc=("networks",), msg="floating IPs and port forwards need an external network")
+    seen_fips: set[ipaddress.IPv4Address] = set()
+    for f, fip in enumerate(config.floating_ips):
+        where = ("floating_ips", f)
+        if fip.floating_ip in seen_fips:
+            yield Problem(loc=(*where, "floating_ip"), msg="listed twice")
+        seen_fips.add(fip.floating_ip)
+        if external is not None and not _inside(fip.floating_ip, external_subnets):
+            yield Problem(loc=(*where, "floating_ip"), msg="not in a subnet of the external network")
+        if not _inside(fip.fixed_ip, internal_subnets):
+            yield Problem(loc=(*where, "fixed_ip"), msg="not in a subnet of an internal network")
+
+    claimed: list[tuple[str, ipaddress.IPv4Address, PortRange]] = []
+    for p, forward in enumerate(config.port_forwards):
+        where = ("port_forwards", p)
+        if forward.external_ip in seen_fips:
+            yield Problem(loc=(*where, "external_ip"), msg="already a 1:1 floating IP")
+        if external is not None and not _inside(forward.external_ip, external_subnets):
+            yield Problem(loc=(*where, "external_ip"), msg="not in a subnet of the external network")
+        if not _inside(forward.internal_ip, internal_subnets):
+            yield Problem(loc=(*where, "internal_ip"), msg="not in a subnet of an internal network")
+        if forward.internal_port.size not in (1, forward.external_port.size):
+            yield Problem(
+                loc=(*where, "internal_port"),
+                msg="must be one port or a range as long as external_port",
+            )
+        for proto, ip, ports in claimed:
+            if (proto, ip) == (forward.protocol, forward.external_ip) and _overlap(
+                ports, forward.external_port
+            ):
+                yield Problem(loc=(*where, "external_port"), msg="overlaps another port forward")
+        claimed.append((forward.protocol, forward.external_ip, forward.external_port))
+
+    for r, rule in enumerate(config.firewall.rules):
+        yield from _rule_problems(rule, ("firewall", "rules", r))
+
+
+def _network_problems(net: Network, where: tuple[str | int, ...]) -> Iterator[Problem]:
+    cidrs = [subnet.cidr for subnet in net.subnets]
+    if net.kind != "management":
+        for a, address in enumerate(net.addresses):
+            if cidrs and not _inside(address.ip, cidrs):
+                yield Problem(loc=(*where, "addresses", a), msg="not in a subnet of this network")
+    if net.allocations and net.kind != "internal":
+        yield Problem(loc=(*where, "allocations"), msg="only internal networks have allocations")
+    for s, subnet in enumerate(net.subnets):
+        if subnet.gateway_ip is not None and subnet.gateway_ip not in subnet.cidr:
+            yield Problem(loc=(*where, "subnets", s, "gateway_ip"), msg="not inside cidr")
+        if subnet.cidr.version == 4 and (subnet.ipv6_ra_mode or subnet.ipv6_address_mode):
+            yield Problem(loc=(*where, "subnets", s), msg="IPv6 modes on an IPv4 subnet")
+    for a, alloc in enumerate(net.allocations):
+        for i, ip in enumerate(alloc.ips):
+            if not _inside(ip, cidrs):
+                yield Problem(
+                    loc=(*where, "allocations", a, "ips", i), msg="not in a subnet of this network"
+                )
+
+
+def _rule_problems(rule: FirewallRule, where: tuple[str | int, ...]) -> Iterator[Problem]:
+    for name in ("source_cidr", "destination_cidr"):
+        cidr = getattr(rule, name)
+        if cidr is not None and cidr.version != rule.ip_version:
+            yield Problem(loc=(*where, name), msg=f"not an IPv{rule.ip_version} network")
+    if rule.protocol not in ("tcp", "udp"):
+        for name in ("source_ports", "destination_ports"):
+            if getattr(rule, name) is not None:
+                yield Problem(loc=(*where, name), msg="ports need protocol tcp or udp")
+
+
+def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: list) -> bool:  # type: ignore[type-arg]
+    return any(ip.version == net.version and ip in net for net in nets)
+
+
+def _overlap(a: PortRange, b: PortRange) -> bool:
+    return a.first <= b.last and b.first <= a.last

@@ -1,0 +1,299 @@
+"""A real neutron-server for tests, benchmarks and the demo.
+
+Neutron 29.0.0 from PyPI runs in a virtual environment of its own (cached under
+``cache_dir``, rebuilt when ``neutron-requirements.txt`` changes), on its own MariaDB database,
+with notifications (messagingv2) to RabbitMQ, noauth, ML2 without mechanism drivers and the
+router service plugin, served on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pymysql
+
+HERE = Path(__file__).resolve().parent
+REQUIREMENTS = HERE / "neutron-requirements.txt"
+WSGI_RUNNER = HERE / "neutron_wsgi.py"
+
+DEFAULT_STATE_DIR = Path(os.environ.get("ASTARA_TESTBED_DIR", "/var/lib/astara/testbed"))
+DEFAULT_CACHE_DIR = Path(os.environ.get("ASTARA_CACHE_DIR", "/var/cache/astara"))
+RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
+
+ExtraConfig = Mapping[str, Mapping[str, str]]
+
+
+class TestbedError(RuntimeError):
+    """The test bed could not be brought up; the message says why and where the log is."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    pid: int
+    log: Path
+
+
+def say(message: str) -> None:
+    print(f"[testbed] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def process_alive(pid: int) -> bool:
+    """True when pid runs and is not a zombie (PID 1 here may not reap orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def requirements_digest() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
+
+
+def ensure_venv(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+    """Return the Neutron venv for the pinned requirements, building it when absent."""
+    venv = cache_dir / f"neutron-venv-{requirements_digest()}"
+    stamp = venv / ".astara-complete"
+    if stamp.exists():
+        return venv
+    say(f"building the Neutron venv in {venv} (about two minutes the first time)")
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin/pip"), "install", "-q", "-r", str(REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(REQUIREMENTS.read_text())
+    say(f"Neutron venv ready in {time.monotonic() - started:.0f} s")
+    return venv
+
+
+@dataclass
+class NeutronTestbed:
+    """One neutron-server; its files (config, log, pid, port) live in ``state_dir``."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    database: str = "astara_neutron"
+    db_user: str = "astara_neutron"
+    extra_config: ExtraConfig = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "neutron.pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.state_dir / "neutron.port"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "neutron.log"
+
+    def status(self) -> Endpoint | None:
+        """The running server's endpoint, or None when it is not running."""
+        try:
+            pid = int(self.pid_file.read_text())
+            port = int(self.port_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not process_alive(pid):
+            return None
+        return Endpoint(f"http://127.0.0.1:{port}", pid, self.log_file)
+
+    def up(self, timeout: float = 90.0) -> Endpoint:
+        running = self.status()
+        if running is not None and _api_ready(running.url):
+            say(f"already running at {running.url} (pid {running.pid})")
+            return running
+        self.down()
+        venv = ensure_venv(self.cache_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        password = self._password()
+        say(f"creating database {self.database} on MariaDB")
+        self._reset_database(password)
+        self._write_config(venv, password)
+        say("migrating the database (neutron-db-manage upgrade heads)")
+        migrate = subprocess.run(
+            [
+                str(venv / "bin/neutron-db-manage"),
+                "--config-file", str(self.state_dir / "neutron.conf"),
+                "--config-file", str(self.state_dir / "ml2_conf.ini"),
+                "upgrade", "heads",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if migrate.returncode != 0:
+            raise TestbedError("neutron-db-manage failed:\n" + migrate.stderr[-4000:])
+        return self._start(venv, timeout)
+
+    def down(self) -> None:
+        running = self.status()
+        if running is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        say(f"stopping neutron-server (pid {running.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while process_alive(running.pid) and time.monotonic() < deadline:
+            _reap(running.pid)
+            time.sleep(0.1)
+        if process_alive(running.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(running.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        _reap(running.pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def _password(self) -> str:
+        path = self.state_dir / "db-password"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(18))
+        return path.read_text().strip()
+
+    def _reset_database(self, password: str) -> None:
+        conn = pymysql.connect(unix_socket=MARIADB_SOCKET, user="root")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
+                cur.execute(
+                    f"CREATE USER IF NOT EXISTS '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s",
+                    (password,),
+                )
+                cur.execute(f"ALTER USER '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
+                cur.execute(
+                    f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.db_user}'@'127.0.0.1'"
+                )
+            conn.commit()
+        finally:
+            conn.close()
+
+    def _write_config(self, venv: Path, password: str) -> None:
+        neutron: dict[str, dict[str, str]] = {
+            "DEFAULT": {
+                "core_plugin": "ml2",
+                "service_plugins": "router",
+                "auth_strategy": "noauth",
+                "api_paste_config": str(venv / "etc/neutron/api-paste.ini"),
+                "transport_url": RABBIT_URL,
+                "notify_nova_on_port_status_changes": "false",
+                "notify_nova_on_port_data_changes": "false",
+                "api_workers": "1",
+                "rpc_workers": "0",
+                "debug": "false",
+                "state_path": str(self.state_dir / "state"),
+            },
+            "database": {
+                "connection": (
+                    f"mysql+pymysql://{self.db_user}:{password}@127.0.0.1/{self.database}"
+                ),
+            },
+            "oslo_messaging_notifications": {"driver": "messagingv2"},
+            "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},
+        }
+        for section, options in self.extra_config.items():
+            neutron.setdefault(section, {}).update(options)
+        ml2 = {
+            "ml2": {
+                "type_drivers": "flat,vlan,vxlan,local",
+                "tenant_network_types": "vxlan",
+                "mechanism_drivers": "",
+                "extension_drivers": "port_security",
+            },
+            "ml2_type_flat": {"flat_networks": "*"},
+            "ml2_type_vlan": {"network_vlan_ranges": "public,physnet1:100:199"},
+            "ml2_type_vxlan": {"vni_ranges": "1000:1999"},
+        }
+        _write_ini(self.state_dir / "neutron.conf", neutron, secret=True)
+        _write_ini(self.state_dir / "ml2_conf.ini", ml2)
+
+    def _start(self, venv: Path, timeout: float) -> Endpoint:
+        port = free_port()
+        env = dict(
+            os.environ,
+            OS_NEUTRON_CONFIG_DIR=str(self.state_dir),
+            OS_NEUTRON_CONFIG_FILES="neutron.conf;ml2_conf.ini",
+            ASTARA_NEUTRON_BIND=f"127.0.0.1:{port}",
+        )
+        say(f"starting neutron-server on 127.0.0.1:{port} (log: {self.log_file})")
+        started = time.monotonic()
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [str(venv / "bin/python"), str(WSGI_RUNNER)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        self.port_file.write_text(str(port))
+        url = f"http://127.0.0.1:{port}"
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _api_ready(url):
+                say(f"neutron-server ready at {url} in {time.monotonic() - started:.1f} s")
+                return Endpoint(url, proc.pid, self.log_file)
+            time.sleep(0.5)
+        tail = self.log_file.read_text(errors="replace").splitlines()[-40:]
+        self.down()
+        raise TestbedError(
+            f"neutron-server did not become ready within {timeout:.0f} s; "
+            f"last lines of {self.log_file}:\n" + "\n".join(tail)
+        )
+
+
+def _api_ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]], secret: bool = False) -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    for section, options in sections.items():
+        if section != "DEFAULT":
+            parser.add_section(section)
+        for key, value in options.items():
+            parser.set(section, key, value)
+    path.touch(mode=0o600 if secret else 0o644)
+    with path.open("w") as handle:
+        parser.write(handle)
