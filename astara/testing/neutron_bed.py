@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openstack
 import pymysql
 
 HERE = Path(__file__).resolve().parent
@@ -297,3 +298,10 @@ def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]], secret: bo
     path.touch(mode=0o600 if secret else 0o644)
     with path.open("w") as handle:
         parser.write(handle)
+
+
+def connect(url: str) -> openstack.connection.Connection:
+    """An openstacksdk connection to a noauth Neutron (the caller acts as admin)."""
+    return openstack.connection.Connection(
+        auth_type="none", auth={"endpoint": url}, network_endpoint_override=url
+    )

@@ -1,0 +1,235 @@
+"""The apply engine: converges the data plane to a document, all or nothing.
+
+Subsystems run in a fixed order (links and addresses first, because the packet filter, DHCP and
+router advertisements refer to interfaces). When one fails, the steps already taken are walked
+back in reverse by re-applying the previous document, so the appliance is never left between
+two generations. The last good document is kept on disk (secrets included: it must be
+re-applied at boot, before the orchestrator speaks again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from pydantic import BaseModel, SecretStr
+from pydantic_core import to_jsonable_python
+
+from astara.appliance.models import ApplianceConfig
+from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
+
+LOG = logging.getLogger(__name__)
+
+APPLY_ORDER = ("addresses", "firewall", "dhcp", "ra", "metadata")
+STATE_FILE = "config.json"
+LINKS_STEP = "links"
+
+ResolveLinks = Callable[[Iterable[str]], LinkMap]
+ApplyResult = Literal["none", "applied", "unchanged", "failed"]
+
+
+class StaleGeneration(Exception):
+    """The document is older than (or conflicts with) the one applied: the API answers 409."""
+
+    def __init__(self, applied: int, requested: int, detail: str) -> None:
+        super().__init__(detail)
+        self.applied = applied
+        self.requested = requested
+        self.detail = detail
+
+
+class ApplyFailed(Exception):
+    """A step failed; the previous document has been re-applied. The API answers 500."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+
+
+class Health(BaseModel):
+    """What the engine last did, for GET /v1/health and the PUT answer."""
+
+    generation: int | None = None
+    last_result: ApplyResult = "none"
+    last_apply_duration_s: float | None = None
+    last_error: str | None = None
+    last_failed_step: str | None = None
+
+
+def order_subsystems(subsystems: Iterable[Subsystem]) -> list[Subsystem]:
+    """Known subsystems in APPLY_ORDER, any others after them in the order given."""
+    rank = {name: index for index, name in enumerate(APPLY_ORDER)}
+    return sorted(subsystems, key=lambda sub: rank.get(sub.name, len(rank)))
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_reveal(item) for item in value]
+    return value
+
+
+def dump_with_secrets(config: ApplianceConfig) -> str:
+    """JSON of a document with its secrets in clear (pydantic masks them by default)."""
+    return json.dumps(to_jsonable_python(_reveal(config.model_dump(mode="python"))), indent=1)
+
+
+class ConfigStore:
+    """The last good document on disk: written atomically, readable by root only."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATE_FILE
+
+    def save(self, config: ApplianceConfig) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(dump_with_secrets(config))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    def load(self) -> ApplianceConfig | None:
+        if not self.path.exists():
+            return None
+        return ApplianceConfig.model_validate_json(self.path.read_text())
+
+
+def _macs(*configs: ApplianceConfig | None) -> set[str]:
+    return {iface.mac for config in configs if config for iface in config.interfaces}
+
+
+class Engine:
+    """Serialises applies of whole documents over an ordered list of subsystems."""
+
+    def __init__(
+        self,
+        subsystems: Sequence[Subsystem],
+        state_dir: Path,
+        resolve_links: ResolveLinks,
+    ) -> None:
+        self.subsystems = order_subsystems(subsystems)
+        self.store = ConfigStore(state_dir)
+        self._resolve_links = resolve_links
+        self._lock = threading.Lock()
+        self._current: ApplianceConfig | None = None
+        self._health = Health()
+
+    @property
+    def current(self) -> ApplianceConfig | None:
+        return self._current
+
+    def health(self) -> Health:
+        return self._health.model_copy()
+
+    def apply(self, config: ApplianceConfig) -> Health:
+        """Converge to ``config``; raise StaleGeneration or ApplyFailed (after rolling back)."""
+        with self._lock:
+            current = self._current
+            if current is not None:
+                if config.generation < current.generation:
+                    raise StaleGeneration(
+                        current.generation,
+                        config.generation,
+                        f"generation {config.generation} is older than the applied "
+                        f"{current.generation}",
+                    )
+                if config.generation == current.generation:
+                    if config == current:
+                        self._health = self._health.model_copy(
+                            update={"last_result": "unchanged", "last_apply_duration_s": 0.0}
+                        )
+                        return self.health()
+                    raise StaleGeneration(
+                        current.generation,
+                        config.generation,
+                        f"generation {config.generation} is already applied with other content",
+                    )
+            self._converge(config, current)
+            self.store.save(config)
+            return self.health()
+
+    def restore(self) -> ApplianceConfig | None:
+        """Re-apply the document saved by the last good apply (at startup); None if none."""
+        with self._lock:
+            saved = self.store.load()
+            if saved is None:
+                return None
+            LOG.info("re-applying saved generation %d", saved.generation)
+            self._converge(saved, None)
+            return saved
+
+    def _converge(self, desired: ApplianceConfig, previous: ApplianceConfig | None) -> None:
+        started = time.perf_counter()
+        try:
+            links = self._resolve_links(_macs(desired, previous))
+        except Exception as exc:
+            self._fail(started, LINKS_STEP, f"cannot resolve interfaces: {exc}")
+        for index, subsystem in enumerate(self.subsystems):
+            step_started = time.perf_counter()
+            try:
+                subsystem.apply(desired, previous, links)
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, ApplyStepError) else f"{exc!r}"
+                LOG.error(
+                    "generation %d: %s failed: %s", desired.generation, subsystem.name, detail
+                )
+                rollback_errors = self._roll_back(index, desired, previous, links)
+                if rollback_errors:
+                    detail += "; rollback also failed: " + "; ".join(rollback_errors)
+                self._fail(started, subsystem.name, detail)
+            LOG.debug(
+                "generation %d: %s in %.1f ms",
+                desired.generation,
+                subsystem.name,
+                (time.perf_counter() - step_started) * 1000,
+            )
+        self._current = desired
+        self._health = Health(
+            generation=desired.generation,
+            last_result="applied",
+            last_apply_duration_s=time.perf_counter() - started,
+        )
+        LOG.info(
+            "generation %d applied in %.3f s",
+            desired.generation,
+            self._health.last_apply_duration_s,
+        )
+
+    def _roll_back(
+        self,
+        failed_index: int,
+        desired: ApplianceConfig,
+        previous: ApplianceConfig | None,
+        links: LinkMap,
+    ) -> list[str]:
+        """Re-apply ``previous`` from the failed step back to the first; list what failed."""
+        errors = []
+        for subsystem in reversed(self.subsystems[: failed_index + 1]):
+            try:
+                subsystem.apply(previous, desired, links)
+            except Exception as exc:
+                LOG.exception("rollback of %s failed", subsystem.name)
+                errors.append(f"{subsystem.name}: {exc}")
+        return errors
+
+    def _fail(self, started: float, step: str, detail: str) -> NoReturn:
+        self._health = Health(
+            generation=self._current.generation if self._current else None,
+            last_result="failed",
+            last_apply_duration_s=time.perf_counter() - started,
+            last_error=f"{step}: {detail}",
+            last_failed_step=step,
+        )
+        raise ApplyFailed(step, detail)

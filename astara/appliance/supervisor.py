@@ -1,0 +1,138 @@
+"""Run and watch one long-lived daemon (dnsmasq, radvd) with per-instance pid and log files.
+
+Daemons run in the foreground as our children so we can reap them: PID 1 on an appliance may
+not reap orphans, and a zombie still answers ``kill -0``. After an agent restart the daemon is
+found again through its pid file; it is adopted only when its command line names that pid
+file, so a recycled PID never gets signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat (``R``, ``S``, ``Z``...), None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or ')'.
+    return stat[stat.rindex(")") + 2]
+
+
+def process_argv(pid: int) -> tuple[str, ...] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return tuple(part.decode() for part in raw.split(b"\0")[:-1])
+
+
+def is_alive(pid: int) -> bool:
+    state = process_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+class Daemon:
+    """One daemon instance, identified by its pid file."""
+
+    def __init__(self, pid_file: Path, log_file: Path, stop_timeout: float = 3.0) -> None:
+        self.pid_file = pid_file
+        self.log_file = log_file
+        self.stop_timeout = stop_timeout
+        self._child: subprocess.Popen[bytes] | None = None
+        # What our own child was started with: /proc/PID/cmdline is Python's until exec.
+        self._child_argv: tuple[str, ...] = ()
+
+    def pid(self) -> int | None:
+        """The PID of the running instance, or None when it is not running."""
+        if self._child is not None:
+            if self._child.poll() is None and is_alive(self._child.pid):
+                return self._child.pid
+            self._reap()
+        return self._adoptable_pid()
+
+    def argv(self) -> tuple[str, ...] | None:
+        """The command line the running instance was started with."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        if self._child is not None and self._child.pid == pid:
+            return self._child_argv
+        return process_argv(pid)
+
+    def ensure(self, argv: Sequence[str]) -> bool:
+        """Run ``argv``: start it, or restart when the running command line differs.
+
+        Returns True when a process was (re)started. ``argv`` must mention the pid file.
+        """
+        if str(self.pid_file) not in " ".join(argv):
+            raise ValueError("the command line must name the daemon's pid file")
+        if self.argv() == tuple(argv):
+            return False
+        self.stop()
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self._child = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._child_argv = tuple(argv)
+        return True
+
+    def signal(self, signum: int) -> bool:
+        """Send a signal to the running instance; False when none runs."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signum)
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; reap it and remove the pid file."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, self.stop_timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._wait_gone(pid, self.stop_timeout)
+        self._reap()
+        self.pid_file.unlink(missing_ok=True)
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._child is not None and self._child.pid == pid:
+                if self._child.poll() is not None:
+                    return True
+            elif not is_alive(pid):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _reap(self) -> None:
+        if self._child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._child.wait(timeout=self.stop_timeout)
+            self._child = None
+
+    def _adoptable_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        argv = process_argv(pid)
+        if not is_alive(pid) or argv is None or str(self.pid_file) not in " ".join(argv):
+            return None
+        return pid

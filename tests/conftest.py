@@ -1,0 +1,47 @@
+"""Fixtures shared by the whole suite: the real Neutron test bed and a fresh project per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import openstack
+import pytest
+
+from astara.testing import services
+from astara.testing.neutron_bed import Endpoint, NeutronTestbed, connect
+
+# The suite's own bed, so a bed brought up by hand with astara-testbed is left alone.
+TEST_BED_DIR = Path(os.environ.get("ASTARA_TEST_BED_DIR", "/var/lib/astara/testbed-tests"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    needs_root = [i for i in items if i.get_closest_marker("functional") or i.get_closest_marker("e2e")]
+    if needs_root and os.geteuid() != 0:
+        raise pytest.UsageError(
+            "functional and e2e tests need root (network namespaces, daemons): run as root, "
+            "or select the unit tests alone with -m unit"
+        )
+
+
+@pytest.fixture(scope="session")
+def neutron() -> Iterator[Endpoint]:
+    """A real neutron-server, up for the whole session and stopped at its end."""
+    services.ensure_all()
+    bed = NeutronTestbed(state_dir=TEST_BED_DIR, database="astara_neutron_test")
+    endpoint = bed.up()
+    yield endpoint
+    bed.down()
+
+
+@pytest.fixture(scope="session")
+def sdk(neutron: Endpoint) -> openstack.connection.Connection:
+    return connect(neutron.url)
+
+
+@pytest.fixture
+def project_id() -> str:
+    """A fresh project per test, so tests never see each other's resources."""
+    return uuid.uuid4().hex
