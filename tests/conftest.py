@@ -18,7 +18,9 @@ TEST_BED_DIR = Path(os.environ.get("ASTARA_TEST_BED_DIR", "/var/lib/astara/testb
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    needs_root = [i for i in items if i.get_closest_marker("functional") or i.get_closest_marker("e2e")]
+    needs_root = [
+        i for i in items if i.get_closest_marker("functional") or i.get_closest_marker("e2e")
+    ]
     if needs_root and os.geteuid() != 0:
         raise pytest.UsageError(
             "functional and e2e tests need root (network namespaces, daemons): run as root, "

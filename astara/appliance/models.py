@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -244,7 +244,9 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
             yield Problem(loc=("routes", r, "nexthop"), msg="not on a connected subnet")
 
     if (config.floating_ips or config.port_forwards) and external is None:
-        yield Problem(loc=("networks",), msg="floating IPs and port forwards need an external network")
+        yield Problem(
+            loc=("networks",), msg="floating IPs and port forwards need an external network"
+        )
     seen_fips: set[ipaddress.IPv4Address] = set()
     for f, fip in enumerate(config.floating_ips):
         where = ("floating_ips", f)
@@ -252,7 +254,9 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
             yield Problem(loc=(*where, "floating_ip"), msg="listed twice")
         seen_fips.add(fip.floating_ip)
         if external is not None and not _inside(fip.floating_ip, external_subnets):
-            yield Problem(loc=(*where, "floating_ip"), msg="not in a subnet of the external network")
+            yield Problem(
+                loc=(*where, "floating_ip"), msg="not in a subnet of the external network"
+            )
         if not _inside(fip.fixed_ip, internal_subnets):
             yield Problem(loc=(*where, "fixed_ip"), msg="not in a subnet of an internal network")
 
@@ -262,7 +266,9 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
         if forward.external_ip in seen_fips:
             yield Problem(loc=(*where, "external_ip"), msg="already a 1:1 floating IP")
         if external is not None and not _inside(forward.external_ip, external_subnets):
-            yield Problem(loc=(*where, "external_ip"), msg="not in a subnet of the external network")
+            yield Problem(
+                loc=(*where, "external_ip"), msg="not in a subnet of the external network"
+            )
         if not _inside(forward.internal_ip, internal_subnets):
             yield Problem(loc=(*where, "internal_ip"), msg="not in a subnet of an internal network")
         if forward.internal_port.size not in (1, forward.external_port.size):
@@ -313,7 +319,10 @@ def _rule_problems(rule: FirewallRule, where: tuple[str | int, ...]) -> Iterator
                 yield Problem(loc=(*where, name), msg="ports need protocol tcp or udp")
 
 
-def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: list) -> bool:  # type: ignore[type-arg]
+def _inside(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
     return any(ip.version == net.version and ip in net for net in nets)
 
 

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return net.id, sub.id
 
     net_a, sub_a = timed("tenant network A 10.11.0.0/24", lambda: network("demo-a", "10.11.0.0/24"))
-    net_b, sub_b = timed("tenant network B 10.12.0.0/24", lambda: network("demo-b", "10.12.0.0/24"))
+    _, sub_b = timed("tenant network B 10.12.0.0/24", lambda: network("demo-b", "10.12.0.0/24"))
 
     def external() -> str:
         ext = sdk.network.create_network(

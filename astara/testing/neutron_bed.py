@@ -143,9 +143,12 @@ class NeutronTestbed:
         migrate = subprocess.run(
             [
                 str(venv / "bin/neutron-db-manage"),
-                "--config-file", str(self.state_dir / "neutron.conf"),
-                "--config-file", str(self.state_dir / "ml2_conf.ini"),
-                "upgrade", "heads",
+                "--config-file",
+                str(self.state_dir / "neutron.conf"),
+                "--config-file",
+                str(self.state_dir / "ml2_conf.ini"),
+                "upgrade",
+                "heads",
             ],
             capture_output=True,
             text=True,
@@ -190,7 +193,9 @@ class NeutronTestbed:
                     f"CREATE USER IF NOT EXISTS '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s",
                     (password,),
                 )
-                cur.execute(f"ALTER USER '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
+                cur.execute(
+                    f"ALTER USER '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s", (password,)
+                )
                 cur.execute(
                     f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.db_user}'@'127.0.0.1'"
                 )

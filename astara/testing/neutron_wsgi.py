@@ -11,7 +11,6 @@ host, _, port = os.environ["ASTARA_NEUTRON_BIND"].rpartition(":")
 sys.argv = sys.argv[:1]
 
 import waitress  # noqa: E402
-
 from neutron.wsgi.api import application  # noqa: E402
 
 waitress.serve(application, host=host, port=int(port), threads=8, ident="neutron")

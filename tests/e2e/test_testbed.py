@@ -66,9 +66,11 @@ def test_router_topology_is_created_and_announced(
     assert added.payload["router_interface"]["port_id"] == iface["port_id"]
     assert added.payload["router_interface"]["subnet_id"] == subnet.id
     gateway = recorder.wait_for(
-        lambda n: n.event_type == "router.update.end"
-        and n.payload["router"]["id"] == router.id
-        and bool(n.payload["router"]["external_gateway_info"])
+        lambda n: (
+            n.event_type == "router.update.end"
+            and n.payload["router"]["id"] == router.id
+            and bool(n.payload["router"]["external_gateway_info"])
+        )
     )
     assert gateway.payload["router"]["external_gateway_info"]["network_id"] == public.id
     created = recorder.wait_for(_is("floatingip.create.end", "floatingip", fip.id))

@@ -1,0 +1,144 @@
+"""The configuration document refuses what cannot be applied, saying where and why."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from astara.appliance.models import ApplianceConfig, problems
+
+pytestmark = pytest.mark.unit
+
+EXT_MAC = "fa:16:3e:00:00:01"
+INT_MAC = "fa:16:3e:00:00:02"
+
+DOC: dict[str, Any] = {
+    "generation": 3,
+    "router_id": "r-1",
+    "hostname": "router-1",
+    "interfaces": [{"mac": EXT_MAC}, {"mac": INT_MAC.upper(), "mtu": 1450}],
+    "networks": [
+        {
+            "id": "ext",
+            "kind": "external",
+            "interface_mac": EXT_MAC,
+            "addresses": ["172.24.4.2/24"],
+            "subnets": [{"id": "s-ext", "cidr": "172.24.4.0/24", "gateway_ip": "172.24.4.1"}],
+        },
+        {
+            "id": "net-a",
+            "kind": "internal",
+            "interface_mac": INT_MAC,
+            "addresses": ["10.0.0.1/24"],
+            "subnets": [{"id": "s-a", "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1"}],
+            "allocations": [
+                {
+                    "port_id": "p1",
+                    "mac": "fa:16:3e:00:01:05",
+                    "ips": ["10.0.0.5"],
+                    "hostname": "vm1",
+                }
+            ],
+        },
+    ],
+    "floating_ips": [{"floating_ip": "172.24.4.10", "fixed_ip": "10.0.0.5"}],
+    "port_forwards": [
+        {
+            "id": "pf1",
+            "external_ip": "172.24.4.11",
+            "protocol": "tcp",
+            "external_port": {"first": 8080, "last": 8080},
+            "internal_ip": "10.0.0.5",
+            "internal_port": {"first": 80, "last": 80},
+        }
+    ],
+    "firewall": {
+        "default_action": "deny",
+        "rules": [
+            {"action": "allow", "protocol": "tcp", "destination_ports": {"first": 22, "last": 22}}
+        ],
+    },
+    "metadata": {"upstream_url": "http://127.0.0.1:8775", "shared_secret": "s3cret"},
+}
+
+
+def doc(**changes: Any) -> dict[str, Any]:
+    result = copy.deepcopy(DOC)
+    result.update(changes)
+    return result
+
+
+def test_a_valid_router_has_no_problems() -> None:
+    config = ApplianceConfig.model_validate(DOC)
+    assert problems(config) == []
+    assert config.interfaces[1].mac == INT_MAC  # MACs are normalised to lower case
+    assert config.network("external") is not None
+    assert [n.id for n in config.internal_networks()] == ["net-a"]
+
+
+def test_secret_is_redacted_when_dumped() -> None:
+    config = ApplianceConfig.model_validate(DOC)
+    assert "s3cret" not in config.model_dump_json()
+    assert config.metadata is not None
+    assert config.metadata.shared_secret is not None
+    assert config.metadata.shared_secret.get_secret_value() == "s3cret"
+
+
+def test_field_errors_carry_their_path() -> None:
+    bad = doc(generation=0, unknown=1)
+    bad["interfaces"][0]["mac"] = "nope"
+    with pytest.raises(ValidationError) as info:
+        ApplianceConfig.model_validate(bad)
+    locs = {err["loc"] for err in info.value.errors()}
+    assert ("generation",) in locs
+    assert ("unknown",) in locs
+    assert ("interfaces", 0, "mac") in locs
+
+
+def test_port_range_must_be_ordered() -> None:
+    bad = doc()
+    bad["port_forwards"][0]["external_port"] = {"first": 90, "last": 80}
+    with pytest.raises(ValidationError) as info:
+        ApplianceConfig.model_validate(bad)
+    assert info.value.errors()[0]["loc"] == ("port_forwards", 0, "external_port", "last")
+
+
+def test_every_cross_reference_problem_is_reported_with_its_path() -> None:
+    bad = doc()
+    bad["networks"][1]["interface_mac"] = "fa:16:3e:00:00:99"
+    bad["networks"][1]["allocations"][0]["ips"] = ["10.9.9.9"]
+    bad["floating_ips"].append({"floating_ip": "172.24.4.10", "fixed_ip": "10.7.0.1"})
+    bad["port_forwards"][0]["external_ip"] = "172.24.4.10"
+    bad["firewall"]["rules"].append(
+        {"action": "deny", "protocol": "icmp", "source_ports": {"first": 1, "last": 1}}
+    )
+    bad["routes"] = [{"destination": "10.50.0.0/16", "nexthop": "192.168.77.1"}]
+    found = {(p.loc, p.msg) for p in problems(ApplianceConfig.model_validate(bad))}
+    assert (("networks", 1, "interface_mac"), "no interface has this MAC") in found
+    assert (("networks", 1, "allocations", 0, "ips", 0), "not in a subnet of this network") in found
+    assert (("floating_ips", 1, "floating_ip"), "listed twice") in found
+    assert (("floating_ips", 1, "fixed_ip"), "not in a subnet of an internal network") in found
+    assert (("port_forwards", 0, "external_ip"), "already a 1:1 floating IP") in found
+    assert (("firewall", "rules", 1, "source_ports"), "ports need protocol tcp or udp") in found
+    assert (("routes", 0, "nexthop"), "not on a connected subnet") in found
+
+
+def test_floating_ips_need_an_external_network() -> None:
+    bad = doc()
+    del bad["networks"][0]
+    found = [p.loc for p in problems(ApplianceConfig.model_validate(bad))]
+    assert ("networks",) in found
+
+
+def test_overlapping_port_forwards_are_refused() -> None:
+    bad = doc()
+    second = copy.deepcopy(bad["port_forwards"][0])
+    second["id"] = "pf2"
+    second["external_port"] = {"first": 8000, "last": 8100}
+    second["internal_port"] = {"first": 8000, "last": 8100}
+    bad["port_forwards"].append(second)
+    found = [p.loc for p in problems(ApplianceConfig.model_validate(bad))]
+    assert ("port_forwards", 1, "external_port") in found
