@@ -55,7 +55,7 @@ class NotificationListener:
     def __init__(
         self,
         conf: cfg.ConfigOpts,
-        transport_url: str,
+        transport_url: str | None,
         sink: EventSink,
         pool: str,
         targets: list[oslo_messaging.Target] | None = None,

@@ -1,14 +1,208 @@
-"""astara-orchestrator: not built yet (the orchestrator issue); this stub says so."""
+"""astara-orchestrator: hear Neutron, keep every router's appliance booted and configured.
 
+The parent process runs the listener (Neutron notifications), the broker watch and the
+periodic resync, and hands each router's events to the worker process that owns it; each
+worker process steps its routers' state machines on a small pool of threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
 import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import openstack
+import oslo_messaging
+from oslo_config import cfg
+from oslo_log import log as oslo_logging
+
+from astara.common.tls import CertificateAuthority
+from astara.drivers.router import NeutronRouterSource
+from astara.orchestrator import config
+from astara.orchestrator.appliance_client import ApplianceClient
+from astara.orchestrator.dispatcher import Dispatcher
+from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.listener import BrokerWatch, NotificationListener
+from astara.orchestrator.migrations import upgrade
+from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
+from astara.orchestrator.state import Policy
+from astara.orchestrator.store import Store
+from astara.orchestrator.worker import Worker
+from astara.providers.base import load_provider
+
+LOG = logging.getLogger(__name__)
 
 
-def main() -> int:
-    print(
-        "astara-orchestrator is not built yet: it lands with the orchestrator issue.",
-        file=sys.stderr,
+@dataclass(frozen=True)
+class ClientCredentials:
+    """The orchestrator's client certificate for the appliances' mutual TLS."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def load_credentials(state_path: Path) -> tuple[CertificateAuthority, ClientCredentials]:
+    ca = CertificateAuthority.load_or_create(state_path / "ca")
+    creds = ClientCredentials(
+        ca=state_path / "ca" / "ca.pem",
+        cert=state_path / "orchestrator-client.pem",
+        key=state_path / "orchestrator-client.key",
     )
-    return 2
+    if not (creds.cert.exists() and creds.key.exists()):
+        ca.issue("astara-orchestrator", "client").write(creds.cert, creds.key)
+    if not creds.ca.exists():
+        creds.ca.write_bytes(ca.cert_pem)
+    return ca, creds
+
+
+def neutron_connection(conf: cfg.ConfigOpts) -> openstack.connection.Connection:
+    group = conf.neutron
+    if group.auth_type == "none":
+        return openstack.connection.Connection(
+            auth_type="none",
+            auth={"endpoint": group.endpoint_override},
+            network_endpoint_override=group.endpoint_override,
+        )
+    return openstack.connect(cloud=group.cloud, network_endpoint_override=group.endpoint_override)
+
+
+def policy_from(conf: cfg.ConfigOpts) -> Policy:
+    return Policy(
+        boot_timeout=conf.provider.boot_timeout,
+        backoff_base=conf.health.backoff_initial,
+        backoff_cap=conf.health.backoff_max,
+        max_failures=conf.health.max_failures,
+    )
+
+
+def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
+    """Everything one worker process needs, built inside that process."""
+    ca, creds = load_credentials(Path(conf.state_path))
+    provider = load_provider(
+        conf.provider.name,
+        state_dir=Path(conf.provider.state_path),
+        ca=ca,
+        prefix=conf.provider.prefix,
+        management_subnet=conf.provider.management_subnet,
+    )
+    prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
+    reconciler = RouterReconciler(
+        source=NeutronRouterSource(neutron_connection(conf)),
+        store=Store(conf.database.connection),
+        provider=provider,
+        clients=partial(_client, creds, conf.appliance_api_port),
+        status=LoggingStatusReporter(),
+        settings=Settings(
+            management_prefixlen=prefixlen,
+            metadata_url=conf.metadata_upstream_url,
+            policy=policy_from(conf),
+        ),
+    )
+    return Worker(reconciler.step, threads=conf.workers.threads, name=f"worker{index}")
+
+
+def _client(creds: ClientCredentials, port: int, address: str) -> ApplianceClient:
+    return ApplianceClient(address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=3.0)
+
+
+class Orchestrator:
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self._conf = conf
+        self._store = Store(conf.database.connection)
+        self._neutron = neutron_connection(conf)
+        self._dispatcher = Dispatcher(conf.workers.processes, partial(build_worker, conf))
+        self._stop = threading.Event()
+        self._listener = NotificationListener(
+            conf,
+            None,
+            self._on_events,
+            pool=conf.notifications_pool,
+            targets=[
+                oslo_messaging.Target(
+                    exchange=conf.notifications_exchange, topic=conf.notifications_topic
+                )
+            ],
+        )
+        # The listener's transport registered [DEFAULT] transport_url.
+        self._watch = BrokerWatch.for_url(conf, conf.transport_url, self.resync)
+
+    def run(self) -> None:
+        self._dispatcher.start()  # fork before any thread of ours exists
+        self._listener.start()
+        self._watch.start()
+        LOG.info("orchestrator started; resyncing every router")
+        while not self._stop.is_set():
+            self.resync()
+            self._stop.wait(self._conf.resync_interval)
+        self._watch.stop()
+        self._listener.stop()
+        self._dispatcher.stop()
+        LOG.info("orchestrator stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def resync(self, project_id: str | None = None) -> None:
+        """Poll every router Neutron or the store knows of (of one project, if given)."""
+        query = {"project_id": project_id} if project_id else {}
+        try:
+            known = {(r.id, r.project_id) for r in self._neutron.network.routers(**query)}
+        except Exception:
+            LOG.exception("resync: could not list routers from Neutron; will try again")
+            return
+        known |= {(r.id, r.project_id) for r in self._store.list_routers(project_id)}
+        now = datetime.now(UTC)
+        for router_id, project in sorted(known):
+            self._dispatcher.dispatch(
+                Event(ResourceType.ROUTER, router_id, project, EventAction.POLL, "resync", now)
+            )
+        LOG.info(
+            "resync%s: polled %d routers",
+            f" of project {project_id}" if project_id else "",
+            len(known),
+        )
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if event.resource_type is ResourceType.PROJECT:
+                self.resync(event.resource_id)
+            else:
+                self._dispatcher.dispatch(event)
+
+
+def parse_config(argv: Sequence[str]) -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    oslo_logging.register_options(conf)
+    conf(
+        list(argv),
+        project="astara",
+        prog="astara-orchestrator",
+        description="Keep every Neutron router's Astara appliance booted, configured and in "
+        "step with Neutron. Options come from the INI file given with --config-file (a sample: "
+        "etc/astara/orchestrator.ini.sample).",
+    )
+    return conf
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    conf = parse_config(sys.argv[1:] if argv is None else argv)
+    oslo_logging.setup(conf, "astara")
+    Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
+    upgrade(conf.database.connection)
+    load_credentials(Path(conf.state_path))
+    orchestrator = Orchestrator(conf)
+    signal.signal(signal.SIGTERM, lambda *_: orchestrator.stop())
+    signal.signal(signal.SIGINT, lambda *_: orchestrator.stop())
+    orchestrator.run()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The orchestrator's side of the appliance API: HTTPS with mutual TLS, errors as exceptions.
+
+The orchestrator presents a client certificate from its CA and trusts only appliance
+certificates from that CA, checked against the management address. Each refusal of the
+appliance becomes an exception a state machine can act on: retry later (Unreachable), move
+the generation on (StaleGeneration), stop pushing a broken document (InvalidConfig), or
+count a failure (ApplyFailed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from astara.appliance.api import Conflict, Failure, Problems, ServiceHealth
+from astara.appliance.defaults import API_PORT
+from astara.appliance.engine import dump_with_secrets
+from astara.appliance.models import ApplianceConfig, Problem
+from astara.common.tls import client_context
+
+DEFAULT_TIMEOUT = 5.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApplianceError(Exception):
+    """The appliance did not do what was asked."""
+
+
+class Unreachable(ApplianceError):
+    """No answer: connection refused, timed out, or the TLS handshake failed."""
+
+
+class StaleGeneration(ApplianceError):
+    """409: the appliance holds a newer (or a different same-numbered) generation."""
+
+    def __init__(self, conflict: Conflict) -> None:
+        super().__init__(conflict.detail)
+        self.applied_generation = conflict.applied_generation
+        self.requested_generation = conflict.requested_generation
+
+
+class InvalidConfig(ApplianceError):
+    """422: the document was refused, nothing applied; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
+        self.problems = problems
+
+
+class ApplyFailed(ApplianceError):
+    """500: a step failed and the appliance went back to its previous document."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.step}: {failure.detail}")
+        self.step = failure.step
+        self.detail = failure.detail
+
+
+class UnexpectedResponse(ApplianceError):
+    """Any other answer, or one whose body is not what the API documents."""
+
+    def __init__(self, status_code: int, body: str) -> None:
+        super().__init__(f"HTTP {status_code}: {body[:200]}")
+        self.status_code = status_code
+
+
+def base_url(address: str, port: int) -> str:
+    host = ipaddress.ip_address(address)
+    return f"https://[{host}]:{port}" if host.version == 6 else f"https://{host}:{port}"
+
+
+class ApplianceClient:
+    """One appliance's API; reuses its connection between calls. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int = API_PORT,
+        *,
+        ca: Path,
+        cert: Path,
+        key: Path,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = base_url(address, port)
+        self._http = httpx.Client(
+            base_url=self.url, verify=client_context(cert, key, ca), timeout=timeout
+        )
+
+    def __enter__(self) -> ApplianceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def health(self) -> ServiceHealth:
+        return _success(ServiceHealth, self._request("GET", "/v1/health"))
+
+    def get_config(self) -> ApplianceConfig | None:
+        """The applied document (secrets masked by the appliance), None before the first one."""
+        response = self._request("GET", "/v1/config")
+        if response.status_code == 404:
+            return None
+        return _success(ApplianceConfig, response)
+
+    def put_config(self, config: ApplianceConfig) -> ServiceHealth:
+        # The appliance needs the secrets themselves (the metadata proxy's shared secret).
+        response = self._request("PUT", "/v1/config", content=dump_with_secrets(config))
+        if response.status_code == 409:
+            raise StaleGeneration(_body(Conflict, response))
+        if response.status_code == 422:
+            raise InvalidConfig(_body(Problems, response).detail)
+        if response.status_code == 500:
+            raise ApplyFailed(_body(Failure, response))
+        return _success(ServiceHealth, response)
+
+    def _request(self, method: str, path: str, content: str | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            return self._http.request(method, path, content=content, headers=headers)
+        except (httpx.TransportError, OSError) as exc:
+            raise Unreachable(f"{self.url}: {exc!r}") from exc
+
+
+def _body(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise UnexpectedResponse(response.status_code, response.text) from exc
+
+
+def _success(model: type[M], response: httpx.Response) -> M:
+    if response.status_code != 200:
+        raise UnexpectedResponse(response.status_code, response.text)
+    return _body(model, response)

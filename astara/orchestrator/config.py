@@ -1,0 +1,167 @@
+"""oslo.config options of astara-orchestrator, and ``list_opts`` for oslo-config-generator.
+
+Defaults suit a small host (2 cores): 2 worker processes of 4 threads each. The AMQP
+connection is oslo.messaging's own ``[DEFAULT] transport_url``.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from astara.appliance.defaults import API_PORT
+
+DEFAULT_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "state_path",
+        default="/var/lib/astara",
+        help="Directory of the orchestrator's own files: its certificate authority (ca/) and "
+        "its client certificate for the appliances (created on first start and kept).",
+    ),
+    cfg.StrOpt(
+        "notifications_exchange",
+        default="neutron",
+        help="AMQP exchange Neutron publishes its notifications on.",
+    ),
+    cfg.StrOpt(
+        "notifications_topic",
+        default="notifications",
+        help="Notification topic to listen to (Neutron's [oslo_messaging_notifications] topics).",
+    ),
+    cfg.StrOpt(
+        "notifications_pool",
+        default="astara-orchestrator",
+        help="Listener pool: a queue of its own, so other consumers of Neutron's "
+        "notifications (Ceilometer...) keep receiving theirs.",
+    ),
+    cfg.PortOpt(
+        "appliance_api_port",
+        default=API_PORT,
+        help="TCP port of the appliances' REST API on the management network.",
+    ),
+    cfg.FloatOpt(
+        "resync_interval",
+        default=300.0,
+        min=1.0,
+        help="Seconds between full re-reads of every router from Neutron, which catch what "
+        "notifications missed. A resync also follows every start and broker outage.",
+    ),
+    cfg.URIOpt(
+        "metadata_upstream_url",
+        help="Where appliances forward instances' metadata requests (Nova's metadata API). "
+        "Unset: the appliances serve no metadata.",
+    ),
+]
+
+NEUTRON_OPTS: list[cfg.Opt] = [
+    cfg.URIOpt(
+        "endpoint_override",
+        help="Neutron API URL, bypassing the Keystone catalogue (standalone and test setups).",
+    ),
+    cfg.StrOpt(
+        "auth_type",
+        default="password",
+        help="keystoneauth plugin used to reach Neutron; 'none' for a noauth Neutron.",
+    ),
+    cfg.StrOpt(
+        "cloud",
+        help="A clouds.yaml entry to take Keystone credentials from (auth_type password).",
+    ),
+]
+
+WORKERS_OPTS: list[cfg.Opt] = [
+    cfg.IntOpt(
+        "processes",
+        default=2,
+        min=1,
+        help="Worker processes; each owns the routers whose id hashes to it.",
+    ),
+    cfg.IntOpt(
+        "threads",
+        default=4,
+        min=1,
+        help="Threads per worker process stepping the routers' state machines.",
+    ),
+]
+
+PROVIDER_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "name",
+        default="netns",
+        help="Instance provider (stevedore name in astara.providers): 'netns' runs each "
+        "appliance in a Linux network namespace on this host.",
+    ),
+    cfg.StrOpt(
+        "state_path",
+        default="/var/lib/astara/instances",
+        help="Directory for the netns provider's per-instance files (pid, log, certificates).",
+    ),
+    cfg.StrOpt(
+        "prefix",
+        default="ast",
+        help="netns provider: prefix of every namespace, bridge and veth it creates "
+        "(1-6 letters or digits).",
+    ),
+    cfg.StrOpt(
+        "management_subnet",
+        default="fdca:3ba5:a17a:acda::/64",
+        help="netns provider: subnet of the management link between this host and the "
+        "appliances; this host takes its first address.",
+    ),
+    cfg.FloatOpt(
+        "boot_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds an instance may take from boot to answering its API before it is replaced.",
+    ),
+]
+
+HEALTH_OPTS: list[cfg.Opt] = [
+    cfg.IntOpt(
+        "max_failures",
+        default=5,
+        min=1,
+        help="Consecutive failures after which a router goes to ERROR until it changes in "
+        "Neutron or an operator rebuilds it.",
+    ),
+    cfg.FloatOpt(
+        "backoff_initial",
+        default=1.0,
+        min=0.1,
+        help="Seconds to wait after a router's first failure; doubled after each further one.",
+    ),
+    cfg.FloatOpt(
+        "backoff_max",
+        default=60.0,
+        min=1.0,
+        help="Upper bound of the wait between retries of a failing router.",
+    ),
+]
+
+DATABASE_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:////var/lib/astara/orchestrator.sqlite",
+        secret=True,
+        help="SQLAlchemy URL of the orchestrator's store (SQLite, MariaDB through "
+        "mysql+pymysql://, or PostgreSQL).",
+    ),
+]
+
+GROUPS: dict[str, list[cfg.Opt]] = {
+    "DEFAULT": DEFAULT_OPTS,
+    "neutron": NEUTRON_OPTS,
+    "workers": WORKERS_OPTS,
+    "provider": PROVIDER_OPTS,
+    "health": HEALTH_OPTS,
+    "database": DATABASE_OPTS,
+}
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Every option by group, for oslo-config-generator (namespace astara.orchestrator)."""
+    return [(group, list(opts)) for group, opts in GROUPS.items()]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    for group, opts in GROUPS.items():
+        conf.register_opts(opts, group=None if group == "DEFAULT" else group)

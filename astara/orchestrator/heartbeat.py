@@ -1,0 +1,231 @@
+"""The orchestrator's heartbeat receiver: a UDP server thread with in-memory liveness.
+
+Every datagram is validated (signature, replay, age) and only accepted ones update the
+per-instance record. Nothing is written to the store per heartbeat (Octavia's one database
+transaction per heartbeat is the cost to avoid); ``flush`` hands the last-seen times gathered
+since the previous flush to a sink in one batch, for a periodic store write.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+from astara.appliance.heartbeat import (
+    MAX_DATAGRAM,
+    REJECTION_REASONS,
+    Heartbeat,
+    HeartbeatRejected,
+    decode,
+)
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_MAX_SKEW = 30.0
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """The last accepted heartbeat of an instance and when it arrived (receiver's clock)."""
+
+    last_seen: float
+    heartbeat: Heartbeat
+
+
+@dataclass
+class _Peer:
+    key: bytes
+    alive_at: float | None  # known alive without a heartbeat (e.g. its API answered)
+    sighting: Sighting | None = None
+
+
+class HeartbeatReceiver:
+    """Validates heartbeats for registered instances and remembers the last one of each."""
+
+    def __init__(
+        self,
+        bind: tuple[str, int],
+        registry: CollectorRegistry,
+        *,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bind = bind
+        self._max_skew = max_skew
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._peers: dict[str, _Peer] = {}
+        self._unflushed: dict[str, float] = {}
+        self._accepted = Counter(
+            "astara_heartbeats_accepted",
+            "Heartbeat datagrams accepted",
+            registry=registry,
+        )
+        self._rejected = Counter(
+            "astara_heartbeats_rejected",
+            "Heartbeat datagrams rejected, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REJECTION_REASONS:
+            self._rejected.labels(reason=reason)
+        self._sock: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
+
+    # Registration: the orchestrator adds an instance's key when it creates the instance.
+
+    def register(self, instance_id: str, key: bytes, alive_at: float | None = None) -> None:
+        """Accept heartbeats from ``instance_id`` signed with ``key``.
+
+        ``alive_at`` arms failure detection before the first heartbeat arrives (pass the time
+        the instance's API first answered); without it, detection starts with the first
+        heartbeat and a silent new instance is left to the boot timeout. Registering again
+        replaces the key and keeps what was seen (key rotation).
+        """
+        with self._lock:
+            peer = self._peers.get(instance_id)
+            if peer is None:
+                self._peers[instance_id] = _Peer(key=key, alive_at=alive_at)
+            else:
+                peer.key = key
+                peer.alive_at = alive_at if alive_at is not None else peer.alive_at
+
+    def unregister(self, instance_id: str) -> None:
+        with self._lock:
+            self._peers.pop(instance_id, None)
+            self._unflushed.pop(instance_id, None)
+
+    # Validation, callable without a socket.
+
+    def handle(self, datagram: bytes) -> Heartbeat | None:
+        """Validate one datagram; record and return its heartbeat, or count the rejection."""
+        now = self._clock()
+        with self._lock:
+            try:
+                beat = decode(datagram, self._key_of, now, self._max_skew, self._sequence_of)
+            except HeartbeatRejected as exc:
+                self._rejected.labels(reason=exc.reason).inc()
+                LOG.debug("heartbeat rejected (%s): %s", exc.reason, exc)
+                return None
+            self._peers[beat.instance_id].sighting = Sighting(last_seen=now, heartbeat=beat)
+            self._unflushed[beat.instance_id] = now
+        self._accepted.inc()
+        return beat
+
+    def _key_of(self, instance_id: str) -> bytes | None:
+        peer = self._peers.get(instance_id)
+        return peer.key if peer else None
+
+    def _sequence_of(self, instance_id: str) -> int | None:
+        peer = self._peers.get(instance_id)
+        return peer.sighting.heartbeat.sequence if peer and peer.sighting else None
+
+    # Reading what was seen.
+
+    def last_seen(self, instance_id: str) -> float | None:
+        with self._lock:
+            peer = self._peers.get(instance_id)
+            return peer.sighting.last_seen if peer and peer.sighting else None
+
+    def snapshot(self) -> dict[str, Sighting]:
+        """The last accepted heartbeat of every registered instance that has sent one."""
+        with self._lock:
+            return {iid: p.sighting for iid, p in self._peers.items() if p.sighting}
+
+    def liveness(self) -> dict[str, float]:
+        """When each armed instance was last known alive: its last heartbeat, or ``alive_at``
+        if later. Instances with neither are not watched yet."""
+        with self._lock:
+            known = {
+                iid: max(
+                    p.sighting.last_seen if p.sighting else float("-inf"),
+                    p.alive_at if p.alive_at is not None else float("-inf"),
+                )
+                for iid, p in self._peers.items()
+            }
+        return {iid: at for iid, at in known.items() if at != float("-inf")}
+
+    def flush(self, sink: Callable[[Mapping[str, float]], None]) -> int:
+        """Hand the last-seen times gathered since the previous flush to ``sink`` in one
+        batch; return how many. If the sink raises, the batch is kept for the next flush."""
+        with self._lock:
+            batch, self._unflushed = self._unflushed, {}
+        if not batch:
+            return 0
+        try:
+            sink(batch)
+        except Exception:
+            with self._lock:
+                for iid, seen in batch.items():
+                    if iid in self._peers and self._unflushed.get(iid, seen) <= seen:
+                        self._unflushed[iid] = seen
+            raise
+        return len(batch)
+
+    # The server thread.
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (useful with port 0)."""
+        if self._sock is None:
+            raise RuntimeError("the receiver is not started")
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        family, _, _, _, address = socket.getaddrinfo(*self._bind, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # Room for bursts (thousands of appliances beating at once after a partition heals);
+        # the kernel caps it at net.core.rmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(address)
+        sock.setblocking(False)
+        self._sock = sock
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(
+            target=self._serve, args=(sock, self._wake[0]), name="heartbeat-receiver", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._wake is not None:
+            self._wake[1].send(b"x")
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for sock in (self._sock, *(self._wake or ())):
+            if sock is not None:
+                sock.close()
+        self._sock = None
+        self._wake = None
+
+    def _serve(self, sock: socket.socket, wake: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is wake:
+                        return
+                    self._drain(sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Read every datagram waiting; one more byte than allowed reveals oversized ones."""
+        while True:
+            try:
+                datagram = sock.recv(MAX_DATAGRAM + 1)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # ICMP errors surface here on some stacks; they are not heartbeats.
+                LOG.debug("heartbeat socket error: %s", exc)
+                return
+            self.handle(datagram)

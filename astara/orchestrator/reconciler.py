@@ -1,0 +1,314 @@
+"""One step of one router: observe, decide (state.decide), act, record.
+
+Everything a step needs is re-read each time (Neutron, the store, the provider, the appliance),
+so a step interrupted by a crash is simply run again after a restart. Every action is
+idempotent; the only memory between steps is the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from ipaddress import ip_interface
+from typing import Protocol
+
+from astara.appliance.models import ApplianceConfig
+from astara.drivers.router import ManagementPort, RouterSnapshot, plugged_ports, render
+from astara.orchestrator.appliance_client import (
+    ApplianceClient,
+    ApplianceError,
+    StaleGeneration,
+)
+from astara.orchestrator.events import Event, EventAction
+from astara.orchestrator.state import (
+    Action,
+    Decision,
+    InstanceView,
+    Observation,
+    Policy,
+    State,
+    decide,
+)
+from astara.orchestrator.store import InstanceRecord, RouterRecord, Store
+from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
+
+LOG = logging.getLogger(__name__)
+
+MANAGEMENT_NETWORK = "management"
+
+
+class RouterSource(Protocol):
+    def fetch(self, router_id: str) -> RouterSnapshot | None: ...
+
+
+class StatusReporter(Protocol):
+    """Tells Neutron how a router is doing (the Neutron plugin's status API, or a log)."""
+
+    def report(self, router_id: str, state: State) -> None: ...
+
+
+class LoggingStatusReporter:
+    """Until the Neutron plugin's status API is there: state changes go to the log."""
+
+    def report(self, router_id: str, state: State) -> None:
+        LOG.info("router %s: status %s", router_id, state)
+
+
+ClientFactory = Callable[[str], ApplianceClient]
+
+
+@dataclass(frozen=True)
+class Settings:
+    management_prefixlen: int
+    metadata_url: str | None = None
+    policy: Policy = field(default_factory=Policy)
+
+
+def snapshot_digest(snapshot: RouterSnapshot) -> str:
+    """Changes exactly when what Neutron says about the router changes."""
+    return hashlib.sha256(snapshot.model_dump_json().encode()).hexdigest()
+
+
+def management_mac(instance_id: str) -> str:
+    """A locally administered unicast MAC derived from the instance id (stable, unique enough)."""
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def instance_spec(instance_id: str, snapshot: RouterSnapshot) -> InstanceSpec:
+    management = PortSpec(
+        port_id=f"mgmt-{instance_id[:8]}",
+        network_id=MANAGEMENT_NETWORK,
+        mac=management_mac(instance_id),
+        kind="management",
+    )
+    return InstanceSpec(
+        instance_id=instance_id,
+        router_id=snapshot.router.id,
+        ports=(management, *data_ports(snapshot)),
+    )
+
+
+def data_ports(snapshot: RouterSnapshot) -> list[PortSpec]:
+    mtus = {net.id: net.mtu for net in snapshot.networks}
+    gateway = snapshot.gateway_port
+    return [
+        PortSpec(
+            port_id=port.id,
+            network_id=port.network_id,
+            mac=port.mac_address,
+            kind="external" if gateway is not None and port.id == gateway.id else "internal",
+            mtu=min(max(mtus.get(port.network_id) or 1500, 1280), 9216),
+        )
+        for port in plugged_ports(snapshot)
+    ]
+
+
+class RouterReconciler:
+    def __init__(
+        self,
+        source: RouterSource,
+        store: Store,
+        provider: Provider,
+        clients: ClientFactory,
+        status: StatusReporter,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._provider = provider
+        self._clients = clients
+        self._status = status
+        self._settings = settings
+        self._clock = clock
+
+    def step(self, router_id: str, event: Event | None) -> float | None:
+        """Run one step; return the monotonic time to run again, or None."""
+        snapshot = self._source.fetch(router_id)
+        record = self._store.get_router(router_id)
+        if record is None:
+            if snapshot is None:
+                return None  # never known, already gone
+            record = self._store.ensure_router(router_id, snapshot.router.project_id)
+        if event is not None and event.action is EventAction.REBUILD:
+            self._store.request_rebuild(router_id, True)
+        if snapshot is not None:
+            record = self._store.set_desired(router_id, snapshot_digest(snapshot))
+
+        instance = self._current_instance(router_id)
+        view, provided = self._observe(instance)
+        now = self._clock()
+        decision = decide(self._observation(record, snapshot, view, now), self._settings.policy)
+        if decision.state.value != record.state:
+            LOG.info(
+                "router %s: %s -> %s (%s)", router_id, record.state, decision.state, decision.reason
+            )
+        retry = self._act(decision, record, snapshot, instance, provided)
+        if decision.action is not Action.FORGET:
+            self._store.set_state(router_id, decision.state)
+            self._status.report(router_id, decision.state)
+        if retry is None and decision.retry_at is not None:
+            retry = decision.retry_at - now
+        return None if retry is None else time.monotonic() + retry
+
+    # -- observe -----------------------------------------------------------------------
+
+    def _current_instance(self, router_id: str) -> InstanceRecord | None:
+        """The newest instance; older ones are leftovers of an interrupted replace."""
+        instances = self._store.instances(router_id)
+        for stale in instances[:-1]:
+            self._delete_instance(stale)
+        return instances[-1] if instances else None
+
+    def _observe(
+        self, instance: InstanceRecord | None
+    ) -> tuple[InstanceView | None, Instance | None]:
+        if instance is None:
+            return None, None
+        booted_at = instance.created_at.replace(tzinfo=UTC).timestamp()
+        provided = self._provider.get(instance.id)
+        if provided is None or provided.state == "missing":
+            return InstanceView(booted_at, False, True, None), provided
+        try:
+            with self._clients(provided.management_address) as client:
+                health = client.health()
+        except ApplianceError as exc:
+            LOG.debug("instance %s: no answer (%s)", instance.id, exc)
+            return InstanceView(booted_at, False, instance.ever_reachable, None), provided
+        if not instance.ever_reachable:
+            self._store.update_instance(instance.id, ever_reachable=True, health="up")
+        return InstanceView(booted_at, True, True, health.generation), provided
+
+    def _observation(
+        self,
+        record: RouterRecord,
+        snapshot: RouterSnapshot | None,
+        view: InstanceView | None,
+        now: float,
+    ) -> Observation:
+        last_failure = record.last_failure_at
+        return Observation(
+            now=now,
+            managed=record.managed,
+            router_exists=snapshot is not None,
+            desired_generation=record.desired_generation,
+            instance=view,
+            failures=record.error_count,
+            last_failure_at=last_failure.replace(tzinfo=UTC).timestamp() if last_failure else None,
+            error_generation=record.error_generation,
+            rebuild_requested=record.rebuild_requested,
+        )
+
+    # -- act ---------------------------------------------------------------------------
+
+    def _act(
+        self,
+        decision: Decision,
+        record: RouterRecord,
+        snapshot: RouterSnapshot | None,
+        instance: InstanceRecord | None,
+        provided: Instance | None,
+    ) -> float | None:
+        router_id = record.id
+        if decision.action is Action.BOOT and snapshot is not None:
+            self._boot(router_id, snapshot)
+            return self._settings.policy.boot_poll_interval
+        if decision.action is Action.REPLACE and snapshot is not None:
+            if instance is not None:
+                self._store.log(f"replacing instance: {decision.reason}", router_id, instance.id)
+                self._delete_instance(instance)
+            self._store.request_rebuild(router_id, False)
+            self._boot(router_id, snapshot)
+            return self._settings.policy.boot_poll_interval
+        if decision.action is Action.PUSH_CONFIG and snapshot and instance and provided:
+            return self._push(record, snapshot, instance, provided)
+        if decision.action is Action.DELETE_INSTANCE and instance is not None:
+            self._delete_instance(instance)
+            return 0.0
+        if decision.action is Action.FORGET:
+            self._store.forget_router(router_id)
+            self._store.log("router deleted; nothing left", router_id)
+            LOG.info("router %s: deleted, nothing left", router_id)
+        if decision.action is Action.MARK_ERROR:
+            self._store.mark_error(router_id, record.desired_generation)
+            self._store.log(f"ERROR: {decision.reason}: {record.last_error}", router_id)
+            LOG.error("router %s: ERROR after %s", router_id, decision.reason)
+        return None
+
+    def _boot(self, router_id: str, snapshot: RouterSnapshot) -> None:
+        instance_id = str(uuid.uuid4())
+        # Recorded first: a crash during boot leaves a record the next step cleans up.
+        self._store.add_instance(instance_id, router_id, self._provider.name, instance_id)
+        booted = self._provider.boot(instance_spec(instance_id, snapshot))
+        self._store.update_instance(instance_id, management_address=booted.management_address)
+        self._store.log("instance booted", router_id, instance_id)
+        LOG.info(
+            "router %s: booted instance %s at %s", router_id, instance_id, booted.management_address
+        )
+
+    def _delete_instance(self, instance: InstanceRecord) -> None:
+        self._provider.delete(instance.id)
+        self._store.remove_instance(instance.id)
+        self._store.log("instance deleted", instance.router_id, instance.id)
+        LOG.info("router %s: deleted instance %s", instance.router_id, instance.id)
+
+    def _push(
+        self,
+        record: RouterRecord,
+        snapshot: RouterSnapshot,
+        instance: InstanceRecord,
+        provided: Instance,
+    ) -> float | None:
+        router_id, generation = record.id, record.desired_generation
+        try:
+            provided = self._replug(provided, data_ports(snapshot))
+            document = self._document(snapshot, generation, instance, provided)
+            with self._clients(provided.management_address) as client:
+                client.put_config(document)
+        except StaleGeneration as exc:
+            # The appliance is ahead of the store (a store restored from backup, say): move on.
+            self._store.raise_generation(router_id, (exc.applied_generation or 0) + 1)
+            return 0.0
+        except (ApplianceError, RuntimeError) as exc:
+            count = self._store.record_error(router_id, f"configure: {exc}")
+            self._store.log(f"configuration failed ({count}): {exc}", router_id, instance.id)
+            LOG.warning(
+                "router %s: configuration %s failed (%s): %s", router_id, generation, count, exc
+            )
+            return 0.0
+        self._store.update_instance(instance.id, acknowledged_generation=generation)
+        self._store.clear_errors(router_id)
+        self._store.log(f"generation {generation} applied", router_id, instance.id)
+        LOG.info("router %s: generation %s applied by %s", router_id, generation, instance.id)
+        return None
+
+    def _replug(self, provided: Instance, wanted: Sequence[PortSpec]) -> Instance:
+        have = {port.port_id for port in provided.ports if port.kind != "management"}
+        for port in wanted:
+            if port.port_id not in have:
+                provided = self._provider.plug(provided, port)
+        for port_id in have - {port.port_id for port in wanted}:
+            provided = self._provider.unplug(provided, port_id)
+        return provided
+
+    def _document(
+        self,
+        snapshot: RouterSnapshot,
+        generation: int,
+        instance: InstanceRecord,
+        provided: Instance,
+    ) -> ApplianceConfig:
+        management_port = next(p for p in provided.ports if p.kind == "management")
+        address = ip_interface(
+            f"{provided.management_address}/{self._settings.management_prefixlen}"
+        )
+        management = ManagementPort(
+            network_id=management_port.network_id, mac=management_port.mac, addresses=(address,)
+        )
+        return render(snapshot, generation, management, self._settings.metadata_url)

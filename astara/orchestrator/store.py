@@ -1,0 +1,362 @@
+"""The orchestrator's store: routers, their instances and an event log, in SQL.
+
+SQLAlchemy 2.0 models plus a small repository (``Store``) that hands out frozen records, so
+no caller ever holds a session or a live ORM object. The schema is created by the alembic
+migrations in ``astara.orchestrator.migrations`` (``upgrade(url)``), never by ``create_all``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+ID = String(64)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RouterRow(Base):
+    __tablename__ = "routers"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, index=True)
+    state: Mapped[str] = mapped_column(String(32), default="new")
+    desired_generation: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The desired generation when the router entered ERROR; a newer one leaves ERROR.
+    error_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What Neutron said last (a digest): the generation moves on only when it changes.
+    snapshot_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rebuild_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    managed: Mapped[bool] = mapped_column(Boolean, default=True)
+    debug: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    router_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("routers.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_ref: Mapped[str] = mapped_column(String(255))
+    management_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    acknowledged_generation: Mapped[int] = mapped_column(Integer, default=0)
+    health: Mapped[str] = mapped_column(String(32), default="unknown")
+    ever_reachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class EventLogRow(Base):
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    router_id: Mapped[str | None] = mapped_column(ID, nullable=True, index=True)
+    instance_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class RouterRecord:
+    id: str
+    project_id: str
+    state: str
+    desired_generation: int
+    error_count: int
+    last_error: str | None
+    last_failure_at: datetime | None
+    error_generation: int | None
+    snapshot_digest: str | None
+    rebuild_requested: bool
+    managed: bool
+    debug: bool
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    router_id: str
+    provider: str
+    provider_ref: str
+    management_address: str | None
+    acknowledged_generation: int
+    health: str
+    ever_reachable: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    time: datetime
+    router_id: str | None
+    instance_id: str | None
+    message: str
+
+
+class NotFound(LookupError):
+    """No row with that id."""
+
+
+class Store:
+    """The repository; safe to share between threads (one short session per call)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # Routers
+
+    def ensure_router(self, router_id: str, project_id: str) -> RouterRecord:
+        """The router's row, created (state "new") the first time it is seen."""
+        with self._session() as session:
+            row = session.get(RouterRow, router_id)
+            if row is None:
+                row = RouterRow(id=router_id, project_id=project_id)
+                session.add(row)
+                session.flush()
+            return _router(row)
+
+    def get_router(self, router_id: str) -> RouterRecord | None:
+        with self._session() as session:
+            row = session.get(RouterRow, router_id)
+            return _router(row) if row is not None else None
+
+    def list_routers(self, project_id: str | None = None) -> list[RouterRecord]:
+        query = select(RouterRow).order_by(RouterRow.id)
+        if project_id is not None:
+            query = query.where(RouterRow.project_id == project_id)
+        with self._session() as session:
+            return [_router(row) for row in session.scalars(query)]
+
+    def set_state(self, router_id: str, state: str) -> None:
+        self._update_router(router_id, state=state)
+
+    def next_generation(self, router_id: str) -> int:
+        """Raise the desired generation by one, atomically, and return it."""
+        with self._session() as session:
+            found = session.execute(
+                update(RouterRow)
+                .where(RouterRow.id == router_id)
+                .values(desired_generation=RouterRow.desired_generation + 1, updated_at=utcnow())
+            )
+            if found.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound(router_id)
+            generation: int = session.scalars(
+                select(RouterRow.desired_generation).where(RouterRow.id == router_id)
+            ).one()
+            return generation
+
+    def record_error(self, router_id: str, message: str) -> int:
+        """Count one more consecutive failure; return the count."""
+        with self._session() as session:
+            row = _required(session, router_id)
+            row.error_count += 1
+            row.last_error = message
+            row.last_failure_at = utcnow()
+            return row.error_count
+
+    def clear_errors(self, router_id: str) -> None:
+        """A success: no failure counted, not in ERROR."""
+        self._update_router(
+            router_id, error_count=0, last_error=None, last_failure_at=None, error_generation=None
+        )
+
+    def mark_error(self, router_id: str, generation: int) -> None:
+        """ERROR, until the desired generation passes ``generation`` or a rebuild."""
+        self._update_router(router_id, error_generation=generation)
+
+    def request_rebuild(self, router_id: str, requested: bool) -> None:
+        values: dict[str, object] = {"rebuild_requested": requested}
+        if requested:
+            values.update(error_count=0, error_generation=None, last_failure_at=None)
+        self._update_router(router_id, **values)
+
+    def set_desired(self, router_id: str, digest: str) -> RouterRecord:
+        """Record what Neutron says now; the generation moves on when it changed."""
+        with self._session() as session:
+            row = _required(session, router_id, lock=True)
+            if row.snapshot_digest != digest:
+                row.snapshot_digest = digest
+                row.desired_generation += 1
+            return _router(row)
+
+    def raise_generation(self, router_id: str, at_least: int) -> None:
+        with self._session() as session:
+            row = _required(session, router_id, lock=True)
+            row.desired_generation = max(row.desired_generation, at_least)
+
+    def set_managed(self, router_id: str, managed: bool) -> None:
+        self._update_router(router_id, managed=managed)
+
+    def set_debug(self, router_id: str, debug: bool) -> None:
+        self._update_router(router_id, debug=debug)
+
+    def forget_router(self, router_id: str) -> None:
+        """Drop the router and its instances (the event log keeps its history)."""
+        with self._session() as session:
+            for instance in session.scalars(
+                select(InstanceRow).where(InstanceRow.router_id == router_id)
+            ):
+                session.delete(instance)
+            row = session.get(RouterRow, router_id)
+            if row is not None:
+                session.delete(row)
+
+    def _update_router(self, router_id: str, **values: object) -> None:
+        with self._session() as session:
+            row = _required(session, router_id)
+            for name, value in values.items():
+                setattr(row, name, value)
+
+    # Instances
+
+    def add_instance(
+        self,
+        instance_id: str,
+        router_id: str,
+        provider: str,
+        provider_ref: str,
+        management_address: str | None = None,
+    ) -> InstanceRecord:
+        with self._session() as session:
+            row = InstanceRow(
+                id=instance_id,
+                router_id=router_id,
+                provider=provider,
+                provider_ref=provider_ref,
+                management_address=management_address,
+            )
+            session.add(row)
+            session.flush()
+            return _instance(row)
+
+    def instances(self, router_id: str) -> list[InstanceRecord]:
+        query = (
+            select(InstanceRow)
+            .where(InstanceRow.router_id == router_id)
+            .order_by(InstanceRow.created_at, InstanceRow.id)
+        )
+        with self._session() as session:
+            return [_instance(row) for row in session.scalars(query)]
+
+    def update_instance(
+        self,
+        instance_id: str,
+        *,
+        management_address: str | None = None,
+        acknowledged_generation: int | None = None,
+        health: str | None = None,
+        ever_reachable: bool | None = None,
+    ) -> InstanceRecord:
+        """Change the given fields (None leaves a field as it is)."""
+        with self._session() as session:
+            row = session.get(InstanceRow, instance_id)
+            if row is None:
+                raise NotFound(instance_id)
+            if management_address is not None:
+                row.management_address = management_address
+            if acknowledged_generation is not None:
+                row.acknowledged_generation = acknowledged_generation
+            if health is not None:
+                row.health = health
+            if ever_reachable is not None:
+                row.ever_reachable = ever_reachable
+            return _instance(row)
+
+    def remove_instance(self, instance_id: str) -> None:
+        with self._session() as session:
+            row = session.get(InstanceRow, instance_id)
+            if row is not None:
+                session.delete(row)
+
+    # Event log
+
+    def log(
+        self, message: str, router_id: str | None = None, instance_id: str | None = None
+    ) -> None:
+        with self._session() as session:
+            session.add(EventLogRow(router_id=router_id, instance_id=instance_id, message=message))
+
+    def events(self, router_id: str | None = None, limit: int = 100) -> list[EventRecord]:
+        """The newest ``limit`` log entries, newest first."""
+        query = select(EventLogRow).order_by(EventLogRow.id.desc()).limit(limit)
+        if router_id is not None:
+            query = query.where(EventLogRow.router_id == router_id)
+        with self._session() as session:
+            return [
+                EventRecord(row.id, row.time, row.router_id, row.instance_id, row.message)
+                for row in session.scalars(query)
+            ]
+
+
+def _required(session: Session, router_id: str, lock: bool = False) -> RouterRow:
+    row = session.get(RouterRow, router_id, with_for_update=lock)
+    if row is None:
+        raise NotFound(router_id)
+    return row
+
+
+def _router(row: RouterRow) -> RouterRecord:
+    return RouterRecord(
+        id=row.id,
+        project_id=row.project_id,
+        state=row.state,
+        desired_generation=row.desired_generation,
+        error_count=row.error_count,
+        last_error=row.last_error,
+        last_failure_at=row.last_failure_at,
+        error_generation=row.error_generation,
+        snapshot_digest=row.snapshot_digest,
+        rebuild_requested=row.rebuild_requested,
+        managed=row.managed,
+        debug=row.debug,
+        updated_at=row.updated_at,
+    )
+
+
+def _instance(row: InstanceRow) -> InstanceRecord:
+    return InstanceRecord(
+        id=row.id,
+        router_id=row.router_id,
+        provider=row.provider,
+        provider_ref=row.provider_ref,
+        management_address=row.management_address,
+        acknowledged_generation=row.acknowledged_generation,
+        health=row.health,
+        ever_reachable=row.ever_reachable,
+        created_at=row.created_at,
+    )

@@ -1,0 +1,192 @@
+"""The local cloud-in-a-box: real Neutron, the orchestrator, netns appliances, workloads.
+
+Used by the demo, the end-to-end tests and the benchmarks. The orchestrator runs as a
+separate process (as in production), so tests can kill it at any moment. The "outside world"
+is the netns provider's uplink namespace; workloads ("VMs") are namespaces holding a Neutron
+port's MAC on that port's network bridge, addressed by the appliance's DHCP.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astara.common.tls import CertificateAuthority
+from astara.providers.netns import NetnsProvider, short_hash
+from astara.testing import services
+from astara.testing.netns import Namespace, Topology
+from astara.testing.neutron_bed import RABBIT_URL, Endpoint, NeutronTestbed, process_alive
+
+ORCHESTRATOR = Path(sys.executable).with_name("astara-orchestrator")
+
+
+@dataclass
+class Workload:
+    """A lightweight VM: a namespace with one NIC carrying a Neutron port's MAC."""
+
+    namespace: Namespace
+    ifname: str
+    mac: str
+    address: ipaddress.IPv4Interface | None = None
+
+
+@dataclass
+class CloudInABox:
+    state_dir: Path
+    bed: NeutronTestbed
+    prefix: str = "ast"
+    processes: int = 2
+    threads: int = 4
+    _orchestrator: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _workloads: Topology | None = field(default=None, init=False)
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "orchestrator.ini"
+
+    @property
+    def orchestrator_log(self) -> Path:
+        return self.state_dir / "orchestrator.log"
+
+    def provider(self) -> NetnsProvider:
+        """A provider object on the same state as the orchestrator's (for uplinks, checks)."""
+        ca = CertificateAuthority.load_or_create(self.state_dir / "orchestrator" / "ca")
+        return NetnsProvider(self.state_dir / "instances", ca, prefix=self.prefix)
+
+    def up(self) -> Endpoint:
+        services.ensure_all()
+        endpoint = self.bed.up()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config(endpoint)
+        self.provider().ensure_fabric()
+        self.start_orchestrator()
+        return endpoint
+
+    def _write_config(self, endpoint: Endpoint) -> None:
+        sections = {
+            "DEFAULT": {
+                "transport_url": RABBIT_URL,
+                "state_path": str(self.state_dir / "orchestrator"),
+                "resync_interval": "30",
+                "log_file": str(self.orchestrator_log),
+                "debug": "false",
+            },
+            "neutron": {"auth_type": "none", "endpoint_override": endpoint.url},
+            "workers": {"processes": str(self.processes), "threads": str(self.threads)},
+            "provider": {
+                "name": "netns",
+                "state_path": str(self.state_dir / "instances"),
+                "prefix": self.prefix,
+                "boot_timeout": "30",
+            },
+            "health": {"backoff_initial": "0.5", "backoff_max": "5"},
+            "database": {"connection": f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"},
+        }
+        parser = configparser.ConfigParser(interpolation=None)
+        for section, options in sections.items():
+            if section != "DEFAULT":
+                parser.add_section(section)
+            for key, value in options.items():
+                parser.set(section, key, value)
+        with self.config_file.open("w") as handle:
+            parser.write(handle)
+
+    def start_orchestrator(self) -> int:
+        if self._orchestrator is not None and self._orchestrator.poll() is None:
+            return self._orchestrator.pid
+        self._orchestrator = subprocess.Popen(
+            [str(ORCHESTRATOR), "--config-file", str(self.config_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.state_dir / "orchestrator.stderr").open("ab"),
+            start_new_session=True,
+        )
+        return self._orchestrator.pid
+
+    def kill_orchestrator(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the orchestrator and its worker processes (SIGKILL: a crash, no clean-up)."""
+        proc = self._orchestrator
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 10
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._orchestrator = None
+
+    def uplink(self, network_id: str, gateway_cidr: str) -> Namespace:
+        """Connect an external network to the outside world, which holds its gateway."""
+        uplink = self.provider().ensure_uplink(network_id, gateway_cidr)
+        return Namespace(uplink.namespace)
+
+    def workload(self, network_id: str, mac: str) -> Workload:
+        """A VM for a Neutron port: plugged on its network's bridge, no address yet."""
+        topology = self._topology()
+        provider = self.provider()
+        bridge = provider.ensure_network_bridge(network_id)
+        key = short_hash(mac, 8)
+        ns = topology.namespace(f"{self.prefix}w{key}")
+        fabric = Namespace(provider.names.fabric_ns)
+        topology.veth(ns, f"{self.prefix}w{key}v", fabric, f"{self.prefix}w{key}f", left_mac=mac)
+        fabric.run(["ip", "link", "set", f"{self.prefix}w{key}f", "master", bridge])
+        return Workload(ns, f"{self.prefix}w{key}v", mac)
+
+    def dhcp(self, workload: Workload, timeout: int = 10) -> ipaddress.IPv4Interface:
+        workload.address = self._topology().dhcp(workload.namespace, workload.ifname, timeout)
+        return workload.address
+
+    def resolv_conf(self, workload: Workload) -> str:
+        """What the workload's DHCP client wrote as its resolv.conf."""
+        path = self._topology().workdir / f"{workload.namespace.name}.resolv"
+        return path.read_text() if path.exists() else ""
+
+    def spawn(self, ns: Namespace, argv: list[str]) -> None:
+        """A long-running helper process in ``ns``, stopped with the workloads."""
+        self._topology().spawn(ns, argv)
+
+    def _topology(self) -> Topology:
+        """Workloads and helper processes: one topology, removed by remove_workloads()."""
+        if self._workloads is None:
+            self._workloads = Topology(prefix=f"{self.prefix}w")
+            self._workloads.sweep()
+        return self._workloads
+
+    def remove_workloads(self) -> None:
+        if self._workloads is not None:
+            self._workloads.close()
+            self._workloads = None
+
+    def down(self, stop_neutron: bool = True) -> None:
+        self.kill_orchestrator(signal.SIGTERM)
+        self.remove_workloads()
+        self.provider().teardown()
+        if stop_neutron:
+            self.bed.down()
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and process_alive(int(entry)):
+            return True
+    return False

@@ -1,0 +1,51 @@
+"""A tiny TCP server for packet tests: answers each connection with its name and the peer's IP.
+
+Run inside a namespace: ``python -m astara.testing.echo --name uplink --port 7000``. What the
+peer address is tells a test whether SNAT, a floating IP or a port forward did its job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import socketserver
+import sys
+from collections.abc import Sequence
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        name = self.server.name  # type: ignore[attr-defined]
+        self.request.sendall(f"{name} {self.client_address[0]}\n".encode())
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    address_family = socket.AF_INET6
+
+
+def ask(host: str, port: int, timeout: float = 3.0) -> tuple[str, str]:
+    """Connect to an echo server: (its name, the address it saw us coming from)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        name, peer = sock.makefile().readline().split()
+    return name, peer.removeprefix("::ffff:")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default="echo", help="what to answer as")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ask", metavar="HOST", help="client mode: print what HOST:PORT says")
+    args = parser.parse_args(argv)
+    if args.ask:
+        print(*ask(args.ask, args.port))
+        return 0
+    with _Server(("::", args.port), _Handler) as server:
+        server.name = args.name  # type: ignore[attr-defined]
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The orchestrator end to end: real Neutron, RabbitMQ, orchestrator, netns appliances.
+
+Every assertion is made with real packets from workload namespaces (or, for a burst of
+floating IPs, with the configuration the appliance reports). The steps build on each other
+and run in file order on one router.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openstack
+import pytest
+
+from astara.orchestrator.appliance_client import ApplianceClient
+from astara.orchestrator.store import Store
+from astara.testing.cloud import CloudInABox, Workload
+from astara.testing.netns import Namespace
+from astara.testing.neutron_bed import NeutronTestbed, connect
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "ate"
+STATE = Path("/var/lib/astara/e2e-orchestrator")
+ECHO = [sys.executable, "-m", "astara.testing.echo"]
+UPLINK_IP = "172.24.20.1"
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the condition is not met yet
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout} s (last error: {last})")
+
+
+def ask(ns: Namespace, host: str, port: int) -> tuple[str, str]:
+    out = ns.run([*ECHO, "--ask", host, "--port", str(port)], timeout=10).stdout.split()
+    return out[0], out[1]
+
+
+def pings(ns: Namespace, ip: str) -> bool:
+    return ns.run(["ping", "-c", "1", "-W", "1", ip], check=False).returncode == 0
+
+
+class World:
+    """What the steps share: the cloud, the Neutron objects, the workloads."""
+
+    def __init__(self, cloud: CloudInABox, sdk: openstack.connection.Connection) -> None:
+        self.cloud = cloud
+        self.sdk = sdk
+        self.project = "e2e" + str(int(time.time()))
+        self.ids: dict[str, Any] = {}
+        self.vms: dict[str, Workload] = {}
+
+    def appliance(self) -> ApplianceClient:
+        instances = self.cloud.provider().list()
+        assert len(instances) == 1, instances
+        creds = STATE / "orchestrator"
+        return ApplianceClient(
+            instances[0].management_address,
+            ca=creds / "ca" / "ca.pem",
+            cert=creds / "orchestrator-client.pem",
+            key=creds / "orchestrator-client.key",
+        )
+
+    def appliance_pid(self) -> tuple[str, int]:
+        (instance,) = self.cloud.provider().list()
+        ns = self.cloud.provider().names.instance_ns(instance.id)
+        return instance.id, int((STATE / "instances" / ns / "appliance.pid").read_text())
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    bed = NeutronTestbed(state_dir=STATE / "neutron", database="astara_neutron_e2e")
+    cloud = CloudInABox(state_dir=STATE, bed=bed, prefix=PREFIX)
+    if STATE.exists():
+        cloud.provider().teardown()
+        shutil.rmtree(STATE / "instances", ignore_errors=True)
+        (STATE / "orchestrator.sqlite").unlink(missing_ok=True)
+    endpoint = cloud.up()
+    try:
+        yield World(cloud, connect(endpoint.url))
+    finally:
+        cloud.down()
+
+
+def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
+    sdk, project = world.sdk, world.project
+    net_a = sdk.network.create_network(name="a", project_id=project)
+    sub_a = sdk.network.create_subnet(
+        network_id=net_a.id, cidr="10.21.0.0/24", ip_version=4, project_id=project
+    )
+    ext = sdk.network.create_network(
+        name="ext",
+        project_id=project,
+        is_router_external=True,
+        provider_network_type="flat",
+        provider_physical_network="e2e-public",
+    )
+    sdk.network.create_subnet(
+        network_id=ext.id,
+        cidr="172.24.20.0/24",
+        gateway_ip=UPLINK_IP,
+        ip_version=4,
+        project_id=project,
+    )
+    uplink = world.cloud.uplink(ext.id, f"{UPLINK_IP}/24")
+    world.cloud.spawn(uplink, [*ECHO, "--name", "uplink", "--port", "7000"])
+    router = sdk.network.create_router(
+        name="e2e", project_id=project, external_gateway_info={"network_id": ext.id}
+    )
+    sdk.network.add_interface_to_router(router, subnet=sub_a.id)
+    port_a = sdk.network.create_port(network_id=net_a.id, project_id=project, name="vm-a")
+    world.ids.update(net_a=net_a, sub_a=sub_a, ext=ext, router=router, port_a=port_a)
+
+    vm_a = world.cloud.workload(net_a.id, port_a.mac_address)
+    world.vms["a"] = vm_a
+    leased = eventually(lambda: world.cloud.dhcp(vm_a, timeout=3), 90, "a DHCP lease for vm-a")
+    assert str(leased.ip) == port_a.fixed_ips[0]["ip_address"]
+
+    gateway_ip = sdk.network.get_router(router.id).external_gateway_info["external_fixed_ips"][0]
+    name, seen_as = eventually(lambda: ask(vm_a.namespace, UPLINK_IP, 7000), 30, "SNAT")
+    assert (name, seen_as) == ("uplink", gateway_ip["ip_address"])
+
+
+def test_adding_an_interface_routes_between_networks(world: World) -> None:
+    sdk, project = world.sdk, world.project
+    net_b = sdk.network.create_network(name="b", project_id=project)
+    sub_b = sdk.network.create_subnet(
+        network_id=net_b.id, cidr="10.22.0.0/24", ip_version=4, project_id=project
+    )
+    port_b = sdk.network.create_port(network_id=net_b.id, project_id=project, name="vm-b")
+    sdk.network.add_interface_to_router(world.ids["router"], subnet=sub_b.id)
+    world.ids.update(net_b=net_b, sub_b=sub_b, port_b=port_b)
+    vm_b = world.cloud.workload(net_b.id, port_b.mac_address)
+    world.vms["b"] = vm_b
+    eventually(lambda: world.cloud.dhcp(vm_b, timeout=3), 60, "a DHCP lease for vm-b")
+    ip_b = port_b.fixed_ips[0]["ip_address"]
+    eventually(lambda: pings(world.vms["a"].namespace, ip_b), 30, "vm-a reaching vm-b")
+    for name, vm in world.vms.items():
+        world.cloud.spawn(vm.namespace, [*ECHO, "--name", f"vm-{name}", "--port", "7001"])
+
+
+def test_floating_ip_reaches_its_port_and_moves_with_it(world: World) -> None:
+    sdk = world.sdk
+    uplink = Namespace(world.cloud.provider().names.uplink_ns)
+    fip = sdk.network.create_ip(
+        floating_network_id=world.ids["ext"].id,
+        port_id=world.ids["port_a"].id,
+        project_id=world.project,
+    )
+    world.ids["fip"] = fip
+    address = fip.floating_ip_address
+    assert eventually(lambda: ask(uplink, address, 7001), 30, "the FIP") == ("vm-a", UPLINK_IP)
+    _, seen_as = ask(world.vms["a"].namespace, UPLINK_IP, 7000)
+    assert seen_as == address  # leaves with its own floating address
+
+    sdk.network.update_ip(fip, port_id=world.ids["port_b"].id)
+    assert eventually(lambda: ask(uplink, address, 7001)[0] == "vm-b", 30, "the FIP on vm-b")
+
+
+def test_dns_servers_of_a_subnet_reach_dhcp_clients(world: World) -> None:
+    world.sdk.network.update_subnet(world.ids["sub_a"], dns_nameservers=["10.21.0.53"])
+    vm_a = world.vms["a"]
+
+    def renewed() -> bool:
+        world.cloud.dhcp(vm_a, timeout=3)
+        return "nameserver 10.21.0.53" in world.cloud.resolv_conf(vm_a)
+
+    eventually(renewed, 30, "the new DNS server in vm-a's lease")
+
+
+def test_removing_an_interface_cuts_that_network_off(world: World) -> None:
+    world.sdk.network.remove_interface_from_router(
+        world.ids["router"], subnet=world.ids["sub_b"].id
+    )
+    ip_b = world.ids["port_b"].fixed_ips[0]["ip_address"]
+    eventually(lambda: not pings(world.vms["a"].namespace, ip_b), 30, "vm-b unreachable")
+
+
+def test_orchestrator_killed_mid_change_converges_without_rebooting(world: World) -> None:
+    before = world.appliance_pid()
+    world.sdk.network.add_interface_to_router(world.ids["router"], subnet=world.ids["sub_b"].id)
+    time.sleep(0.3)
+    world.cloud.kill_orchestrator(signal.SIGKILL)
+    world.cloud.start_orchestrator()
+    ip_b = world.ids["port_b"].fixed_ips[0]["ip_address"]
+    eventually(lambda: pings(world.vms["a"].namespace, ip_b), 60, "vm-b reachable again")
+    assert world.appliance_pid() == before  # same instance, same appliance process
+
+
+def test_broker_restart_during_a_burst_loses_nothing(world: World) -> None:
+    sdk, project, net_a = world.sdk, world.project, world.ids["net_a"]
+    ports = [
+        sdk.network.create_port(network_id=net_a.id, project_id=project, name=f"burst-{i}")
+        for i in range(4)
+    ]
+    created: list[str] = []
+
+    def burst() -> None:
+        for port in ports:
+            fip = sdk.network.create_ip(
+                floating_network_id=world.ids["ext"].id, port_id=port.id, project_id=project
+            )
+            created.append(fip.floating_ip_address)
+            time.sleep(0.5)
+
+    changes = threading.Thread(target=burst)
+    changes.start()
+    time.sleep(0.7)
+    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+    time.sleep(5)
+    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+    changes.join(120)
+    assert len(created) == len(ports)
+
+    def all_applied() -> bool:
+        with world.appliance() as client:
+            config = client.get_config()
+        return config is not None and set(created) <= {
+            str(f.floating_ip) for f in config.floating_ips
+        }
+
+    eventually(all_applied, 90, "every floating IP of the burst applied")
+
+
+def test_deleting_the_router_leaves_nothing_behind(world: World) -> None:
+    sdk, router = world.sdk, world.ids["router"]
+    for fip in sdk.network.ips(project_id=world.project):
+        sdk.network.delete_ip(fip)
+    for key in ("sub_a", "sub_b"):
+        sdk.network.remove_interface_from_router(router, subnet=world.ids[key].id)
+    sdk.network.delete_router(router)
+    provider = world.cloud.provider()
+    eventually(lambda: provider.list() == [], 60, "the instance removed")
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    instance_ns = [
+        line.split()[0]
+        for line in namespaces.splitlines()
+        if line.startswith(f"{PREFIX}-")
+        and line.split()[0]
+        not in (
+            provider.names.fabric_ns,
+            provider.names.uplink_ns,
+        )
+    ]
+    assert instance_ns == []
+    fabric_links = Namespace(provider.names.fabric_ns).run(["ip", "-o", "link"]).stdout
+    assert f"{PREFIX}f" not in fabric_links and f"{PREFIX}i" not in fabric_links
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(STATE / "instances")], capture_output=True, text=True
+    ).stdout.split()
+    assert leftovers == []
+    assert list(sdk.network.ports(device_id=router.id)) == []
+    store = Store(f"sqlite:///{STATE / 'orchestrator.sqlite'}")
+    eventually(lambda: store.get_router(router.id) is None, 30, "the router forgotten")
