@@ -91,7 +91,8 @@ class ConfigStore:
         self.path = state_dir / STATE_FILE
 
     def save(self, config: ApplianceConfig) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The directory stays traversable: daemons that dropped root read their files below it.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -173,7 +174,7 @@ class Engine:
     def _converge(self, desired: ApplianceConfig, previous: ApplianceConfig | None) -> None:
         started = time.perf_counter()
         try:
-            links = self._resolve_links(_macs(desired, previous))
+            links = self._links(desired, previous)
         except Exception as exc:
             self._fail(started, LINKS_STEP, f"cannot resolve interfaces: {exc}")
         for index, subsystem in enumerate(self.subsystems):
@@ -206,6 +207,13 @@ class Engine:
             desired.generation,
             self._health.last_apply_duration_s,
         )
+
+    def _links(self, desired: ApplianceConfig, previous: ApplianceConfig | None) -> LinkMap:
+        """Interfaces of both documents; those only the previous one had may be gone (unplugged)."""
+        try:
+            return self._resolve_links(_macs(desired, previous))
+        except LookupError:
+            return self._resolve_links(_macs(desired))
 
     def _roll_back(
         self,

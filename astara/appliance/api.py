@@ -1,0 +1,150 @@
+"""The appliance's REST API: read its state, replace its configuration.
+
+Served over mutual TLS by ``astara.appliance.service``; this module only maps HTTP to the
+engine and the status readers. Every refusal says precisely why: a 422 lists each problem with
+its path in the document, whether pydantic or ``models.problems()`` found it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from astara.appliance.engine import ApplyFailed, Engine, Health, StaleGeneration
+from astara.appliance.models import ApplianceConfig, Problem, problems
+from astara.appliance.status import Counters, InterfaceStatus, StatusReader
+
+JSON_TYPE = "application/json"
+
+
+class ServiceHealth(Health):
+    status: Literal["up"] = "up"
+    uptime_s: float
+    router_id: str | None = None
+
+
+class Problems(BaseModel):
+    """422: every reason the document was refused; nothing was applied."""
+
+    detail: list[Problem]
+
+
+class Conflict(BaseModel):
+    """409: the document is older than (or conflicts with) the applied one."""
+
+    detail: str
+    applied_generation: int
+    requested_generation: int
+
+
+class Failure(BaseModel):
+    """500: a step of the apply failed; the previous configuration has been restored."""
+
+    step: str
+    detail: str
+
+
+class Message(BaseModel):
+    detail: str
+
+
+def _pydantic_problems(exc: RequestValidationError) -> list[Problem]:
+    found = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        # FastAPI prefixes body errors with "body": the client sent the document, not a body.
+        if loc[:1] == ("body",):
+            loc = loc[1:]
+        found.append(Problem(loc=loc, msg=str(error.get("msg", "invalid"))))
+    return found
+
+
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != JSON_TYPE:
+        raise HTTPException(415, f"Content-Type must be {JSON_TYPE}")
+
+
+def create_app(engine: Engine, status: StatusReader) -> FastAPI:
+    """The API over one engine; ``status`` reads interfaces and counters."""
+    started = time.monotonic()
+    app = FastAPI(
+        title="astara-appliance",
+        version="1",
+        description="Configuration and status of one Astara router appliance.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body = Problems(detail=_pydantic_problems(exc))
+        return JSONResponse(body.model_dump(mode="json"), status_code=422)
+
+    def health() -> ServiceHealth:
+        current = engine.current
+        return ServiceHealth(
+            **engine.health().model_dump(),
+            uptime_s=time.monotonic() - started,
+            router_id=current.router_id if current else None,
+        )
+
+    @app.get("/v1/health", response_model=ServiceHealth)
+    def get_health() -> ServiceHealth:
+        return health()
+
+    @app.get("/v1/interfaces", response_model=list[InterfaceStatus])
+    def get_interfaces() -> list[InterfaceStatus]:
+        return status.interfaces()
+
+    @app.get("/v1/counters", response_model=Counters)
+    def get_counters() -> Counters:
+        return status.counters()
+
+    @app.get(
+        "/v1/config",
+        response_model=ApplianceConfig,
+        responses={404: {"model": Message, "description": "Nothing applied yet"}},
+        description="The applied document; secrets are replaced by '**********'.",
+    )
+    def get_config() -> Any:
+        current = engine.current
+        if current is None:
+            raise HTTPException(404, "no configuration has been applied")
+        # Dumped in JSON mode, where pydantic masks SecretStr values.
+        return JSONResponse(current.model_dump(mode="json"))
+
+    @app.put(
+        "/v1/config",
+        response_model=ServiceHealth,
+        dependencies=[Depends(_require_json)],
+        responses={
+            409: {"model": Conflict},
+            415: {"model": Message},
+            422: {"model": Problems},
+            500: {"model": Failure},
+        },
+        description="Replace the whole configuration; converges or rolls back.",
+    )
+    def put_config(config: ApplianceConfig) -> Any:
+        found = problems(config)
+        if found:
+            return JSONResponse(Problems(detail=found).model_dump(mode="json"), status_code=422)
+        try:
+            engine.apply(config)
+        except StaleGeneration as exc:
+            body: BaseModel = Conflict(
+                detail=exc.detail,
+                applied_generation=exc.applied,
+                requested_generation=exc.requested,
+            )
+            return JSONResponse(body.model_dump(mode="json"), status_code=409)
+        except ApplyFailed as exc:
+            body = Failure(step=exc.step, detail=exc.detail)
+            return JSONResponse(body.model_dump(mode="json"), status_code=500)
+        return health()
+
+    return app

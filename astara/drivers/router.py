@@ -1,0 +1,429 @@
+"""The router driver: one Neutron router's data in, the appliance configuration document out.
+
+``RouterSnapshot`` holds everything Neutron says about a router (parsed from the API's own JSON
+shapes), ``render`` turns it into an ``ApplianceConfig`` without any I/O, and
+``NeutronRouterSource`` is the thin edge that reads a snapshot from Neutron.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from astara.appliance.models import (
+    Allocation,
+    ApplianceConfig,
+    FloatingIP,
+    HostRoute,
+    Interface,
+    Metadata,
+    Network,
+    NetworkKind,
+    PortForward,
+    PortRange,
+    StaticRoute,
+    Subnet,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+GATEWAY_OWNER = "network:router_gateway"
+# Every owner Neutron gives a port that belongs to a router rather than to a workload.
+ROUTER_OWNERS = frozenset(
+    {
+        "network:router_interface",
+        "network:router_interface_distributed",
+        "network:ha_router_replicated_interface",
+        "network:router_centralized_snat",
+        GATEWAY_OWNER,
+    }
+)
+MIN_MTU, MAX_MTU = 1280, 9216
+
+
+class NeutronModel(BaseModel):
+    """Neutron's API JSON: keep the fields the driver reads, ignore the rest."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class FixedIP(NeutronModel):
+    subnet_id: str
+    ip_address: IPAddress
+
+
+class NeutronRoute(NeutronModel):
+    destination: ipaddress.IPv4Network | ipaddress.IPv6Network
+    nexthop: IPAddress
+
+
+class GatewayInfo(NeutronModel):
+    network_id: str
+    enable_snat: bool = True
+    external_fixed_ips: list[FixedIP] = Field(default_factory=list)
+
+
+class NeutronRouter(NeutronModel):
+    id: str
+    project_id: str = ""
+    name: str = ""
+    external_gateway_info: GatewayInfo | None = None
+    routes: list[NeutronRoute] = Field(default_factory=list)
+
+
+class NeutronPort(NeutronModel):
+    id: str
+    network_id: str
+    mac_address: str
+    fixed_ips: list[FixedIP] = Field(default_factory=list)
+    device_owner: str = ""
+    device_id: str = ""
+    dns_name: str = ""
+
+
+class NeutronSubnet(NeutronModel):
+    id: str
+    network_id: str
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway_ip: IPAddress | None = None
+    enable_dhcp: bool = True
+    dns_nameservers: list[IPAddress] = Field(default_factory=list)
+    host_routes: list[NeutronRoute] = Field(default_factory=list)
+    ipv6_ra_mode: str | None = None
+    ipv6_address_mode: str | None = None
+
+
+class NeutronNetwork(NeutronModel):
+    id: str
+    mtu: int | None = None
+    external: bool = Field(False, alias="router:external")
+
+
+class NeutronFloatingIP(NeutronModel):
+    id: str
+    floating_ip_address: IPAddress
+    fixed_ip_address: IPAddress | None = None
+    router_id: str | None = None
+    port_id: str | None = None
+
+
+class NeutronPortForwarding(NeutronModel):
+    """A port forwarding; a single port or a "first:last" range on each side."""
+
+    id: str
+    floatingip_id: str
+    protocol: str
+    internal_ip_address: ipaddress.IPv4Address
+    internal_port: int | None = None
+    external_port: int | None = None
+    internal_port_range: str | None = None
+    external_port_range: str | None = None
+
+
+class RouterSnapshot(NeutronModel):
+    """One consistent read of a router and everything its appliance serves."""
+
+    router: NeutronRouter
+    interface_ports: list[NeutronPort] = Field(default_factory=list)
+    gateway_port: NeutronPort | None = None
+    subnets: list[NeutronSubnet] = Field(default_factory=list)
+    networks: list[NeutronNetwork] = Field(default_factory=list)
+    # All ports on the router's internal networks (the router's own included: render skips them).
+    network_ports: list[NeutronPort] = Field(default_factory=list)
+    floating_ips: list[NeutronFloatingIP] = Field(default_factory=list)
+    port_forwardings: list[NeutronPortForwarding] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ManagementPort:
+    """The appliance's NIC on the management network (made by the instance provider)."""
+
+    network_id: str
+    mac: str
+    addresses: tuple[IPInterface, ...]
+
+
+def snapshot_from_api(
+    router: dict[str, Any],
+    router_ports: list[dict[str, Any]],
+    subnets: list[dict[str, Any]],
+    networks: list[dict[str, Any]],
+    network_ports: list[dict[str, Any]],
+    floating_ips: list[dict[str, Any]],
+    port_forwardings: list[dict[str, Any]],
+) -> RouterSnapshot:
+    """A snapshot from Neutron's API answers (``router_ports``: the ports whose device is it)."""
+    return RouterSnapshot.model_validate(
+        {
+            "router": router,
+            "interface_ports": [
+                p for p in router_ports if p["device_owner"] in ROUTER_OWNERS - {GATEWAY_OWNER}
+            ],
+            "gateway_port": next(
+                (p for p in router_ports if p["device_owner"] == GATEWAY_OWNER), None
+            ),
+            "subnets": subnets,
+            "networks": networks,
+            "network_ports": network_ports,
+            "floating_ips": floating_ips,
+            "port_forwardings": port_forwardings,
+        }
+    )
+
+
+def render(
+    snapshot: RouterSnapshot,
+    generation: int,
+    management: ManagementPort,
+    metadata_url: str | None = None,
+) -> ApplianceConfig:
+    """The appliance document for a router: pure, deterministic for the same snapshot."""
+    router = snapshot.router
+    subnets = {subnet.id: subnet for subnet in snapshot.subnets}
+    mtus = {net.id: net.mtu for net in snapshot.networks}
+    nics = plugged_ports(snapshot)
+
+    networks = [
+        Network(
+            id=management.network_id,
+            kind="management",
+            interface_mac=management.mac,
+            addresses=list(management.addresses),
+        )
+    ]
+    gateway = snapshot.gateway_port
+    if gateway is not None and gateway.fixed_ips:
+        networks.append(_network("external", gateway, [gateway], subnets, []))
+    for nic in nics:
+        if nic is gateway:
+            continue
+        owned = [port for port in snapshot.interface_ports if port.network_id == nic.network_id]
+        networks.append(_network("internal", nic, owned, subnets, snapshot.network_ports))
+
+    interfaces = [Interface(mac=management.mac)] + [
+        Interface(mac=port.mac_address, mtu=_mtu(mtus.get(port.network_id))) for port in nics
+    ]
+    gateway_info = router.external_gateway_info
+    return ApplianceConfig(
+        generation=generation,
+        router_id=router.id,
+        hostname=f"router-{router.id}",
+        interfaces=interfaces,
+        networks=networks,
+        routes=[
+            StaticRoute(destination=r.destination, nexthop=r.nexthop)
+            for r in sorted(
+                router.routes,
+                key=lambda r: (r.destination.version, str(r.destination), str(r.nexthop)),
+            )
+        ],
+        snat_enabled=gateway_info is not None and gateway_info.enable_snat,
+        floating_ips=list(_floating_ips(snapshot.floating_ips)),
+        port_forwards=list(_port_forwards(snapshot)),
+        metadata=Metadata(upstream_url=metadata_url) if metadata_url else None,
+    )
+
+
+def plugged_ports(snapshot: RouterSnapshot) -> list[NeutronPort]:
+    """The router ports that become appliance NICs: the gateway, then one per internal network.
+
+    Neutron gives a router separate ports for IPv4 and IPv6 subnets of one network; the
+    appliance gets a single NIC there (the first such port by id) carrying all their addresses,
+    so instance providers plug exactly these ports.
+    """
+    first: dict[str, NeutronPort] = {}
+    for port in sorted(snapshot.interface_ports, key=lambda p: p.id):
+        first.setdefault(port.network_id, port)
+    internal = sorted(first.values(), key=lambda p: (p.network_id, p.id))
+    gateway = snapshot.gateway_port
+    return ([gateway] if gateway is not None and gateway.fixed_ips else []) + internal
+
+
+def hostname_for(ips: Iterable[IPAddress]) -> str:
+    """Neutron's default DNS name for a port: host-10-0-0-5 (IPv4 preferred, then IPv6)."""
+    first = min(ips, key=lambda ip: (ip.version, ip))
+    return "host-" + str(first).replace(".", "-").replace(":", "-")
+
+
+def _network(
+    kind: NetworkKind,
+    nic: NeutronPort,
+    owned: list[NeutronPort],
+    subnets: dict[str, NeutronSubnet],
+    network_ports: list[NeutronPort],
+) -> Network:
+    fixed = sorted(
+        (fip for port in owned for fip in port.fixed_ips if fip.subnet_id in subnets),
+        key=lambda fip: (fip.ip_address.version, fip.ip_address),
+    )
+    served = _unique(subnets[fip.subnet_id] for fip in fixed)
+    return Network(
+        id=nic.network_id,
+        kind=kind,
+        interface_mac=nic.mac_address,
+        addresses=[
+            ipaddress.ip_interface(f"{fip.ip_address}/{subnets[fip.subnet_id].cidr.prefixlen}")
+            for fip in fixed
+        ],
+        subnets=[_subnet(subnet) for subnet in served],
+        allocations=list(_allocations(nic.network_id, served, network_ports))
+        if kind == "internal"
+        else [],
+    )
+
+
+def _subnet(subnet: NeutronSubnet) -> Subnet:
+    return Subnet(
+        id=subnet.id,
+        cidr=subnet.cidr,
+        gateway_ip=subnet.gateway_ip,
+        dhcp_enabled=subnet.enable_dhcp,
+        dns_nameservers=list(subnet.dns_nameservers),
+        host_routes=[
+            HostRoute(destination=r.destination, nexthop=r.nexthop) for r in subnet.host_routes
+        ],
+        ipv6_ra_mode=subnet.ipv6_ra_mode,
+        ipv6_address_mode=subnet.ipv6_address_mode,
+    )
+
+
+def _allocations(
+    network_id: str, served: list[NeutronSubnet], ports: list[NeutronPort]
+) -> Iterator[Allocation]:
+    served_ids = {subnet.id for subnet in served}
+    for port in sorted(ports, key=lambda p: p.id):
+        if port.network_id != network_id or _router_owned(port):
+            continue
+        ips = sorted(
+            (fip.ip_address for fip in port.fixed_ips if fip.subnet_id in served_ids),
+            key=lambda ip: (ip.version, ip),
+        )
+        if not ips:
+            continue
+        yield Allocation(
+            port_id=port.id,
+            mac=port.mac_address,
+            ips=ips,
+            hostname=port.dns_name or hostname_for(ips),
+        )
+
+
+def _router_owned(port: NeutronPort) -> bool:
+    # DHCP ports belong to Neutron's DHCP agent, which the appliance replaces.
+    return port.device_owner in ROUTER_OWNERS or port.device_owner == "network:dhcp"
+
+
+def _floating_ips(fips: list[NeutronFloatingIP]) -> Iterator[FloatingIP]:
+    for fip in sorted(fips, key=lambda f: f.floating_ip_address):
+        if isinstance(fip.floating_ip_address, ipaddress.IPv4Address) and isinstance(
+            fip.fixed_ip_address, ipaddress.IPv4Address
+        ):
+            yield FloatingIP(floating_ip=fip.floating_ip_address, fixed_ip=fip.fixed_ip_address)
+
+
+def _port_forwards(snapshot: RouterSnapshot) -> Iterator[PortForward]:
+    addresses = {fip.id: fip.floating_ip_address for fip in snapshot.floating_ips}
+    for forward in sorted(snapshot.port_forwardings, key=lambda f: f.id):
+        external_ip = addresses.get(forward.floatingip_id)
+        # The document carries TCP and UDP only; other protocols have no NAT rule to render.
+        if not isinstance(external_ip, ipaddress.IPv4Address) or forward.protocol not in (
+            "tcp",
+            "udp",
+        ):
+            continue
+        yield PortForward(
+            id=forward.id,
+            external_ip=external_ip,
+            protocol=forward.protocol,
+            external_port=_port_range(forward.external_port, forward.external_port_range),
+            internal_ip=forward.internal_ip_address,
+            internal_port=_port_range(forward.internal_port, forward.internal_port_range),
+        )
+
+
+def _port_range(single: int | None, span: str | None) -> PortRange:
+    if span:
+        first, _, last = span.partition(":")
+        return PortRange(first=int(first), last=int(last or first))
+    if single is None:
+        raise ValueError("a port forwarding without a port or a port range")
+    return PortRange(first=single, last=single)
+
+
+def _mtu(mtu: int | None) -> int:
+    return min(max(mtu or 1500, MIN_MTU), MAX_MTU)
+
+
+def _unique(subnets: Iterable[NeutronSubnet]) -> list[NeutronSubnet]:
+    return list({subnet.id: subnet for subnet in subnets}.values())
+
+
+class NeutronRouterSource:
+    """Reads router snapshots from Neutron through an openstacksdk connection."""
+
+    PORT_FORWARDING_EXTENSION = "floating-ip-port-forwarding"
+
+    def __init__(self, connection: Any) -> None:
+        self._network = connection.network
+
+    def fetch(self, router_id: str) -> RouterSnapshot | None:
+        """The router as Neutron has it now, or None when it is gone."""
+        router = self._get(f"/routers/{router_id}", "router")
+        if router is None:
+            return None
+        own = self._list("/ports", "ports", {"device_id": router_id})
+        internal_ids = sorted({p["network_id"] for p in own if p["device_owner"] != GATEWAY_OWNER})
+        network_ids = sorted({p["network_id"] for p in own})
+        fips = self._list("/floatingips", "floatingips", {"router_id": router_id})
+        return snapshot_from_api(
+            router=router,
+            router_ports=own,
+            subnets=self._list("/subnets", "subnets", {"network_id": network_ids}),
+            networks=self._list("/networks", "networks", {"id": network_ids}),
+            network_ports=self._list("/ports", "ports", {"network_id": internal_ids}),
+            floating_ips=fips,
+            port_forwardings=list(self._port_forwardings(fips)),
+        )
+
+    def _port_forwardings(self, fips: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        if not fips or not self._has_extension(self.PORT_FORWARDING_EXTENSION):
+            return
+        for fip in fips:
+            for forward in self._list(
+                f"/floatingips/{fip['id']}/port_forwardings", "port_forwardings", {}
+            ):
+                yield {**forward, "floatingip_id": fip["id"]}
+
+    def _has_extension(self, alias: str) -> bool:
+        return self._get(f"/extensions/{alias}", "extension") is not None
+
+    def _get(self, path: str, key: str) -> dict[str, Any] | None:
+        response = self._network.get(path)
+        if response.status_code == 404:
+            return None
+        _raise_for_status(response, path)
+        found: dict[str, Any] = response.json()[key]
+        return found
+
+    def _list(self, path: str, key: str, query: dict[str, Any]) -> list[dict[str, Any]]:
+        # An empty filter list would mean "no filter" to Neutron: answer empty instead.
+        if any(isinstance(value, list) and not value for value in query.values()):
+            return []
+        response = self._network.get(path, params=query)
+        _raise_for_status(response, path)
+        found: list[dict[str, Any]] = response.json()[key]
+        return found
+
+
+class NeutronError(RuntimeError):
+    """Neutron answered with an error other than 'not found'."""
+
+
+def _raise_for_status(response: Any, path: str) -> None:
+    if response.status_code >= 400:
+        raise NeutronError(f"GET {path}: HTTP {response.status_code}: {response.text[:300]}")

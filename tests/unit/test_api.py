@@ -1,0 +1,225 @@
+"""The appliance API over a real Engine whose subsystems are recording test doubles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from astara.appliance import service
+from astara.appliance.api import create_app
+from astara.appliance.engine import APPLY_ORDER, Engine, dump_with_secrets
+from astara.appliance.status import (
+    Counters,
+    InterfaceCounters,
+    InterfaceStatus,
+    RuleCounter,
+)
+from tests.unit.test_engine import Call, RecordingSubsystem, document, fake_links
+
+pytestmark = pytest.mark.unit
+
+PROXY_KEY = "do-not-leak-me"
+
+
+class FixedStatus:
+    """Test double for the kernel readers: fixed answers."""
+
+    def interfaces(self) -> list[InterfaceStatus]:
+        return [
+            InterfaceStatus(
+                name="eth0", mac="fa:16:3e:00:00:01", addresses=["fdca::5/64"], mtu=1500, state="up"
+            )
+        ]
+
+    def counters(self) -> Counters:
+        return Counters(
+            interfaces=[
+                InterfaceCounters(name="eth0", rx_packets=1, rx_bytes=2, tx_packets=3, tx_bytes=4)
+            ],
+            rules=[RuleCounter(chain="postrouting", rule="snat", packets=5, bytes=6)],
+            conntrack_entries=7,
+        )
+
+
+@pytest.fixture
+def journal() -> list[Call]:
+    return []
+
+
+@pytest.fixture
+def failing() -> dict[str, set[int]]:
+    return {name: set() for name in APPLY_ORDER}
+
+
+@pytest.fixture
+def client(tmp_path: Path, journal: list[Call], failing: dict[str, set[int]]) -> TestClient:
+    subsystems = [RecordingSubsystem(name, journal, failing[name]) for name in APPLY_ORDER]
+    return TestClient(create_app(Engine(subsystems, tmp_path, fake_links), FixedStatus()))
+
+
+def body(generation: int = 1, **changes: Any) -> dict[str, Any]:
+    return json.loads(dump_with_secrets(document(generation, proxy_key=PROXY_KEY, **changes)))
+
+
+def test_openapi_schema_publishes_every_route(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/v1/health", "/v1/interfaces", "/v1/config", "/v1/counters"}
+    assert "ApplianceConfig" in schema["components"]["schemas"]
+
+
+def test_health_before_any_apply(client: TestClient) -> None:
+    health = client.get("/v1/health").json()
+    assert health["status"] == "up"
+    assert health["generation"] is None
+    assert health["last_result"] == "none"
+
+
+def test_put_applies_and_answers_with_health(client: TestClient, journal: list[Call]) -> None:
+    response = client.put("/v1/config", json=body(3))
+    assert response.status_code == 200
+    assert response.json()["generation"] == 3
+    assert response.json()["last_result"] == "applied"
+    assert response.json()["router_id"] == "r1"
+    assert [name for name, *_ in journal] == list(APPLY_ORDER)
+    assert client.get("/v1/health").json()["last_apply_duration_s"] >= 0
+
+
+def test_config_is_returned_with_secrets_redacted(client: TestClient) -> None:
+    assert client.get("/v1/config").status_code == 404
+    client.put("/v1/config", json=body(1))
+    response = client.get("/v1/config")
+    assert response.status_code == 200
+    assert PROXY_KEY not in response.text
+    assert response.json()["metadata"]["shared_secret"] == "*" * 10
+    assert response.json()["generation"] == 1
+
+
+def test_wrong_content_type_is_415(client: TestClient, journal: list[Call]) -> None:
+    for headers in ({"content-type": "text/plain"}, {}):
+        response = client.put("/v1/config", content=json.dumps(body(1)), headers=headers)
+        assert response.status_code == 415, headers
+    assert journal == []
+
+
+def test_json_with_charset_is_accepted(client: TestClient) -> None:
+    response = client.put(
+        "/v1/config",
+        content=json.dumps(body(1)),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 200
+
+
+def test_malformed_json_is_422(client: TestClient, journal: list[Call]) -> None:
+    response = client.put(
+        "/v1/config", content=b'{"generation": 1,', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"]
+    assert journal == []
+
+
+def test_invalid_document_lists_every_pydantic_problem(
+    client: TestClient, journal: list[Call]
+) -> None:
+    doc = body(1)
+    doc["generation"] = 0
+    doc["interfaces"][1]["mac"] = "not-a-mac"
+    doc["surprise"] = True
+    response = client.put("/v1/config", json=doc)
+    assert response.status_code == 422
+    locs = {tuple(problem["loc"]) for problem in response.json()["detail"]}
+    assert locs == {("generation",), ("interfaces", 1, "mac"), ("surprise",)}
+    assert journal == []
+
+
+def test_cross_reference_problems_are_422_too(client: TestClient, journal: list[Call]) -> None:
+    doc = body(1)
+    doc["networks"][1]["interface_mac"] = "fa:16:3e:99:99:99"
+    doc["floating_ips"] = [{"floating_ip": "10.9.9.9", "fixed_ip": "10.0.0.5"}]
+    response = client.put("/v1/config", json=doc)
+    assert response.status_code == 422
+    locs = {tuple(problem["loc"]) for problem in response.json()["detail"]}
+    assert ("networks", 1, "interface_mac") in locs
+    assert ("floating_ips", 0, "floating_ip") in locs
+    assert ("floating_ips", 0, "fixed_ip") in locs
+    assert journal == []
+
+
+def test_secret_in_an_invalid_document_is_not_echoed(client: TestClient) -> None:
+    doc = body(1)
+    doc["metadata"]["upstream_url"] = "not a url"
+    response = client.put("/v1/config", json=doc)
+    assert response.status_code == 422
+    assert PROXY_KEY not in response.text
+
+
+def test_older_generation_is_409(client: TestClient) -> None:
+    assert client.put("/v1/config", json=body(5)).status_code == 200
+    response = client.put("/v1/config", json=body(4))
+    assert response.status_code == 409
+    assert response.json()["applied_generation"] == 5
+    assert response.json()["requested_generation"] == 4
+
+
+def test_same_document_twice_is_200_and_changes_nothing(
+    client: TestClient, journal: list[Call]
+) -> None:
+    client.put("/v1/config", json=body(2))
+    journal.clear()
+    response = client.put("/v1/config", json=body(2))
+    assert response.status_code == 200
+    assert response.json()["last_result"] == "unchanged"
+    assert journal == []
+
+
+def test_failed_apply_is_500_with_step_and_previous_config_kept(
+    client: TestClient, failing: dict[str, set[int]]
+) -> None:
+    failing["ra"].add(2)
+    client.put("/v1/config", json=body(1))
+    response = client.put("/v1/config", json=body(2))
+    assert response.status_code == 500
+    assert response.json() == {"step": "ra", "detail": "refused generation 2"}
+    assert client.get("/v1/config").json()["generation"] == 1
+    health = client.get("/v1/health").json()
+    assert (health["generation"], health["last_result"]) == (1, "failed")
+
+
+def test_interfaces_and_counters_come_from_the_status_reader(client: TestClient) -> None:
+    interfaces = client.get("/v1/interfaces").json()
+    assert interfaces == [
+        {
+            "name": "eth0",
+            "mac": "fa:16:3e:00:00:01",
+            "addresses": ["fdca::5/64"],
+            "mtu": 1500,
+            "state": "up",
+        }
+    ]
+    counters = client.get("/v1/counters").json()
+    assert counters["conntrack_entries"] == 7
+    assert counters["rules"][0]["packets"] == 5
+    assert counters["interfaces"][0]["tx_bytes"] == 4
+
+
+def test_service_refuses_to_serve_without_mutual_tls(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        service.main(["--listen", "127.0.0.1", "--cert", "appliance.pem"])
+    assert info.value.code == 2
+    message = capsys.readouterr().err
+    assert "missing --key, --ca" in message
+    assert "mutual TLS" in message
+
+
+def test_service_refuses_missing_certificate_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = [str(tmp_path / name) for name in ("a.pem", "a.key", "ca.pem")]
+    with pytest.raises(SystemExit):
+        service.main(["--cert", files[0], "--key", files[1], "--ca", files[2]])
+    assert files[0] in capsys.readouterr().err

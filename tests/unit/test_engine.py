@@ -1,0 +1,287 @@
+"""The apply engine's ordering, generations, rollback and persistence.
+
+The subsystems here are test doubles that record their calls (RecordingSubsystem): these tests
+are about the engine's decisions, not about any data plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astara.appliance.engine import (
+    APPLY_ORDER,
+    ApplyFailed,
+    Engine,
+    StaleGeneration,
+)
+from astara.appliance.models import ApplianceConfig
+from astara.appliance.subsystem import ApplyStepError, LinkMap
+
+pytestmark = pytest.mark.unit
+
+MAC_MGMT = "fa:16:3e:00:00:01"
+MAC_EXT = "fa:16:3e:00:00:02"
+
+
+def document(generation: int = 1, proxy_key: str = "s3cret", **changes: Any) -> ApplianceConfig:
+    base: dict[str, Any] = {
+        "generation": generation,
+        "router_id": "r1",
+        "hostname": "r1",
+        "interfaces": [{"mac": MAC_MGMT}, {"mac": MAC_EXT}],
+        "networks": [
+            {
+                "id": "mgmt",
+                "kind": "management",
+                "interface_mac": MAC_MGMT,
+                "addresses": ["fdca::5/64"],
+            },
+            {
+                "id": "ext",
+                "kind": "external",
+                "interface_mac": MAC_EXT,
+                "addresses": ["172.24.4.2/24"],
+                "subnets": [{"id": "ext4", "cidr": "172.24.4.0/24"}],
+            },
+        ],
+        "metadata": {"upstream_url": "http://[fdca::1]:9697/", "shared_secret": proxy_key},
+    }
+    base.update(changes)
+    return ApplianceConfig.model_validate(base)
+
+
+Call = tuple[str, int | None, int | None, dict[str, str]]
+
+
+class RecordingSubsystem:
+    """Test double: records (name, desired gen, previous gen, links) and fails on demand."""
+
+    def __init__(self, name: str, journal: list[Call], fail_on: set[int] | None = None) -> None:
+        self.name = name
+        self.journal = journal
+        self.fail_on = fail_on if fail_on is not None else set()
+
+    def apply(
+        self,
+        desired: ApplianceConfig | None,
+        previous: ApplianceConfig | None,
+        links: LinkMap,
+    ) -> None:
+        generation = desired.generation if desired else None
+        self.journal.append(
+            (self.name, generation, previous.generation if previous else None, dict(links))
+        )
+        if generation in self.fail_on:
+            raise ApplyStepError(self.name, f"refused generation {generation}")
+
+
+def fake_links(macs: Iterable[str]) -> LinkMap:
+    return {mac: f"eth{index}" for index, mac in enumerate(sorted(macs))}
+
+
+def make_engine(
+    tmp_path: Path, fail: dict[str, set[int]] | None = None, order: Iterable[str] = APPLY_ORDER
+) -> tuple[Engine, list[Call]]:
+    journal: list[Call] = []
+    subsystems = [RecordingSubsystem(name, journal, (fail or {}).get(name)) for name in order]
+    return Engine(subsystems, tmp_path, fake_links), journal
+
+
+def steps(journal: list[Call]) -> list[tuple[str, int | None, int | None]]:
+    return [(name, desired, previous) for name, desired, previous, _ in journal]
+
+
+def test_subsystems_run_in_apply_order_whatever_order_they_are_given(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path, order=reversed(APPLY_ORDER))
+    health = engine.apply(document(1))
+    assert [name for name, *_ in journal] == list(APPLY_ORDER)
+    assert health.generation == 1
+    assert health.last_result == "applied"
+    assert health.last_apply_duration_s is not None
+
+
+def test_links_are_resolved_by_mac_and_passed_to_every_step(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    engine.apply(document(1))
+    assert all(links == {MAC_MGMT: "eth0", MAC_EXT: "eth1"} for *_, links in journal)
+
+
+def test_each_apply_passes_the_previous_document(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    engine.apply(document(1))
+    engine.apply(document(2))
+    assert steps(journal)[len(APPLY_ORDER)] == ("addresses", 2, 1)
+    assert engine.current is not None and engine.current.generation == 2
+
+
+def test_older_generation_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    engine.apply(document(5))
+    journal.clear()
+    with pytest.raises(StaleGeneration) as info:
+        engine.apply(document(4))
+    assert (info.value.applied, info.value.requested) == (5, 4)
+    assert journal == []
+
+
+def test_same_generation_same_content_is_a_no_op(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    engine.apply(document(3))
+    journal.clear()
+    health = engine.apply(document(3))
+    assert journal == []
+    assert health.last_result == "unchanged"
+    assert health.generation == 3
+
+
+def test_same_generation_different_content_is_refused(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    engine.apply(document(3))
+    journal.clear()
+    with pytest.raises(StaleGeneration):
+        engine.apply(document(3, proxy_key="other"))
+    assert journal == []
+
+
+def test_failure_rolls_back_the_taken_steps_in_reverse(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path, fail={"dhcp": {2}})
+    engine.apply(document(1))
+    journal.clear()
+    with pytest.raises(ApplyFailed) as info:
+        engine.apply(document(2))
+    assert info.value.step == "dhcp"
+    assert "refused generation 2" in info.value.detail
+    assert steps(journal) == [
+        ("addresses", 2, 1),
+        ("firewall", 2, 1),
+        ("dhcp", 2, 1),
+        ("dhcp", 1, 2),
+        ("firewall", 1, 2),
+        ("addresses", 1, 2),
+    ]
+    assert engine.current is not None and engine.current.generation == 1
+    health = engine.health()
+    assert health.generation == 1
+    assert health.last_result == "failed"
+    assert health.last_failed_step == "dhcp"
+    assert health.last_error is not None and "dhcp" in health.last_error
+
+
+def test_failure_of_the_first_apply_rolls_back_to_nothing(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path, fail={"firewall": {1}})
+    with pytest.raises(ApplyFailed):
+        engine.apply(document(1))
+    assert steps(journal)[2:] == [("firewall", None, 1), ("addresses", None, 1)]
+    assert engine.current is None
+    assert engine.health().generation is None
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_any_exception_is_an_apply_failure_and_rollback_errors_are_reported(
+    tmp_path: Path,
+) -> None:
+    journal: list[Call] = []
+
+    class Exploding(RecordingSubsystem):
+        def apply(self, desired: Any, previous: Any, links: LinkMap) -> None:
+            super().apply(desired, previous, links)
+            raise KeyError("boom")
+
+    subsystems = [RecordingSubsystem("addresses", journal), Exploding("firewall", journal)]
+    engine = Engine(subsystems, tmp_path, fake_links)
+    with pytest.raises(ApplyFailed) as info:
+        engine.apply(document(1))
+    assert info.value.step == "firewall"
+    assert "boom" in info.value.detail
+    assert "rollback also failed" in info.value.detail
+    assert steps(journal)[-1] == ("addresses", None, 1)
+
+
+def test_unresolvable_links_fail_before_any_step(tmp_path: Path) -> None:
+    journal: list[Call] = []
+
+    def no_links(macs: Iterable[str]) -> LinkMap:
+        raise LookupError("no interface with MAC fa:16:3e:00:00:02")
+
+    engine = Engine([RecordingSubsystem("addresses", journal)], tmp_path, no_links)
+    with pytest.raises(ApplyFailed) as info:
+        engine.apply(document(1))
+    assert info.value.step == "links"
+    assert journal == []
+
+
+def test_good_document_is_persisted_with_secrets_and_private(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path)
+    key = "top"
+    engine.apply(document(7, proxy_key=key))
+    saved = tmp_path / "config.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text())["metadata"]["shared_secret"] == key
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_failed_document_is_not_persisted(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, fail={"ra": {2}})
+    engine.apply(document(1))
+    with pytest.raises(ApplyFailed):
+        engine.apply(document(2))
+    assert json.loads((tmp_path / "config.json").read_text())["generation"] == 1
+
+
+def test_restore_reapplies_the_saved_document_at_startup(tmp_path: Path) -> None:
+    first, _ = make_engine(tmp_path)
+    first.apply(document(4, proxy_key="kept"))
+    rebooted, journal = make_engine(tmp_path)
+    restored = rebooted.restore()
+    assert restored == document(4, proxy_key="kept")
+    assert steps(journal) == [(name, 4, None) for name in APPLY_ORDER]
+    assert rebooted.health().generation == 4
+    with pytest.raises(StaleGeneration):
+        rebooted.apply(document(3))
+
+
+def test_restore_without_saved_document_does_nothing(tmp_path: Path) -> None:
+    engine, journal = make_engine(tmp_path)
+    assert engine.restore() is None
+    assert journal == []
+
+
+def test_applies_are_serialised(tmp_path: Path) -> None:
+    active = 0
+    overlaps = 0
+    guard = threading.Lock()
+
+    class Slow:
+        name = "addresses"
+
+        def apply(self, desired: Any, previous: Any, links: LinkMap) -> None:
+            nonlocal active, overlaps
+            with guard:
+                active += 1
+                overlaps += active > 1
+            time.sleep(0.02)
+            with guard:
+                active -= 1
+
+    engine = Engine([Slow()], tmp_path, fake_links)
+
+    def push(generation: int) -> None:
+        # Threads race, so a lower generation may arrive after a higher one: that is a 409.
+        with contextlib.suppress(StaleGeneration):
+            engine.apply(document(generation))
+
+    threads = [threading.Thread(target=push, args=(gen,)) for gen in range(10, 14)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == 0

@@ -1,0 +1,224 @@
+"""The router driver's rendering, from payloads recorded on the real Neutron 29 test bed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astara.appliance.models import ApplianceConfig, problems
+from astara.drivers.router import (
+    ManagementPort,
+    RouterSnapshot,
+    hostname_for,
+    plugged_ports,
+    render,
+    snapshot_from_api,
+)
+
+pytestmark = pytest.mark.unit
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROUTER_ID = "40181cd3-7eeb-434c-8030-5997695388ad"
+PRIVATE_NET = "ec36e515-a818-48c9-bcd4-29ec2f27da90"
+BACKEND_NET = "dfb94241-a674-4da2-8c32-3fd86eb3c3e6"
+PUBLIC_NET = "569792e3-a571-4403-8f48-2fca30779ed2"
+VM1_PORT = "29086449-ba71-4e44-9537-7f03e748e3d6"
+MGMT = ManagementPort(
+    network_id="mgmt",
+    mac="fa:16:3e:00:00:01",
+    addresses=(ipaddress.ip_interface("fdca:3ba5:a17a:acda::10/64"),),
+)
+METADATA_URL = "http://[fdca:3ba5:a17a:acda::1]:9697/"
+
+
+def recorded() -> dict[str, Any]:
+    """The recorded router r1 plus the hand-written port forwardings, as API answers."""
+    raw: dict[str, Any] = json.loads((FIXTURES / "neutron_router_r1.json").read_text())
+    forwards = json.loads((FIXTURES / "neutron_port_forwardings.json").read_text())
+    raw["floatingips"] = raw["floatingips"] + forwards["floatingips"]
+    raw["port_forwardings"] = forwards["port_forwardings"]
+    return raw
+
+
+def snapshot_of(raw: dict[str, Any]) -> RouterSnapshot:
+    return snapshot_from_api(
+        router=raw["router"],
+        router_ports=raw["ports"],
+        subnets=raw["subnets"],
+        networks=raw["networks"],
+        network_ports=raw["network_ports"],
+        floating_ips=raw["floatingips"],
+        port_forwardings=raw["port_forwardings"],
+    )
+
+
+def rendered(
+    raw: dict[str, Any] | None = None, metadata_url: str | None = METADATA_URL
+) -> ApplianceConfig:
+    return render(snapshot_of(raw or recorded()), 7, MGMT, metadata_url)
+
+
+def network(config: ApplianceConfig, network_id: str) -> Any:
+    return next(net for net in config.networks if net.id == network_id)
+
+
+def test_recorded_router_renders_a_document_without_problems() -> None:
+    config = rendered()
+    assert problems(config) == []
+    assert config.generation == 7
+    assert config.router_id == ROUTER_ID
+    assert [net.kind for net in config.networks] == [
+        "management",
+        "external",
+        "internal",
+        "internal",
+    ]
+
+
+def test_each_network_gets_the_nic_of_its_router_port_with_the_network_mtu() -> None:
+    config = rendered()
+    backend = network(config, BACKEND_NET)
+    assert backend.interface_mac == "fa:16:3e:c1:14:c4"
+    assert [str(a) for a in backend.addresses] == ["10.0.1.1/24"]
+    mtus = {iface.mac: iface.mtu for iface in config.interfaces}
+    assert mtus == {
+        "fa:16:3e:00:00:01": 1500,
+        "fa:16:3e:08:12:ae": 1500,
+        "fa:16:3e:c1:14:c4": 1450,
+        "fa:16:3e:19:8d:e2": 1450,
+    }
+
+
+def test_ipv4_and_ipv6_router_ports_on_one_network_share_one_nic() -> None:
+    snapshot = snapshot_of(recorded())
+    config = render(snapshot, 1, MGMT)
+    private = network(config, PRIVATE_NET)
+    assert private.interface_mac == "fa:16:3e:19:8d:e2"
+    assert [str(a) for a in private.addresses] == ["10.0.0.1/24", "fd00:1::/64"]
+    slaac = next(s for s in private.subnets if s.cidr.version == 6)
+    assert (slaac.ipv6_ra_mode, slaac.ipv6_address_mode) == ("slaac", "slaac")
+    assert [p.mac_address for p in plugged_ports(snapshot)] == [
+        "fa:16:3e:08:12:ae",
+        "fa:16:3e:c1:14:c4",
+        "fa:16:3e:19:8d:e2",
+    ]
+
+
+def test_gateway_port_becomes_the_external_network_and_mgmt_port_the_management_one() -> None:
+    config = rendered()
+    external = config.network("external")
+    assert external is not None and external.id == PUBLIC_NET
+    assert [str(a) for a in external.addresses] == ["203.0.113.49/24"]
+    assert external.allocations == []
+    management = config.network("management")
+    assert management is not None
+    assert (management.id, management.interface_mac) == ("mgmt", MGMT.mac)
+    assert list(management.addresses) == list(MGMT.addresses)
+
+
+def test_subnets_carry_dhcp_dns_and_host_routes() -> None:
+    private = network(rendered(), PRIVATE_NET)
+    v4 = next(s for s in private.subnets if s.cidr.version == 4)
+    assert v4.dhcp_enabled is True
+    assert [str(ip) for ip in v4.dns_nameservers] == ["192.0.2.53", "192.0.2.54"]
+    assert [(str(r.destination), str(r.nexthop)) for r in v4.host_routes] == [
+        ("172.16.0.0/16", "10.0.0.254")
+    ]
+    backend = network(rendered(), BACKEND_NET)
+    assert [s.dhcp_enabled for s in backend.subnets] == [False]
+
+
+def test_allocations_skip_router_and_dhcp_ports_and_name_hosts_by_ip() -> None:
+    private = network(rendered(), PRIVATE_NET)
+    by_port = {a.port_id: a for a in private.allocations}
+    # vm1 and the port without a requested IP (it got a SLAAC address); not the router's two
+    # ports on this network, not the network:dhcp port.
+    assert set(by_port) == {VM1_PORT, "31169011-9b26-4516-a2fc-0a790bbd0fca"}
+    vm1 = by_port[VM1_PORT]
+    assert vm1.hostname == "host-10-0-0-5"
+    assert vm1.mac == "fa:16:3e:be:a2:ce"
+    assert [str(ip) for ip in vm1.ips] == ["10.0.0.5", "fd00:1::f816:3eff:febe:a2ce"]
+
+
+def test_a_port_dns_name_wins_over_the_address_name() -> None:
+    raw = recorded()
+    vm1 = next(p for p in raw["network_ports"] if p["id"] == VM1_PORT)
+    vm1["dns_name"] = "web-1"
+    allocation = next(
+        a for a in network(rendered(raw), PRIVATE_NET).allocations if a.port_id == VM1_PORT
+    )
+    assert allocation.hostname == "web-1"
+
+
+def test_hostname_prefers_ipv4_then_the_lowest_address() -> None:
+    ips = [ipaddress.ip_address(a) for a in ("fd00::5", "10.0.0.9", "10.0.0.10")]
+    assert hostname_for(ips) == "host-10-0-0-9"
+    assert hostname_for([ipaddress.ip_address("fd00:1::a")]) == "host-fd00-1--a"
+
+
+def test_floating_ips_only_with_a_fixed_ip_and_port_forwards_single_and_ranges() -> None:
+    config = rendered()
+    assert [(str(f.floating_ip), str(f.fixed_ip)) for f in config.floating_ips] == [
+        ("203.0.113.192", "10.0.0.5")
+    ]
+    forwards = [
+        (
+            f.protocol,
+            str(f.external_ip),
+            f.external_port.first,
+            f.external_port.last,
+            str(f.internal_ip),
+            f.internal_port.first,
+            f.internal_port.last,
+        )
+        for f in config.port_forwards
+    ]
+    assert forwards == [
+        ("tcp", "203.0.113.77", 2222, 2222, "10.0.0.5", 22, 22),
+        ("udp", "203.0.113.77", 6000, 6009, "10.0.1.144", 5000, 5009),
+    ]
+
+
+def test_port_forwards_with_a_protocol_the_document_lacks_are_left_out() -> None:
+    raw = recorded()
+    raw["port_forwardings"][0]["protocol"] = "sctp"
+    assert [f.protocol for f in rendered(raw).port_forwards] == ["udp"]
+
+
+def test_extra_routes_snat_and_metadata() -> None:
+    config = rendered()
+    assert [(str(r.destination), str(r.nexthop)) for r in config.routes] == [
+        ("192.168.100.0/24", "10.0.0.200")
+    ]
+    assert config.snat_enabled is True
+    assert config.metadata is not None and str(config.metadata.upstream_url) == METADATA_URL
+    assert rendered(metadata_url=None).metadata is None
+
+    raw = recorded()
+    raw["router"]["external_gateway_info"]["enable_snat"] = False
+    assert rendered(raw).snat_enabled is False
+
+
+def test_router_without_gateway_has_no_external_network_nor_snat() -> None:
+    raw = recorded()
+    raw["router"]["external_gateway_info"] = None
+    raw["ports"] = [p for p in raw["ports"] if p["device_owner"] != "network:router_gateway"]
+    raw["floatingips"] = []
+    raw["port_forwardings"] = []
+    config = rendered(raw)
+    assert problems(config) == []
+    assert config.network("external") is None
+    assert config.snat_enabled is False
+    assert "fa:16:3e:08:12:ae" not in {iface.mac for iface in config.interfaces}
+
+
+def test_rendering_ignores_the_order_neutron_lists_things_in() -> None:
+    raw = recorded()
+    reordered = json.loads(json.dumps(raw))
+    for key in ("ports", "subnets", "networks", "network_ports", "floatingips", "port_forwardings"):
+        reordered[key].reverse()
+    assert rendered(reordered) == rendered(raw)
