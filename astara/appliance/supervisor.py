@@ -9,12 +9,15 @@ file, so a recycled PID never gets signalled.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def process_state(pid: int) -> str | None:
@@ -38,6 +41,47 @@ def process_argv(pid: int) -> tuple[str, ...] | None:
 def is_alive(pid: int) -> bool:
     state = process_state(pid)
     return state is not None and state not in ("Z", "X")
+
+
+def process_children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def become_subreaper() -> None:
+    """Adopt our daemons' orphans (radvd's privsep helper outlives it), so we can reap them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphan(pid: int, timeout: float) -> None:
+    """Wait for an adopted process to exit; a no-op when it is not our child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
+
+
+def write_config(path: Path, text: str) -> bool:
+    """Replace a file's content in one rename; False (and no write) when it is unchanged."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)  # daemons may re-read it after dropping root
+    os.replace(tmp, path)
+    return True
 
 
 class Daemon:
@@ -79,6 +123,7 @@ class Daemon:
             return False
         self.stop()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        become_subreaper()
         with self.log_file.open("ab") as log:
             self._child = subprocess.Popen(
                 list(argv),
@@ -101,6 +146,7 @@ class Daemon:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; reap it and remove the pid file."""
         pid = self.pid()
+        helpers = process_children(pid) if pid is not None else []
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
             if not self._wait_gone(pid, self.stop_timeout):
@@ -108,6 +154,8 @@ class Daemon:
                     os.kill(pid, signal.SIGKILL)
                 self._wait_gone(pid, self.stop_timeout)
         self._reap()
+        for helper in helpers:
+            reap_orphan(helper, self.stop_timeout)
         self.pid_file.unlink(missing_ok=True)
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:

@@ -1,8 +1,10 @@
-"""astara-demo: the local cloud-in-a-box.
+"""astara-demo: the local cloud-in-a-box, and a demo topology checked with real packets.
 
-Until the orchestrator lands, the demo brings up the real Neutron test bed and builds the demo
-topology in it (two tenant networks, a router with an external gateway, a floating IP), printing
-each step with its timing. The orchestrator issue extends it with appliances and real packets.
+``astara-demo`` (or ``astara-demo up``) brings up RabbitMQ, MariaDB and Redis, a real
+neutron-server, and astara-orchestrator with the netns provider; then it builds two tenant
+networks, a router with an external gateway, two workloads and a floating IP through the
+Neutron API, and prints, with timings, what works. Everything stays up for a look around;
+``astara-demo down`` removes it all. Running ``up`` again starts afresh.
 """
 
 from __future__ import annotations
@@ -10,88 +12,183 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from astara.testing import services
+from astara.testing.cloud import CloudInABox, Workload
+from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed, TestbedError, connect
 
 T = TypeVar("T")
+STATE = Path("/var/lib/astara/demo")
+UPLINK_IP = "172.24.8.1"
+ECHO_PORT = 7000
+
+
+@dataclass
+class Check:
+    what: str
+    ok: bool
+    seconds: float
+    detail: str
 
 
 def timed(label: str, action: Callable[[], T]) -> T:
     started = time.monotonic()
     result = action()
-    print(f"  {label:<48} {time.monotonic() - started:6.2f} s", flush=True)
+    print(f"  {label:<52} {time.monotonic() - started:6.2f} s", flush=True)
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="astara-demo",
-        description="Bring up the local cloud-in-a-box and build a demo topology in it.",
-    )
-    parser.parse_args(argv)
+def until(what: str, probe: Callable[[], str | None], timeout: float) -> Check:
+    """Retry ``probe`` (which answers a detail, or None / raises when not there yet)."""
+    started = time.monotonic()
+    detail = "no answer"
+    while time.monotonic() - started < timeout:
+        try:
+            answer = probe()
+        except Exception as exc:  # not working yet: keep trying until the timeout
+            answer, detail = None, str(exc).splitlines()[0][:80]
+        if answer:
+            check = Check(what, True, time.monotonic() - started, answer)
+            break
+        time.sleep(0.5)
+    else:
+        check = Check(what, False, time.monotonic() - started, detail)
+    mark = "ok" if check.ok else "FAILED"
+    print(f"  {what:<52} {check.seconds:6.2f} s  {mark}: {check.detail}", flush=True)
+    return check
+
+
+def cloud() -> CloudInABox:
+    bed = NeutronTestbed(state_dir=STATE / "neutron", database="astara_neutron_demo")
+    return CloudInABox(state_dir=STATE, bed=bed)
+
+
+def down() -> int:
+    box = cloud()
+    box.down()
+    print("demo removed: orchestrator, appliances, workloads and neutron-server stopped")
+    return 0
+
+
+def up() -> int:
+    box = cloud()
     print("Astara cloud-in-a-box", flush=True)
     try:
         timed("services (RabbitMQ, MariaDB, Redis)", services.ensure_all)
-        endpoint = timed("real neutron-server 29.0.0", NeutronTestbed().up)
+        timed("clearing an earlier demo", lambda: box.down())
+        endpoint = timed("neutron-server and astara-orchestrator", box.up)
     except (TestbedError, services.ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sdk = connect(endpoint.url)
-    project = uuid.uuid4().hex
-    print(f"Neutron API: {endpoint.url}   project: {project}", flush=True)
+    project = "demo"
 
     def network(name: str, cidr: str) -> tuple[str, str]:
         net = sdk.network.create_network(name=name, project_id=project)
         sub = sdk.network.create_subnet(
-            network_id=net.id, cidr=cidr, ip_version=4, project_id=project, name=name + "-v4"
+            network_id=net.id, cidr=cidr, ip_version=4, project_id=project, name=name
         )
-        return net.id, sub.id
+        return str(net.id), str(sub.id)
 
-    net_a, sub_a = timed("tenant network A 10.11.0.0/24", lambda: network("demo-a", "10.11.0.0/24"))
-    _, sub_b = timed("tenant network B 10.12.0.0/24", lambda: network("demo-b", "10.12.0.0/24"))
+    net_a, sub_a = timed("tenant network A 10.11.0.0/24", lambda: network("a", "10.11.0.0/24"))
+    net_b, sub_b = timed("tenant network B 10.12.0.0/24", lambda: network("b", "10.12.0.0/24"))
 
     def external() -> str:
         ext = sdk.network.create_network(
-            name="demo-public-" + project[:6],
+            name="public",
             project_id=project,
             is_router_external=True,
             provider_network_type="flat",
-            provider_physical_network="demo-" + project[:6],
+            provider_physical_network="public",
         )
         sdk.network.create_subnet(
-            network_id=ext.id, cidr="172.24.8.0/24", ip_version=4, project_id=project
+            network_id=ext.id,
+            cidr="172.24.8.0/24",
+            gateway_ip=UPLINK_IP,
+            ip_version=4,
+            project_id=project,
         )
         return str(ext.id)
 
     public = timed("external network 172.24.8.0/24", external)
+    outside = box.uplink(public, f"{UPLINK_IP}/24")
+    echo = [sys.executable, "-m", "astara.testing.echo", "--port", str(ECHO_PORT)]
+    box.spawn(outside, [*echo, "--name", "outside"])
 
     def router() -> str:
         rtr = sdk.network.create_router(
-            name="demo-router", project_id=project, external_gateway_info={"network_id": public}
+            name="demo", project_id=project, external_gateway_info={"network_id": public}
         )
         sdk.network.add_interface_to_router(rtr, subnet=sub_a)
         sdk.network.add_interface_to_router(rtr, subnet=sub_b)
         return str(rtr.id)
 
-    router_id = timed("router with gateway and two interfaces", router)
+    router_id = timed("router with a gateway and two interfaces", router)
+    started = time.monotonic()
+    ports = {
+        name: sdk.network.create_port(network_id=net, project_id=project, name=f"vm-{name}")
+        for name, net in (("a", net_a), ("b", net_b))
+    }
+    vms: dict[str, Workload] = {
+        name: box.workload(port.network_id, port.mac_address) for name, port in ports.items()
+    }
+    for name, vm in vms.items():
+        box.spawn(vm.namespace, [*echo, "--name", f"vm-{name}"])
+    print(f"Router {router_id}; checking with real packets:", flush=True)
 
-    def floating_ip() -> str:
-        port = sdk.network.create_port(network_id=net_a, project_id=project, name="vm-a")
-        fip = sdk.network.create_ip(floating_network_id=public, port_id=port.id, project_id=project)
-        return f"{fip.floating_ip_address} -> {fip.fixed_ip_address}"
+    def lease(name: str) -> str | None:
+        got = box.dhcp(vms[name], timeout=3)
+        want = ports[name].fixed_ips[0]["ip_address"]
+        return f"vm-{name} got {got.ip}" if str(got.ip) == want else None
 
-    mapping = timed("floating IP for a port on network A", floating_ip)
-    rtr = sdk.network.get_router(router_id)
-    print(f"Router {router_id}: status {rtr.status}, floating IP {mapping}")
-    print(
-        "Appliances are not booted yet: the orchestrator issue adds them (DHCP, routing, SNAT "
-        "and the floating IP checked with real packets)."
+    def reaches(source: Namespace, host: str) -> str | None:
+        who, seen_as = ask_from(source, host)
+        return f"{who} answered, saw us as {seen_as}"
+
+    ip_b = ports["b"].fixed_ips[0]["ip_address"]
+    checks = [
+        until("DHCP: vm-a leases its Neutron address", lambda: lease("a"), 120),
+        until("DHCP: vm-b leases its Neutron address", lambda: lease("b"), 60),
+        until("routing: vm-a reaches vm-b", lambda: reaches(vms["a"].namespace, ip_b), 30),
+        until("SNAT: vm-a reaches the outside", lambda: reaches(vms["a"].namespace, UPLINK_IP), 30),
+    ]
+    fip = sdk.network.create_ip(
+        floating_network_id=public, port_id=ports["a"].id, project_id=project
     )
-    return 0
+    address = str(fip.floating_ip_address)
+    checks.append(
+        until(
+            f"floating IP {address} reachable from outside", lambda: reaches(outside, address), 30
+        )
+    )
+    total = time.monotonic() - started
+    passed = sum(check.ok for check in checks)
+    print(f"{passed} of {len(checks)} checks passed, {total:.1f} s from the first VM port.")
+    print(f"Orchestrator log: {box.orchestrator_log}; remove everything: astara-demo down")
+    return 0 if passed == len(checks) else 1
+
+
+def ask_from(source: Namespace, host: str) -> tuple[str, str]:
+    argv = [sys.executable, "-m", "astara.testing.echo", "--ask", host, "--port", str(ECHO_PORT)]
+    who, seen_as = source.run(argv, timeout=10).stdout.split()
+    return who, seen_as
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="astara-demo",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument(
+        "action", nargs="?", default="up", choices=["up", "down"], help="default: up"
+    )
+    args = parser.parse_args(argv)
+    return up() if args.action == "up" else down()
 
 
 if __name__ == "__main__":

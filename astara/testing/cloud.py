@@ -45,7 +45,6 @@ class CloudInABox:
     prefix: str = "ast"
     processes: int = 2
     threads: int = 4
-    _orchestrator: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _workloads: Topology | None = field(default=None, init=False)
 
     @property
@@ -99,34 +98,49 @@ class CloudInABox:
         with self.config_file.open("w") as handle:
             parser.write(handle)
 
+    @property
+    def orchestrator_pid_file(self) -> Path:
+        return self.state_dir / "orchestrator.pid"
+
+    def orchestrator_pid(self) -> int | None:
+        """The running orchestrator's pid (also one started by an earlier command)."""
+        try:
+            pid = int(self.orchestrator_pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if process_alive(pid) else None
+
     def start_orchestrator(self) -> int:
-        if self._orchestrator is not None and self._orchestrator.poll() is None:
-            return self._orchestrator.pid
-        self._orchestrator = subprocess.Popen(
+        running = self.orchestrator_pid()
+        if running is not None:
+            return running
+        proc = subprocess.Popen(
             [str(ORCHESTRATOR), "--config-file", str(self.config_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=(self.state_dir / "orchestrator.stderr").open("ab"),
             start_new_session=True,
         )
-        return self._orchestrator.pid
+        self.orchestrator_pid_file.write_text(str(proc.pid))
+        return proc.pid
 
     def kill_orchestrator(self, sig: int = signal.SIGKILL) -> None:
         """Stop the orchestrator and its worker processes (SIGKILL: a crash, no clean-up)."""
-        proc = self._orchestrator
-        if proc is None:
+        pid = self.orchestrator_pid()
+        if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + 20
+        while _group_alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
             time.sleep(0.1)
-        self._orchestrator = None
+        if _group_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        _reap(pid)
+        self.orchestrator_pid_file.unlink(missing_ok=True)
 
     def uplink(self, network_id: str, gateway_cidr: str) -> Namespace:
         """Connect an external network to the outside world, which holds its gateway."""
@@ -176,6 +190,11 @@ class CloudInABox:
         self.provider().teardown()
         if stop_neutron:
             self.bed.down()
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def _group_alive(pgid: int) -> bool:

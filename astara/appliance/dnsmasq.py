@@ -1,0 +1,233 @@
+"""DHCP and DNS for internal networks: one dnsmasq per network, bound to its interface.
+
+Rendering is pure: a network and its interface name give the command line, the hosts file
+(``mac,ip[,[v6]],hostname``, static leases only) and the options file. ``DnsmasqSubsystem``
+writes the files atomically and reloads with SIGHUP when only they change (dnsmasq re-reads
+both, same PID, no lease lost); it restarts only when the command line changes.
+
+DNS: each dnsmasq answers for the names of its network's hosts. It has no upstream servers
+(``--no-resolv``): subnets list their own ``dns_nameservers`` for everything else.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from astara.appliance.models import ApplianceConfig, Network, Subnet
+from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.appliance.supervisor import Daemon, write_config
+
+DEFAULT_LEASE_SECONDS = 86400
+DHCPV6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
+
+
+@dataclass(frozen=True)
+class DnsmasqPaths:
+    """Per-network files, so instances never share a pid, lease or log file."""
+
+    state_dir: Path
+    network_id: str
+
+    def _file(self, suffix: str) -> Path:
+        return self.state_dir / f"dnsmasq-{self.network_id}.{suffix}"
+
+    @property
+    def pid(self) -> Path:
+        return self._file("pid")
+
+    @property
+    def leases(self) -> Path:
+        return self._file("leases")
+
+    @property
+    def log(self) -> Path:
+        return self._file("log")
+
+    @property
+    def hosts(self) -> Path:
+        return self._file("hosts")
+
+    @property
+    def opts(self) -> Path:
+        return self._file("opts")
+
+
+@dataclass(frozen=True)
+class DnsmasqInstance:
+    network_id: str
+    argv: tuple[str, ...]
+    hosts: str
+    opts: str
+
+
+def serves_dhcp(subnet: Subnet) -> bool:
+    """IPv4 subnets and DHCPv6 ones; SLAAC-only subnets get their addresses from RAs."""
+    if not subnet.dhcp_enabled:
+        return False
+    return subnet.cidr.version == 4 or subnet.ipv6_address_mode in DHCPV6_MODES
+
+
+def dhcp_subnets(network: Network) -> list[tuple[str, Subnet]]:
+    """Subnets that get a DHCP range, each with the tag its options are scoped by."""
+    return [(f"s{i}", s) for i, s in enumerate(network.subnets) if serves_dhcp(s)]
+
+
+def render_argv(
+    network: Network, ifname: str, paths: DnsmasqPaths, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> tuple[str, ...]:
+    argv = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-hosts",
+        "--no-resolv",
+        "--bind-interfaces",
+        f"--interface={ifname}",
+        "--except-interface=lo",
+        "--dhcp-authoritative",
+        f"--pid-file={paths.pid}",
+        f"--dhcp-leasefile={paths.leases}",
+        f"--log-facility={paths.log}",
+        "--log-dhcp",
+        f"--dhcp-hostsfile={paths.hosts}",
+        f"--dhcp-optsfile={paths.opts}",
+    ]
+    for tag, subnet in dhcp_subnets(network):
+        net = subnet.cidr
+        size = str(net.netmask) if net.version == 4 else str(net.prefixlen)
+        # static: only hosts listed in the hosts file get an address, like Neutron's ports.
+        argv.append(f"--dhcp-range=set:{tag},{net.network_address},static,{size},{lease_seconds}s")
+    return tuple(argv)
+
+
+def _dnsmasq_name(hostname: str) -> str:
+    # dnsmasq refuses a dotted name that is not under its --domain; keep the host label.
+    return hostname.split(".", 1)[0]
+
+
+def _hands_out_addresses(subnet: Subnet) -> bool:
+    return serves_dhcp(subnet) and subnet.ipv6_address_mode != "dhcpv6-stateless"
+
+
+def render_hosts(network: Network) -> str:
+    """One line per allocation with the addresses DHCP hands out for it."""
+    nets = [s.cidr for s in network.subnets if _hands_out_addresses(s)]
+    lines = []
+    for alloc in network.allocations:
+        ips = [ip for ip in alloc.ips if any(ip.version == n.version and ip in n for n in nets)]
+        if ips:
+            # v6 addresses in brackets, or dnsmasq reads them as hardware addresses.
+            fields = [alloc.mac, *(str(ip) if ip.version == 4 else f"[{ip}]" for ip in ips)]
+            lines.append(",".join([*fields, _dnsmasq_name(alloc.hostname)]))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _router_ip(network: Network, subnet: Subnet) -> str | None:
+    if subnet.gateway_ip is not None:
+        return str(subnet.gateway_ip)
+    return next((str(a.ip) for a in network.addresses if a.ip in subnet.cidr), None)
+
+
+def _subnet_opts(network: Network, tag: str, subnet: Subnet) -> Iterator[str]:
+    if subnet.cidr.version == 6:
+        if subnet.dns_nameservers:
+            servers = ",".join(f"[{ip}]" for ip in subnet.dns_nameservers)
+            yield f"tag:{tag},option6:dns-server,{servers}"
+        return
+    router = _router_ip(network, subnet) if subnet.gateway_ip is not None else None
+    # An empty router option stops dnsmasq from offering itself on gateway-less subnets.
+    yield f"tag:{tag},option:router" + (f",{router}" if router else "")
+    if subnet.dns_nameservers:
+        yield f"tag:{tag},option:dns-server," + ",".join(str(ip) for ip in subnet.dns_nameservers)
+    routes = [(str(r.destination), str(r.nexthop)) for r in subnet.host_routes]
+    if routes:
+        # RFC 3442: clients that take option 121 ignore the router option, so repeat it.
+        if router and not any(dest == "0.0.0.0/0" for dest, _ in routes):
+            routes.append(("0.0.0.0/0", router))
+        yield f"tag:{tag},option:classless-static-route," + ",".join(
+            f"{dest},{hop}" for dest, hop in routes
+        )
+
+
+def render_opts(network: Network) -> str:
+    lines = [line for tag, s in dhcp_subnets(network) for line in _subnet_opts(network, tag, s)]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def render(
+    network: Network, ifname: str, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> DnsmasqInstance | None:
+    """Everything one network's dnsmasq needs, or None when the network serves no DHCP."""
+    if not dhcp_subnets(network):
+        return None
+    paths = DnsmasqPaths(state_dir, network.id)
+    return DnsmasqInstance(
+        network_id=network.id,
+        argv=render_argv(network, ifname, paths, lease_seconds),
+        hosts=render_hosts(network),
+        opts=render_opts(network),
+    )
+
+
+def desired_instances(
+    config: ApplianceConfig | None,
+    links: LinkMap,
+    state_dir: Path,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> dict[str, DnsmasqInstance]:
+    if config is None:
+        return {}
+    found = {}
+    for net in config.internal_networks():
+        instance = render(net, links[net.interface_mac], state_dir, lease_seconds)
+        if instance is not None:
+            found[net.id] = instance
+    return found
+
+
+class DnsmasqSubsystem:
+    name = "dhcp"
+
+    def __init__(self, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
+        self.state_dir = state_dir
+        self.lease_seconds = lease_seconds
+        self._daemons: dict[str, Daemon] = {}
+
+    def daemon(self, network_id: str) -> Daemon:
+        if network_id not in self._daemons:
+            paths = DnsmasqPaths(self.state_dir, network_id)
+            self._daemons[network_id] = Daemon(paths.pid, paths.log)
+        return self._daemons[network_id]
+
+    def apply(
+        self, desired: ApplianceConfig | None, previous: ApplianceConfig | None, links: LinkMap
+    ) -> None:
+        try:
+            self._apply(desired, links)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ApplyStepError(self.name, str(exc)) from exc
+
+    def _apply(self, desired: ApplianceConfig | None, links: LinkMap) -> None:
+        self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        wanted = desired_instances(desired, links, self.state_dir, self.lease_seconds)
+        for network_id in self._running_ids() - wanted.keys():
+            self.daemon(network_id).stop()
+            paths = DnsmasqPaths(self.state_dir, network_id)
+            for stale in (paths.hosts, paths.opts, paths.leases):
+                stale.unlink(missing_ok=True)
+        for network_id, instance in wanted.items():
+            paths = DnsmasqPaths(self.state_dir, network_id)
+            changed = write_config(paths.hosts, instance.hosts)
+            changed = write_config(paths.opts, instance.opts) or changed
+            daemon = self.daemon(network_id)
+            if not daemon.ensure(instance.argv) and changed:
+                daemon.signal(signal.SIGHUP)
+
+    def _running_ids(self) -> set[str]:
+        # The state dir, not memory, says what runs: an agent restart must still stop them.
+        ids = {p.name[len("dnsmasq-") : -len(".pid")] for p in self.state_dir.glob("dnsmasq-*.pid")}
+        ids |= {nid for nid, daemon in self._daemons.items() if daemon.pid() is not None}
+        return ids

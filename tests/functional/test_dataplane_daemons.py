@@ -1,0 +1,343 @@
+"""Links, DHCP, router advertisements and the metadata proxy, with real daemons and packets.
+
+    tB-x (172.30.0.1, the gateway) --- tB-r [ext 172.30.0.2 + FIP .50 | net1 | net2]
+                                                                    |      |
+                                     tB-c1 (DHCP 10.31.1.10, SLAAC) -+      +- tB-c2 (DHCP later)
+
+The subsystems run in the test process with its thread moved into the router namespace
+(setns), the way the appliance agent runs inside its own namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import hmac
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astara.appliance.defaults import METADATA_PORT
+from astara.appliance.dnsmasq import DnsmasqPaths, DnsmasqSubsystem
+from astara.appliance.metadata import MetadataSubsystem
+from astara.appliance.models import ApplianceConfig
+from astara.appliance.netlink import ROUTE_PROTO, LinksSubsystem, resolve_links
+from astara.appliance.radvd import RadvdSubsystem
+from astara.appliance.supervisor import is_alive
+from astara.testing.netns import Namespace, Topology, wait_for
+
+pytestmark = pytest.mark.functional
+
+PREFIX = "tB"
+EXT_MAC, NET1_MAC, NET2_MAC = "02:0b:00:00:00:01", "02:0b:00:00:00:02", "02:0b:00:00:00:03"
+C1_MAC, C2_MAC = "02:0b:00:00:01:01", "02:0b:00:00:02:01"
+UPSTREAM_PORT = 18775
+SECRET = "s3cret-for-tests"  # noqa: S105 (a test value)
+CLONE_NEWNET = 0x40000000
+PYTHON = sys.executable
+
+# Runs in a client namespace: one GET to the proxy from a chosen source address.
+METADATA_CLIENT = """
+import http.client, sys
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5,
+                                  source_address=(sys.argv[3], 0))
+conn.request("GET", sys.argv[4])
+reply = conn.getresponse()
+print(reply.status)
+print(reply.read().decode())
+"""
+
+
+def document(hosts_on_net2: bool = False, upstream_port: int = UPSTREAM_PORT) -> ApplianceConfig:
+    c2 = [{"port_id": "p2", "mac": C2_MAC, "ips": ["10.31.2.20"], "hostname": "c2"}]
+    return ApplianceConfig.model_validate(
+        {
+            "generation": 2 if hosts_on_net2 else 1,
+            "router_id": "router-b",
+            "hostname": "router-b",
+            "interfaces": [{"mac": EXT_MAC}, {"mac": NET1_MAC, "mtu": 1450}, {"mac": NET2_MAC}],
+            "networks": [
+                {
+                    "id": "ext",
+                    "kind": "external",
+                    "interface_mac": EXT_MAC,
+                    "addresses": ["172.30.0.2/24"],
+                    "subnets": [{"id": "e4", "cidr": "172.30.0.0/24", "gateway_ip": "172.30.0.1"}],
+                },
+                {
+                    "id": "net1",
+                    "kind": "internal",
+                    "interface_mac": NET1_MAC,
+                    "addresses": ["10.31.1.1/24", "2001:db8:31:1::1/64"],
+                    "subnets": [
+                        {"id": "n1v4", "cidr": "10.31.1.0/24", "gateway_ip": "10.31.1.1"},
+                        {
+                            "id": "n1v6",
+                            "cidr": "2001:db8:31:1::/64",
+                            "gateway_ip": "2001:db8:31:1::1",
+                            "ipv6_ra_mode": "slaac",
+                            "ipv6_address_mode": "slaac",
+                        },
+                    ],
+                    "allocations": [
+                        {"port_id": "p1", "mac": C1_MAC, "ips": ["10.31.1.10"], "hostname": "c1"}
+                    ],
+                },
+                {
+                    "id": "net2",
+                    "kind": "internal",
+                    "interface_mac": NET2_MAC,
+                    "addresses": ["10.31.2.1/24"],
+                    "subnets": [{"id": "n2v4", "cidr": "10.31.2.0/24", "gateway_ip": "10.31.2.1"}],
+                    "allocations": c2 if hosts_on_net2 else [],
+                },
+            ],
+            "floating_ips": [{"floating_ip": "172.30.0.50", "fixed_ip": "10.31.1.10"}],
+            "metadata": {
+                "upstream_url": f"http://127.0.0.1:{upstream_port}",
+                "shared_secret": SECRET,
+            },
+        }
+    )
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Move this thread into ``ns`` and back; threads and processes it starts stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """Stands in for the orchestrator's metadata endpoint: echoes what it received."""
+
+    seen: list[dict[str, str]]
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.seen.append({"path": self.path, **headers})
+        body = json.dumps({"path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Bed:
+    topo: Topology
+    router: Namespace
+    c1: Namespace
+    c2: Namespace
+    state: Path
+    links: dict[str, str]
+    addresses: LinksSubsystem
+    dhcp: DnsmasqSubsystem
+    ra: RadvdSubsystem
+    metadata: MetadataSubsystem
+    upstream_seen: list[dict[str, str]]
+    current: ApplianceConfig | None = None
+
+    def apply(self, config: ApplianceConfig | None) -> None:
+        with inside(self.router.name):
+            for sub in (self.addresses, self.dhcp, self.ra, self.metadata):
+                sub.apply(config, self.current, self.links)
+        self.current = config
+
+    def dnsmasq_pid(self, network_id: str) -> int | None:
+        return self.dhcp.daemon(network_id).pid()
+
+    def ask_metadata(self, ns: Namespace, source: str, path: str) -> tuple[int, str]:
+        out = ns.run(
+            [PYTHON, "-c", METADATA_CLIENT, "10.31.1.1", str(METADATA_PORT), source, path]
+        ).stdout.split("\n", 1)
+        return int(out[0]), out[1]
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Bed]:
+    # dnsmasq re-reads its files after dropping root: the state dir must be world-readable.
+    state = Path(tempfile.mkdtemp(prefix="tB-state-"))
+    state.chmod(0o755)
+    with Topology(PREFIX) as topo:
+        router, outside = topo.namespace("tB-r"), topo.namespace("tB-x")
+        c1, c2 = topo.namespace("tB-c1"), topo.namespace("tB-c2")
+        topo.veth(router, "tBr-e", outside, "tBx-e", left_mac=EXT_MAC)
+        topo.veth(router, "tBr-1", c1, "tBc1", left_mac=NET1_MAC, right_mac=C1_MAC)
+        topo.veth(router, "tBr-2", c2, "tBc2", left_mac=NET2_MAC, right_mac=C2_MAC)
+        outside.run(["ip", "addr", "add", "172.30.0.1/24", "dev", "tBx-e"])
+        # Lets a gratuitous ARP create a neighbour entry, so the test can see that one came.
+        outside.sysctl("net.ipv4.conf.tBx-e.arp_accept", "1")
+        seen: list[dict[str, str]] = []
+        handler = type("Upstream", (_Upstream,), {"seen": seen})
+        with inside(router.name):
+            links = resolve_links([EXT_MAC, NET1_MAC, NET2_MAC])
+            upstream = ThreadingHTTPServer(("127.0.0.1", UPSTREAM_PORT), handler)
+            threading.Thread(target=upstream.serve_forever, daemon=True).start()
+            bed = Bed(
+                topo,
+                router,
+                c1,
+                c2,
+                state,
+                links,
+                LinksSubsystem(),
+                DnsmasqSubsystem(state / "dhcp"),
+                RadvdSubsystem(state / "ra"),
+                MetadataSubsystem(),
+                seen,
+            )
+        try:
+            bed.apply(document())
+            yield bed
+        finally:
+            try:
+                bed.apply(None)
+            finally:
+                upstream.shutdown()
+                upstream.server_close()
+                bed.metadata.stop()
+                bed.addresses.close()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_links_get_mtu_addresses_routes_and_sysctls(bed: Bed) -> None:
+    r = bed.router
+    assert "mtu 1450" in r.run(["ip", "link", "show", "tBr-1"]).stdout
+    ext = r.run(["ip", "-4", "-o", "addr", "show", "dev", "tBr-e"]).stdout
+    assert "172.30.0.2/24" in ext and "172.30.0.50/32" in ext
+    default = r.run(["ip", "route", "show", "default"]).stdout
+    assert f"default via 172.30.0.1 dev tBr-e proto {ROUTE_PROTO}" in default
+    assert r.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+    assert r.run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "1"
+    assert r.run(["sysctl", "-n", "net.ipv6.conf.tBr-1.accept_ra"]).stdout.strip() == "0"
+    # The router reaches its gateway, so the address and route are real, not just listed.
+    r.run(["ping", "-c", "1", "-W", "2", "172.30.0.1"])
+
+
+def test_gratuitous_arp_announces_the_floating_ip(bed: Bed) -> None:
+    def announced() -> bool:
+        neigh = bed.topo.namespaces["tB-x"].run(["ip", "neigh", "show", "172.30.0.50"]).stdout
+        return EXT_MAC in neigh
+
+    wait_for(announced, 5, "a gratuitous ARP for 172.30.0.50")
+
+
+def test_dhcp_serves_the_fixed_ip_and_default_route(bed: Bed) -> None:
+    lease = bed.topo.dhcp(bed.c1, "tBc1")
+    assert str(lease) == "10.31.1.10/24"
+    assert "default via 10.31.1.1" in bed.c1.run(["ip", "route"]).stdout
+
+
+def test_host_added_later_is_served_after_a_reload_by_the_same_process(bed: Bed) -> None:
+    before = bed.dnsmasq_pid("net2")
+    assert before is not None
+    assert DnsmasqPaths(bed.state / "dhcp", "net2").hosts.read_text() == ""
+    bed.apply(document(hosts_on_net2=True))
+    assert bed.dnsmasq_pid("net2") == before
+    assert str(bed.topo.dhcp(bed.c2, "tBc2")) == "10.31.2.20/24"
+
+
+def test_router_advertisements_give_a_slaac_address(bed: Bed) -> None:
+    def slaac() -> list[Any]:
+        found = bed.c1.addresses("tBc1", 6)
+        return [a for a in found if str(a.network) == "2001:db8:31:1::/64"]
+
+    wait_for(slaac, 10, "a SLAAC address on tB-c1")
+    assert "default via fe80::" in bed.c1.run(["ip", "-6", "route", "show", "default"]).stdout
+
+
+def test_metadata_is_forwarded_with_the_instance_identity(bed: Bed) -> None:
+    bed.c1.run(["ip", "addr", "replace", "10.31.1.99/24", "dev", "tBc1"])
+    status, body = bed.ask_metadata(bed.c1, "10.31.1.99", "/latest/meta-data/?x=1")
+    assert status == 200, body
+    assert json.loads(body) == {"path": "/latest/meta-data/?x=1"}
+    seen = bed.upstream_seen[-1]
+    assert seen["x-forwarded-for"] == "10.31.1.99"
+    assert seen["x-astara-network-id"] == "net1"
+    assert seen["x-astara-router-id"] == "router-b"
+    expected = hmac.new(SECRET.encode(), b"10.31.1.99", hashlib.sha256).hexdigest()
+    assert seen["x-astara-instance-signature"] == expected
+
+
+def test_metadata_refuses_unknown_sources_and_reports_upstream_failure(bed: Bed) -> None:
+    with inside(bed.router.name), socket.create_connection(("127.0.0.1", METADATA_PORT)) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert s.recv(100).split(b" ")[1] == b"403"
+    server = bed.metadata.server
+    bed.apply(document(hosts_on_net2=True, upstream_port=1))
+    try:
+        assert bed.metadata.server is server  # same socket, new table
+        status, _ = bed.ask_metadata(bed.c1, "10.31.1.10", "/")
+        assert status == 502
+    finally:
+        bed.apply(document(hosts_on_net2=True))
+
+
+def test_applying_the_same_document_again_changes_nothing(bed: Bed) -> None:
+    doc = document(hosts_on_net2=True)
+    bed.apply(doc)
+    pids = (bed.dnsmasq_pid("net1"), bed.dnsmasq_pid("net2"), bed.ra.daemon.pid())
+    addrs = bed.router.run(["ip", "-o", "addr"]).stdout
+    routes = bed.router.run(["ip", "route"]).stdout
+    bed.apply(doc)
+    assert (bed.dnsmasq_pid("net1"), bed.dnsmasq_pid("net2"), bed.ra.daemon.pid()) == pids
+    assert None not in pids
+    assert bed.router.run(["ip", "-o", "addr"]).stdout == addrs
+    assert bed.router.run(["ip", "route"]).stdout == routes
+    assert bed.addresses.last_change is not None
+    assert not any(bed.addresses.last_change)
+
+
+def test_removed_network_and_ipv6_stop_their_daemons(bed: Bed) -> None:
+    doc = document(hosts_on_net2=True)
+    net2_pid, radvd_pid = bed.dnsmasq_pid("net2"), bed.ra.daemon.pid()
+    assert net2_pid is not None and radvd_pid is not None
+    networks = [n for n in doc.networks if n.id != "net2"]
+    net1 = next(n for n in networks if n.id == "net1")
+    v4_only = net1.model_copy(update={"subnets": net1.subnets[:1]})
+    smaller = doc.model_copy(
+        update={"networks": [v4_only if n.id == "net1" else n for n in networks]}
+    )
+    try:
+        bed.apply(smaller)
+        assert not is_alive(net2_pid) and not is_alive(radvd_pid)
+        assert bed.dnsmasq_pid("net1") is not None
+        assert not DnsmasqPaths(bed.state / "dhcp", "net2").pid.exists()
+    finally:
+        bed.apply(doc)
+    assert bed.dnsmasq_pid("net2") is not None
+
+
+def test_removal_stops_everything(bed: Bed) -> None:
+    pids = [bed.dnsmasq_pid("net1"), bed.dnsmasq_pid("net2"), bed.ra.daemon.pid()]
+    doc = bed.current
+    bed.apply(None)
+    try:
+        assert not any(is_alive(pid) for pid in pids if pid is not None)
+        assert bed.metadata.server is None
+        assert "172.30.0.50" not in bed.router.run(["ip", "-o", "addr"]).stdout
+    finally:
+        bed.apply(doc)

@@ -1,0 +1,159 @@
+"""dnsmasq renderers: command line, hosts file and options file (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astara.appliance.dnsmasq import (
+    DnsmasqPaths,
+    desired_instances,
+    render,
+    render_argv,
+    render_hosts,
+    render_opts,
+)
+from astara.appliance.models import ApplianceConfig, Network
+
+pytestmark = pytest.mark.unit
+
+STATE = Path("/var/lib/astara/dhcp")
+V4 = {
+    "id": "v4",
+    "cidr": "10.0.0.0/24",
+    "gateway_ip": "10.0.0.1",
+    "dns_nameservers": ["192.0.2.53", "192.0.2.54"],
+    "host_routes": [{"destination": "192.168.9.0/24", "nexthop": "10.0.0.254"}],
+}
+STATEFUL = {
+    "id": "v6a",
+    "cidr": "2001:db8:1::/64",
+    "gateway_ip": "2001:db8:1::1",
+    "ipv6_ra_mode": "dhcpv6-stateful",
+    "ipv6_address_mode": "dhcpv6-stateful",
+    "dns_nameservers": ["2001:db8::53"],
+}
+STATELESS = {
+    "id": "v6b",
+    "cidr": "2001:db8:2::/64",
+    "ipv6_ra_mode": "dhcpv6-stateless",
+    "ipv6_address_mode": "dhcpv6-stateless",
+}
+SLAAC = {
+    "id": "v6c",
+    "cidr": "2001:db8:3::/64",
+    "ipv6_ra_mode": "slaac",
+    "ipv6_address_mode": "slaac",
+}
+
+
+def network(
+    subnets: list[dict[str, Any]], allocations: list[dict[str, Any]] | None = None
+) -> Network:
+    return Network.model_validate(
+        {
+            "id": "net-1",
+            "kind": "internal",
+            "interface_mac": "02:00:00:00:00:03",
+            "addresses": ["10.0.0.1/24", "2001:db8:1::1/64"],
+            "subnets": subnets,
+            "allocations": allocations or [],
+        }
+    )
+
+
+ALLOCATIONS = [
+    {
+        "port_id": "p1",
+        "mac": "fa:16:3e:00:00:01",
+        "ips": ["10.0.0.5", "2001:db8:1::5", "2001:db8:3::5"],
+        "hostname": "vm-one.example.org",
+    },
+    {"port_id": "p2", "mac": "fa:16:3e:00:00:02", "ips": ["2001:db8:3::6"], "hostname": "vm2"},
+]
+
+
+def test_argv_binds_one_interface_with_per_network_files() -> None:
+    paths = DnsmasqPaths(STATE, "net-1")
+    argv = render_argv(network([V4, STATEFUL, STATELESS, SLAAC]), "eth2", paths, 3600)
+    assert argv[0] == "dnsmasq"
+    for arg in (
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-hosts",
+        "--no-resolv",
+        "--bind-interfaces",
+        "--interface=eth2",
+        "--except-interface=lo",
+        f"--pid-file={STATE}/dnsmasq-net-1.pid",
+        f"--dhcp-leasefile={STATE}/dnsmasq-net-1.leases",
+        f"--log-facility={STATE}/dnsmasq-net-1.log",
+        f"--dhcp-hostsfile={STATE}/dnsmasq-net-1.hosts",
+        f"--dhcp-optsfile={STATE}/dnsmasq-net-1.opts",
+    ):
+        assert arg in argv
+    ranges = [a for a in argv if a.startswith("--dhcp-range=")]
+    assert ranges == [
+        "--dhcp-range=set:s0,10.0.0.0,static,255.255.255.0,3600s",
+        "--dhcp-range=set:s1,2001:db8:1::,static,64,3600s",
+        "--dhcp-range=set:s2,2001:db8:2::,static,64,3600s",
+    ]
+
+
+def test_hosts_lines_carry_addresses_dhcp_hands_out() -> None:
+    hosts = render_hosts(network([V4, STATEFUL, SLAAC], ALLOCATIONS))
+    # SLAAC addresses are not DHCP's; a host with only those gets no line; names lose the domain.
+    assert hosts == "fa:16:3e:00:00:01,10.0.0.5,[2001:db8:1::5],vm-one\n"
+
+
+def test_dhcp_disabled_subnet_serves_nothing() -> None:
+    v4_off = {**V4, "dhcp_enabled": False}
+    net = network([v4_off, STATEFUL], ALLOCATIONS)
+    assert render_hosts(net) == "fa:16:3e:00:00:01,[2001:db8:1::5],vm-one\n"
+    assert [a for a in render_argv(net, "eth2", DnsmasqPaths(STATE, "n")) if "range" in a] == [
+        "--dhcp-range=set:s1,2001:db8:1::,static,64,86400s"
+    ]
+    assert render(network([v4_off, SLAAC]), "eth2", STATE) is None
+
+
+def test_opts_router_dns_and_classless_routes_per_subnet() -> None:
+    opts = render_opts(network([V4, STATEFUL, SLAAC])).splitlines()
+    assert opts == [
+        "tag:s0,option:router,10.0.0.1",
+        "tag:s0,option:dns-server,192.0.2.53,192.0.2.54",
+        "tag:s0,option:classless-static-route,192.168.9.0/24,10.0.0.254,0.0.0.0/0,10.0.0.1",
+        "tag:s1,option6:dns-server,[2001:db8::53]",
+    ]
+
+
+def test_gatewayless_subnet_gets_an_empty_router_option() -> None:
+    bare = {"id": "v4", "cidr": "10.0.0.0/24"}
+    assert render_opts(network([bare])) == "tag:s0,option:router\n"
+
+
+def test_instances_only_for_internal_networks_with_dhcp() -> None:
+    doc = ApplianceConfig.model_validate(
+        {
+            "generation": 1,
+            "router_id": "r",
+            "hostname": "r",
+            "interfaces": [{"mac": "02:00:00:00:00:02"}, {"mac": "02:00:00:00:00:03"}],
+            "networks": [
+                {
+                    "id": "ext",
+                    "kind": "external",
+                    "interface_mac": "02:00:00:00:00:02",
+                    "addresses": ["172.24.0.2/16"],
+                    "subnets": [{"id": "e", "cidr": "172.24.0.0/16"}],
+                },
+                network([V4]).model_dump(),
+            ],
+        }
+    )
+    links = {"02:00:00:00:00:02": "eth1", "02:00:00:00:00:03": "eth2"}
+    found = desired_instances(doc, links, STATE)
+    assert list(found) == ["net-1"]
+    assert "--interface=eth2" in found["net-1"].argv
+    assert desired_instances(None, links, STATE) == {}
