@@ -4,12 +4,20 @@ Neutron 29.0.0 from PyPI runs in a virtual environment of its own (cached under
 ``cache_dir``, rebuilt when ``neutron-requirements.txt`` changes), on its own MariaDB database,
 with notifications (messagingv2) to RabbitMQ, noauth, ML2 without mechanism drivers and the
 router service plugin, served on a free loopback port.
+
+With ``astara_plugin`` the bed installs this checkout into the Neutron venv (again only when the
+checkout's path or its Neutron-side sources change) and loads Astara's L3 provider (the default
+provider, or only through a router flavor) and its status service plugin. With
+``trusted_headers`` the API takes the caller's identity from ``X-User-Id``, ``X-Project-Id`` and
+``X-Roles`` request headers (Neutron's keystonecontext filter without Keystone's authtoken): a
+test identity for policy checks, never an authentication scheme.
 """
 
 from __future__ import annotations
 
 import configparser
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -18,18 +26,27 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import keystoneauth1.noauth
+import keystoneauth1.session
 import openstack
 import pymysql
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "neutron-requirements.txt"
 WSGI_RUNNER = HERE / "neutron_wsgi.py"
+CHECKOUT = HERE.parent.parent
+ASTARA_L3_PROVIDER = "L3_ROUTER_NAT:astara:astara.neutron.l3_driver.AstaraL3Driver"
+SINGLE_NODE_PROVIDER = (
+    "L3_ROUTER_NAT:single_node:"
+    "neutron.services.l3_router.service_providers.single_node.SingleNodeDriver"
+)
 
 DEFAULT_STATE_DIR = Path(os.environ.get("ASTARA_TESTBED_DIR", "/var/lib/astara/testbed"))
 DEFAULT_CACHE_DIR = Path(os.environ.get("ASTARA_CACHE_DIR", "/var/cache/astara"))
@@ -94,6 +111,48 @@ def ensure_venv(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     return venv
 
 
+def plugin_digest(checkout: Path = CHECKOUT) -> str:
+    """Changes with the checkout's path, its packaging and its Neutron-side sources."""
+    digest = hashlib.sha256(str(checkout.resolve()).encode())
+    sources = [checkout / "pyproject.toml", *sorted((checkout / "astara/neutron").rglob("*.py"))]
+    for path in sources:
+        digest.update(str(path.relative_to(checkout)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def ensure_astara_plugin(venv: Path, checkout: Path = CHECKOUT) -> None:
+    """Install this checkout into the Neutron venv (no dependencies) unless already there."""
+    stamp = venv / ".astara-plugin"
+    wanted = plugin_digest(checkout)
+    with (venv / ".astara-plugin.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == wanted:
+            return
+        say(f"installing Astara's Neutron plugin from {checkout} into {venv}")
+        # Built from a copy so the build leaves nothing in the checkout.
+        with tempfile.TemporaryDirectory(prefix="astara-plugin-") as tmp:
+            source = Path(tmp) / "astara"
+            shutil.copytree(
+                checkout / "astara",
+                source / "astara",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            for name in ("pyproject.toml", "README.md"):
+                shutil.copy(checkout / name, source / name)
+            subprocess.run(
+                [
+                    str(venv / "bin/pip"),
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--force-reinstall",
+                    str(source),
+                ],
+                check=True,
+            )
+        stamp.write_text(wanted)
+
+
 @dataclass
 class NeutronTestbed:
     """One neutron-server; its files (config, log, pid, port) live in ``state_dir``."""
@@ -101,8 +160,17 @@ class NeutronTestbed:
     state_dir: Path = DEFAULT_STATE_DIR
     cache_dir: Path = DEFAULT_CACHE_DIR
     database: str = "astara_neutron"
-    db_user: str = "astara_neutron"
+    # Each bed its own database user: beds reset their user's password when they come up.
+    db_user: str = ""
     extra_config: ExtraConfig = field(default_factory=dict)
+    astara_plugin: bool = False
+    # False: Astara routers only through a flavor; single_node stays the default provider.
+    astara_default: bool = True
+    trusted_headers: bool = False
+
+    @property
+    def user(self) -> str:
+        return self.db_user or self.database
 
     @property
     def pid_file(self) -> Path:
@@ -134,6 +202,8 @@ class NeutronTestbed:
             return running
         self.down()
         venv = ensure_venv(self.cache_dir)
+        if self.astara_plugin:
+            ensure_astara_plugin(venv)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         password = self._password()
         say(f"creating database {self.database} on MariaDB")
@@ -190,14 +260,14 @@ class NeutronTestbed:
                 cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
                 cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
                 cur.execute(
-                    f"CREATE USER IF NOT EXISTS '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s",
+                    f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY %s",
                     (password,),
                 )
                 cur.execute(
-                    f"ALTER USER '{self.db_user}'@'127.0.0.1' IDENTIFIED BY %s", (password,)
+                    f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (password,)
                 )
                 cur.execute(
-                    f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.db_user}'@'127.0.0.1'"
+                    f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'127.0.0.1'"
                 )
             conn.commit()
         finally:
@@ -220,12 +290,16 @@ class NeutronTestbed:
             },
             "database": {
                 "connection": (
-                    f"mysql+pymysql://{self.db_user}:{password}@127.0.0.1/{self.database}"
+                    f"mysql+pymysql://{self.user}:{password}@127.0.0.1/{self.database}"
                 ),
             },
             "oslo_messaging_notifications": {"driver": "messagingv2"},
             "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},
         }
+        if self.astara_plugin:
+            neutron["DEFAULT"]["service_plugins"] = "router,flavors,astara"
+        if self.trusted_headers:
+            neutron["DEFAULT"]["api_paste_config"] = str(self._write_trusted_paste(venv))
         for section, options in self.extra_config.items():
             neutron.setdefault(section, {}).update(options)
         ml2 = {
@@ -240,7 +314,36 @@ class NeutronTestbed:
             "ml2_type_vxlan": {"vni_ranges": "1000:1999"},
         }
         _write_ini(self.state_dir / "neutron.conf", neutron, secret=True)
+        if self.astara_plugin:
+            self._append_service_providers()
         _write_ini(self.state_dir / "ml2_conf.ini", ml2)
+
+    def _append_service_providers(self) -> None:
+        # service_provider is a multi-valued option: one line each, which configparser
+        # cannot write.
+        if self.astara_default:
+            providers = [ASTARA_L3_PROVIDER + ":default"]
+        else:
+            providers = [SINGLE_NODE_PROVIDER + ":default", ASTARA_L3_PROVIDER]
+        lines = "".join(f"service_provider = {p}\n" for p in providers)
+        with (self.state_dir / "neutron.conf").open("a") as handle:
+            handle.write("\n[service_providers]\n" + lines)
+
+    def _write_trusted_paste(self, venv: Path) -> Path:
+        """Neutron's paste file with keystonecontext in place of noauth's fake admin."""
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read(venv / "etc/neutron/api-paste.ini")
+        keystone = parser.get("composite:neutronapi_v2_0", "keystone").split()
+        parser.set(
+            "composite:neutronapi_v2_0",
+            "noauth",
+            " ".join(name for name in keystone if name != "authtoken"),
+        )
+        path = self.state_dir / "api-paste.ini"
+        with path.open("w") as handle:
+            parser.write(handle)
+        return path
 
     def _start(self, venv: Path, timeout: float) -> Endpoint:
         port = free_port()
@@ -305,8 +408,21 @@ def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]], secret: bo
         parser.write(handle)
 
 
-def connect(url: str) -> openstack.connection.Connection:
-    """An openstacksdk connection to a noauth Neutron (the caller acts as admin)."""
-    return openstack.connection.Connection(
-        auth_type="none", auth={"endpoint": url}, network_endpoint_override=url
+def connect(url: str, headers: Mapping[str, str] | None = None) -> openstack.connection.Connection:
+    """An openstacksdk connection to a noauth Neutron (the caller acts as admin).
+
+    headers: sent with every request, e.g. ``trusted_identity(...)`` for a trusted-headers bed.
+    """
+    if headers is None:
+        return openstack.connection.Connection(
+            auth_type="none", auth={"endpoint": url}, network_endpoint_override=url
+        )
+    session = keystoneauth1.session.Session(
+        auth=keystoneauth1.noauth.NoAuth(endpoint=url), additional_headers=dict(headers)
     )
+    return openstack.connection.Connection(session=session, network_endpoint_override=url)
+
+
+def trusted_identity(user_id: str, project_id: str, roles: str) -> dict[str, str]:
+    """Request headers naming the caller of a ``trusted_headers`` bed."""
+    return {"X-User-Id": user_id, "X-Project-Id": project_id, "X-Roles": roles}

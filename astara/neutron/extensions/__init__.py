@@ -1,0 +1,1 @@
+"""Neutron API extension descriptors; the status plugin adds this folder to Neutron's path."""

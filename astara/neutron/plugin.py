@@ -1,0 +1,104 @@
+"""The small service plugin behind the router status API (``service_plugins = ...,astara``).
+
+It stores nothing of its own: the router status lives in Neutron's router, the port statuses
+in Neutron's ports. See ``astara.neutron.status_api`` for the API.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from neutron.api import extensions
+from neutron.objects import router as router_obj
+from neutron_lib import constants
+from neutron_lib import exceptions as n_exc
+from neutron_lib.db import api as db_api
+from neutron_lib.exceptions import l3 as l3_exc
+from neutron_lib.plugins import constants as plugin_constants
+from neutron_lib.plugins import directory
+from neutron_lib.services import base as service_base
+
+from astara.neutron import extensions as astara_extensions
+from astara.neutron import status_api
+from astara.neutron.l3_driver import AstaraL3Driver
+
+ROUTER_PORT_OWNERS = (constants.DEVICE_OWNER_ROUTER_INTF, constants.DEVICE_OWNER_ROUTER_GW)
+
+
+class AstaraStatusPlugin(service_base.ServicePluginBase):
+    supported_extension_aliases: ClassVar[list[str]] = [status_api.ALIAS]
+
+    def __init__(self) -> None:
+        super().__init__()
+        extensions.append_api_extensions_path([os.path.dirname(astara_extensions.__file__)])
+
+    @classmethod
+    def get_plugin_type(cls) -> str:
+        return status_api.PLUGIN_TYPE
+
+    def get_plugin_description(self) -> str:
+        return status_api.DESCRIPTION
+
+    def get_router_status(
+        self, context: Any, id: str, fields: list[str] | None = None
+    ) -> dict[str, Any]:
+        router = self._astara_router(context, id)
+        return self._show(context, router, fields)
+
+    def update_router_status(
+        self, context: Any, id: str, router_status: dict[str, Any]
+    ) -> dict[str, Any]:
+        body = router_status[status_api.RESOURCE]
+        router = self._astara_router(context, id)
+        requested = body.get("port_statuses") or {}
+        ports = self._router_ports(context, id)
+        unknown = status_api.unknown_ports(requested, {p["id"] for p in ports})
+        if unknown:
+            raise n_exc.BadRequest(
+                resource=status_api.RESOURCE,
+                msg=f"port_statuses: not interface or gateway ports of router {id}: "
+                + ", ".join(unknown),
+            )
+        admin = context.elevated()
+        status = body.get("status")
+        if status in status_api.ROUTER_STATUSES and status != router["status"]:
+            with db_api.CONTEXT_WRITER.using(admin):
+                router_obj.Router.update_object(admin, {"status": status}, id=id)
+        core = directory.get_plugin()
+        for port_id, port_status in requested.items():
+            core.update_port_status(admin, port_id, port_status)
+        return self._show(context, self._l3().get_router(admin, id), None)
+
+    def _l3(self) -> Any:
+        return directory.get_plugin(plugin_constants.L3)
+
+    def _astara_router(self, context: Any, router_id: str) -> dict[str, Any]:
+        """The router, or 404 when it does not exist or Astara does not own it."""
+        l3 = self._l3()
+        admin = context.elevated()
+        router: dict[str, Any] = l3.get_router(admin, router_id)
+        provider = l3.l3_driver_controller.get_provider_for_router(admin, router_id)
+        if not isinstance(provider, AstaraL3Driver):
+            raise l3_exc.RouterNotFound(router_id=router_id)
+        return router
+
+    def _router_ports(self, context: Any, router_id: str) -> list[dict[str, Any]]:
+        ports: list[dict[str, Any]] = directory.get_plugin().get_ports(
+            context.elevated(),
+            filters={"device_id": [router_id], "device_owner": list(ROUTER_PORT_OWNERS)},
+        )
+        return ports
+
+    def _show(
+        self, context: Any, router: dict[str, Any], fields: list[str] | None
+    ) -> dict[str, Any]:
+        shown = {
+            "id": router["id"],
+            "project_id": router["project_id"],
+            "status": router["status"],
+            "port_statuses": {
+                p["id"]: p["status"] for p in self._router_ports(context, router["id"])
+            },
+        }
+        return {k: v for k, v in shown.items() if not fields or k in fields}
