@@ -263,9 +263,7 @@ class NeutronTestbed:
                     f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY %s",
                     (password,),
                 )
-                cur.execute(
-                    f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (password,)
-                )
+                cur.execute(f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
                 cur.execute(
                     f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'127.0.0.1'"
                 )
@@ -289,9 +287,7 @@ class NeutronTestbed:
                 "state_path": str(self.state_dir / "state"),
             },
             "database": {
-                "connection": (
-                    f"mysql+pymysql://{self.user}:{password}@127.0.0.1/{self.database}"
-                ),
+                "connection": (f"mysql+pymysql://{self.user}:{password}@127.0.0.1/{self.database}"),
             },
             "oslo_messaging_notifications": {"driver": "messagingv2"},
             "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},
