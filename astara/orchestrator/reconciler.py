@@ -286,7 +286,7 @@ class RouterReconciler:
         self._store.clear_errors(router_id)
         self._store.log(f"generation {generation} applied", router_id, instance.id)
         LOG.info("router %s: generation %s applied by %s", router_id, generation, instance.id)
-        return None
+        return 0.0  # observe again at once: confirms ACTIVE, or pushes what changed meanwhile
 
     def _replug(self, provided: Instance, wanted: Sequence[PortSpec]) -> Instance:
         have = {port.port_id for port in provided.ports if port.kind != "management"}

@@ -181,6 +181,10 @@ def parse_config(argv: Sequence[str]) -> cfg.ConfigOpts:
     conf = cfg.ConfigOpts()
     config.register_opts(conf)
     oslo_logging.register_options(conf)
+    # One line per appliance request would drown the router-level lines.
+    oslo_logging.set_defaults(
+        default_log_levels=[*oslo_logging.get_default_log_levels(), "httpx=WARNING"]
+    )
     conf(
         list(argv),
         project="astara",

@@ -166,6 +166,13 @@ class InstanceRecord(BaseModel):
         return next((port for port in self.ports if port.port_id == port_id), None)
 
 
+def _traversable_dir(path: Path) -> None:
+    """Others may pass through, not list: dnsmasq drops to an unprivileged user and must
+    reach its files below; the keys in here stay 0600."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o711)
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as handle:
@@ -476,7 +483,7 @@ class NetnsProvider(Provider):
 
         Address allocation reads every record, and bridges are shared between instances.
         """
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _traversable_dir(self.state_dir)
         with (self.state_dir / LOCK_FILE).open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
@@ -578,7 +585,7 @@ class NetnsProvider(Provider):
 
     def _save(self, record: InstanceRecord) -> None:
         directory = self._instance_dir(record)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _traversable_dir(directory)
         write_atomically(directory / RECORD_FILE, record.model_dump_json(indent=1))
 
     def _allocate(self) -> IpInterface:

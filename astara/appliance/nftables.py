@@ -1,0 +1,736 @@
+"""The appliance's packet filter and NAT as nftables: pure renderers plus the thin applier.
+
+Astara owns two tables, ``inet astara_filter`` and ``ip astara_nat``. A full apply replaces
+exactly those (never ``flush ruleset``: other components may keep tables in the namespace) in
+one nft transaction, so there is no instant without rules and conntrack entries survive.
+Floating IPs and port forwards live in named maps, so a change to them alone is a handful of
+``add element``/``delete element`` commands instead of a reload.
+
+Firewall rules keep their exact first-match order. A run of consecutive rules with the same
+action can be evaluated in any order (whichever matches first, the verdict is the same), so
+inside a run rules of the same match shape are folded into one set lookup; no rule ever moves
+across a rule with another action.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, Protocol
+
+from astara.appliance.defaults import API_PORT, METADATA_ADDRESS, METADATA_PORT
+from astara.appliance.models import ApplianceConfig, FirewallRule, PortForward, PortRange
+from astara.appliance.subsystem import ApplyStepError, LinkMap
+
+FILTER_TABLE = "inet astara_filter"
+NAT_TABLE = "ip astara_nat"
+TABLES = (FILTER_TABLE, NAT_TABLE)
+
+# ICMPv6 a router cannot live without (errors, ping, neighbour and router discovery, MLD).
+ICMPV6_INPUT_TYPES = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "echo-request",
+    "echo-reply",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-query",
+)
+
+VERDICTS = {"allow": "accept", "deny": "drop", "reject": "goto reject_packet"}
+
+# Named NAT maps: name -> declaration lines. They are always declared (possibly empty) so
+# that adding the first floating IP or port forward is still only an element update.
+NAT_MAPS = {
+    "fip_dnat": ("type ipv4_addr : ipv4_addr",),
+    "fip_snat": ("type ipv4_addr : ipv4_addr",),
+    "pf_tcp": ("type ipv4_addr . inet_service : ipv4_addr . inet_service", "flags interval"),
+    "pf_udp": ("type ipv4_addr . inet_service : ipv4_addr . inet_service", "flags interval"),
+    "pf_keep_tcp": ("type ipv4_addr . inet_service : ipv4_addr", "flags interval"),
+    "pf_keep_udp": ("type ipv4_addr . inet_service : ipv4_addr", "flags interval"),
+}
+
+# Map name -> {element key -> element value}, both in nft syntax.
+MapElements = dict[str, dict[str, str]]
+
+
+# --- interfaces -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interfaces:
+    """Kernel names of the appliance's interfaces, by role."""
+
+    management: str | None
+    external: str | None
+    internal: tuple[str, ...]
+
+
+def interfaces(config: ApplianceConfig, links: LinkMap) -> Interfaces:
+    def name(mac: str) -> str:
+        if mac not in links:
+            raise ValueError(f"no kernel interface has MAC {mac}")
+        return links[mac]
+
+    mgmt = config.network("management")
+    ext = config.network("external")
+    return Interfaces(
+        management=name(mgmt.interface_mac) if mgmt else None,
+        external=name(ext.interface_mac) if ext else None,
+        internal=tuple(name(net.interface_mac) for net in config.internal_networks()),
+    )
+
+
+def _names(names: Iterable[str]) -> str:
+    quoted = [f'"{n}"' for n in names]
+    return quoted[0] if len(quoted) == 1 else "{ " + ", ".join(quoted) + " }"
+
+
+def _internal_v4_subnets(config: ApplianceConfig) -> list[str]:
+    return [
+        str(subnet.cidr)
+        for net in config.internal_networks()
+        for subnet in net.subnets
+        if subnet.cidr.version == 4
+    ]
+
+
+def _external_v4(config: ApplianceConfig) -> ipaddress.IPv4Address | None:
+    ext = config.network("external")
+    if ext is None:
+        return None
+    return next((a.ip for a in ext.addresses if isinstance(a.ip, ipaddress.IPv4Address)), None)
+
+
+# --- firewall folding -------------------------------------------------------------------
+
+# The fields a firewall rule can match values on, addresses first: the overlap test in Layer
+# relies on the first dimension being an address block whenever the rule has one.
+DIMENSIONS = ("source_cidr", "destination_cidr", "source_ports", "destination_ports")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a rule matches on, without the values: rules of one shape share one set."""
+
+    direction: str
+    ip_version: int
+    protocol: str
+    dims: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Element:
+    """One rule's values in a set: nft text plus inclusive integer bounds for overlap tests."""
+
+    text: str
+    bounds: tuple[tuple[int, int], ...]
+    comment: str
+
+
+Span = tuple[int, int]
+
+
+@dataclass
+class Layer:
+    """Elements of one set; nft refuses overlapping elements, so overlaps go to another layer.
+
+    Elements are indexed by the span of their first dimension, so that finding the ones that
+    might overlap a new element does not scan the whole layer.
+    """
+
+    elements: list[Element] = field(default_factory=list)
+    by_first: dict[Span, list[tuple[Span, ...]]] = field(default_factory=dict)
+    sizes: set[int] = field(default_factory=set)
+    ranges: set[Span] = field(default_factory=set)
+
+    def overlaps(self, element: Element, aligned: bool) -> bool:
+        first, rest = element.bounds[0], element.bounds[1:]
+        spans = self._aligned_spans(first) if aligned else self._port_spans(first)
+        return any(
+            _intersects(rest, other) for span in spans for other in self.by_first.get(span, ())
+        )
+
+    def _aligned_spans(self, first: Span) -> list[Span]:
+        # Address blocks are aligned powers of two, and wider blocks are placed first, so an
+        # overlapping earlier block is one of the blocks enclosing our first value.
+        lo = first[0]
+        return [(lo - lo % size, lo - lo % size + size - 1) for size in self.sizes]
+
+    def _port_spans(self, first: Span) -> list[Span]:
+        lo, hi = first
+        if lo == hi:
+            return [first, *(span for span in self.ranges if span[0] <= lo <= span[1])]
+        return [span for span in self.by_first if span[0] <= hi and lo <= span[1]]
+
+    def add(self, element: Element) -> None:
+        first = element.bounds[0]
+        self.elements.append(element)
+        self.by_first.setdefault(first, []).append(element.bounds[1:])
+        self.sizes.add(first[1] - first[0] + 1)
+        if first[0] != first[1]:
+            self.ranges.add(first)
+
+
+def _intersects(a: tuple[Span, ...], b: tuple[Span, ...]) -> bool:
+    return all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b, strict=True))
+
+
+def rule_comment(rule: FirewallRule, index: int) -> str:
+    """The stable name of a firewall rule in counters: its id, or its position.
+
+    Ids cannot contain spaces and every other comment in the forward chain does ("rule #3",
+    "set fw_0", "default action"), so the two never collide."""
+    return rule.id if rule.id is not None else f"rule #{index}"
+
+
+def _shape(rule: FirewallRule) -> Shape:
+    dims = tuple(name for name in DIMENSIONS if getattr(rule, name) is not None)
+    return Shape(rule.direction, rule.ip_version, rule.protocol, dims)
+
+
+def _element(rule: FirewallRule, shape: Shape, comment: str) -> Element:
+    texts: list[str] = []
+    bounds: list[tuple[int, int]] = []
+    for name in shape.dims:
+        value = getattr(rule, name)
+        if isinstance(value, PortRange):
+            first, last = value.first, value.last
+            texts.append(str(first) if first == last else f"{first}-{last}")
+            bounds.append((first, last))
+        else:
+            address, prefixlen = value.network_address, value.prefixlen
+            host_bits = (32 if isinstance(value, ipaddress.IPv4Network) else 128) - prefixlen
+            texts.append(f"{address}/{prefixlen}" if host_bits else str(address))
+            low = int(address)
+            bounds.append((low, low + (1 << host_bits) - 1))
+    return Element(" . ".join(texts), tuple(bounds), comment)
+
+
+def _layers(elements: list[Element], aligned: bool) -> list[Layer]:
+    layers: list[Layer] = []
+    # Widest first so that an overlap is always with an enclosing (already placed) block.
+    for element in sorted(elements, key=lambda e: e.bounds[0][0] - e.bounds[0][1]):
+        layer = next((lay for lay in layers if not lay.overlaps(element, aligned)), None)
+        if layer is None:
+            layer = Layer()
+            layers.append(layer)
+        layer.add(element)
+    return layers
+
+
+def _match_prefix(shape: Shape, ifaces: Interfaces) -> str | None:
+    """The part of a rule before its values; None when the rule can never match."""
+    parts: list[str] = []
+    if shape.direction != "any":
+        if ifaces.external is None:
+            return None
+        side = "iifname" if shape.direction == "ingress" else "oifname"
+        parts.append(f'{side} "{ifaces.external}"')
+    has_address = any(d.endswith("_cidr") for d in shape.dims)
+    has_port = any(d.endswith("_ports") for d in shape.dims)
+    if not has_address:
+        parts.append("meta nfproto ipv4" if shape.ip_version == 4 else "meta nfproto ipv6")
+    if shape.protocol == "icmp":
+        parts.append("meta l4proto icmp" if shape.ip_version == 4 else "meta l4proto ipv6-icmp")
+    elif shape.protocol != "any" and not has_port:
+        parts.append(f"meta l4proto {shape.protocol}")
+    return " ".join(parts)
+
+
+def _selector(shape: Shape) -> str:
+    family = "ip" if shape.ip_version == 4 else "ip6"
+    names = {
+        "source_cidr": f"{family} saddr",
+        "destination_cidr": f"{family} daddr",
+        "source_ports": f"{shape.protocol} sport",
+        "destination_ports": f"{shape.protocol} dport",
+    }
+    return " . ".join(names[d] for d in shape.dims)
+
+
+def _set_type(shape: Shape) -> str:
+    address = "ipv4_addr" if shape.ip_version == 4 else "ipv6_addr"
+    return " . ".join(address if d.endswith("_cidr") else "inet_service" for d in shape.dims)
+
+
+@dataclass
+class FirewallText:
+    sets: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+
+def render_firewall(config: ApplianceConfig, ifaces: Interfaces) -> FirewallText:
+    """Sets and forward-chain rules for config.firewall, first match preserved."""
+    out = FirewallText()
+    numbered = list(enumerate(config.firewall.rules))
+    for action, run in groupby(numbered, key=lambda item: item[1].action):
+        verdict = VERDICTS[action]
+        by_shape: dict[Shape, list[tuple[int, FirewallRule]]] = {}
+        for index, rule in run:
+            by_shape.setdefault(_shape(rule), []).append((index, rule))
+        for shape, members in by_shape.items():
+            prefix = _match_prefix(shape, ifaces)
+            if prefix is None:
+                continue
+            elements = [_element(rule, shape, rule_comment(rule, index)) for index, rule in members]
+            if not shape.dims:
+                # Matches everything of its direction/protocol: nothing to fold.
+                for element in elements:
+                    out.rules.append(_rule(prefix, verdict, element.comment))
+                continue
+            for layer in _layers(elements, aligned=any(d.endswith("_cidr") for d in shape.dims)):
+                _emit_layer(out, shape, prefix, verdict, layer)
+    default = "accept" if config.firewall.default_action == "allow" else "drop"
+    out.rules.append(_rule("", default, "default action"))
+    return out
+
+
+def _emit_layer(out: FirewallText, shape: Shape, prefix: str, verdict: str, layer: Layer) -> None:
+    selector = _selector(shape)
+    if len(layer.elements) == 1:
+        element = layer.elements[0]
+        pairs = zip(selector.split(" . "), element.text.split(" . "), strict=True)
+        match = " ".join([prefix, *(f"{sel} {value}" for sel, value in pairs)]).strip()
+        out.rules.append(_rule(match, verdict, element.comment))
+        return
+    name = f"fw_{len(out.sets)}"
+    ranged = any(lo != hi for e in layer.elements for lo, hi in e.bounds)
+    lines = [f"\tset {name} {{", f"\t\ttype {_set_type(shape)}"]
+    if ranged:
+        lines.append("\t\tflags interval")
+    lines.append("\t\tcounter")
+    items = ",\n\t\t\t".join(f'{e.text} comment "{e.comment}"' for e in layer.elements)
+    lines += [f"\t\telements = {{ {items} }}", "\t}"]
+    out.sets.append("\n".join(lines))
+    out.rules.append(_rule(f"{prefix} {selector} @{name}".strip(), verdict, f"set {name}"))
+
+
+def _rule(match: str, verdict: str, comment: str) -> str:
+    return f'{match} counter {verdict} comment "{comment}"'.strip()
+
+
+# --- NAT --------------------------------------------------------------------------------
+
+
+def nat_elements(config: ApplianceConfig) -> MapElements:
+    """The contents of every NAT map for a document."""
+    maps: MapElements = {name: {} for name in NAT_MAPS}
+    for fip in config.floating_ips:
+        maps["fip_dnat"][str(fip.floating_ip)] = str(fip.fixed_ip)
+        maps["fip_snat"][str(fip.fixed_ip)] = str(fip.floating_ip)
+    for forward in config.port_forwards:
+        for name, key, value in _forward_elements(forward):
+            maps[name][key] = value
+    return maps
+
+
+def _forward_elements(forward: PortForward) -> Iterator[tuple[str, str, str]]:
+    ext, internal = forward.external_port, forward.internal_port
+    if ext == internal and ext.size > 1:
+        # Same range on both sides: translate the address, keep the port.
+        yield (
+            f"pf_keep_{forward.protocol}",
+            f"{forward.external_ip} . {_ports(ext)}",
+            str(forward.internal_ip),
+        )
+    elif internal.size == 1:
+        key = f"{forward.external_ip} . {_ports(ext)}"
+        yield f"pf_{forward.protocol}", key, f"{forward.internal_ip} . {internal.first}"
+    else:
+        # Shifted ranges of equal length: nft has no port offset, so one element per port.
+        for offset in range(ext.size):
+            key = f"{forward.external_ip} . {ext.first + offset}"
+            yield (
+                f"pf_{forward.protocol}",
+                key,
+                f"{forward.internal_ip} . {internal.first + offset}",
+            )
+
+
+def _ports(ports: PortRange) -> str:
+    return str(ports.first) if ports.size == 1 else f"{ports.first}-{ports.last}"
+
+
+def _nat_chains(config: ApplianceConfig, ifaces: Interfaces) -> tuple[list[str], list[str]]:
+    pre: list[str] = []
+    post: list[str] = []
+    inside = ifaces.internal
+    entry = ([ifaces.external] if ifaces.external else []) + list(inside)
+    if inside and config.metadata is not None:
+        pre.append(
+            f"iifname {_names(inside)} ip daddr {METADATA_ADDRESS} tcp dport 80 "
+            f'counter redirect to :{METADATA_PORT} comment "metadata"'
+        )
+    if entry:
+        # Internal interfaces too: hosts reach each other by floating IP (hairpin).
+        where = f"iifname {_names(entry)}"
+        pre.append(
+            f"{where} ip daddr @fip_dnat counter dnat ip to ip daddr map @fip_dnat "
+            'comment "fip-dnat"'
+        )
+        for proto in ("tcp", "udp"):
+            key = f"ip daddr . {proto} dport"
+            pre.append(
+                f"{where} {key} @pf_{proto} counter dnat ip addr . port to {key} map "
+                f'@pf_{proto} comment "pf-{proto}"'
+            )
+            pre.append(
+                f"{where} {key} @pf_keep_{proto} counter dnat ip to {key} map "
+                f'@pf_keep_{proto} comment "pf-keep-{proto}"'
+            )
+    ext_ip = _external_v4(config)
+    if ifaces.external:
+        out = f'oifname "{ifaces.external}"'
+        post.append(
+            f'{out} ip saddr @fip_snat counter snat ip to ip saddr map @fip_snat comment "fip-snat"'
+        )
+        subnets = _internal_v4_subnets(config)
+        if config.snat_enabled and ext_ip is not None and subnets:
+            post.append(
+                f"{out} ip saddr {{ {', '.join(subnets)} }} counter snat ip to {ext_ip} "
+                'comment "snat"'
+            )
+    if inside and ifaces.external:
+        # A host reaching a neighbour through its floating IP: without a source rewrite the
+        # neighbour would answer directly and the reply would miss the router's conntrack.
+        hair = f"iifname {_names(inside)} oifname {_names(inside)} ct status dnat"
+        post.append(
+            f"{hair} ip saddr @fip_snat counter snat ip to ip saddr map @fip_snat "
+            'comment "hairpin-fip"'
+        )
+        if ext_ip is not None:
+            post.append(f'{hair} counter snat ip to {ext_ip} comment "hairpin"')
+    return pre, post
+
+
+# --- whole ruleset ----------------------------------------------------------------------
+
+
+def _input_rules(ifaces: Interfaces) -> list[str]:
+    rules = [
+        'iifname "lo" accept',
+        "ct state established,related accept",
+        "meta l4proto icmp accept",
+        f"icmpv6 type {{ {', '.join(ICMPV6_INPUT_TYPES)} }} accept",
+        "ct state invalid drop",
+    ]
+    if ifaces.management:
+        rules.append(
+            f'iifname "{ifaces.management}" tcp dport {API_PORT} counter accept comment "api"'
+        )
+    if ifaces.internal:
+        where = f"iifname {_names(ifaces.internal)}"
+        rules.append(f'{where} udp dport {{ 53, 67, 547 }} counter accept comment "services-udp"')
+        rules.append(
+            f'{where} tcp dport {{ 53, {METADATA_PORT} }} counter accept comment "services-tcp"'
+        )
+    return rules
+
+
+def _forward_rules(ifaces: Interfaces, firewall: FirewallText) -> list[str]:
+    rules = [
+        "ct state established,related accept",
+        "ct state invalid drop",
+    ]
+    if ifaces.management:
+        # The management network is the orchestrator's: never route tenants into it.
+        mgmt = f'"{ifaces.management}"'
+        rules.append(f'iifname {mgmt} counter drop comment "management in"')
+        rules.append(f'oifname {mgmt} counter drop comment "management out"')
+    return rules + firewall.rules
+
+
+def _chain(name: str, hook: str, priority: str, policy: str, rules: list[str]) -> str:
+    head = f"\tchain {name} {{\n\t\ttype {hook} priority {priority}; policy {policy};\n"
+    return head + "".join(f"\t\t{rule}\n" for rule in rules) + "\t}"
+
+
+def _map_text(name: str, elements: Mapping[str, str]) -> str:
+    lines = [f"\tmap {name} {{", *(f"\t\t{line}" for line in NAT_MAPS[name])]
+    if elements:
+        items = ",\n\t\t\t".join(f"{k} : {v}" for k, v in elements.items())
+        lines.append(f"\t\telements = {{ {items} }}")
+    return "\n".join([*lines, "\t}"])
+
+
+def _replace(table: str, body: list[str]) -> str:
+    # Declare, delete, re-declare: works whether or not the table exists, in one transaction.
+    return f"table {table}\ndelete table {table}\ntable {table} {{\n" + "\n".join(body) + "\n}\n"
+
+
+def render_ruleset(config: ApplianceConfig, links: LinkMap) -> str:
+    """The nft script that replaces Astara's tables with the ones for ``config``."""
+    ifaces = interfaces(config, links)
+    firewall = render_firewall(config, ifaces)
+    default = "accept" if config.firewall.default_action == "allow" else "drop"
+    filter_body = [
+        *firewall.sets,
+        "\tchain reject_packet {\n\t\tmeta l4proto tcp reject with tcp reset\n"
+        "\t\treject with icmpx port-unreachable\n\t}",
+        _chain("input", "filter hook input", "filter", "drop", _input_rules(ifaces)),
+        _chain(
+            "forward", "filter hook forward", "filter", default, _forward_rules(ifaces, firewall)
+        ),
+    ]
+    pre, post = _nat_chains(config, ifaces)
+    maps = nat_elements(config)
+    nat_body = [
+        *(_map_text(name, maps[name]) for name in NAT_MAPS),
+        _chain("prerouting", "nat hook prerouting", "dstnat", "accept", pre),
+        _chain("postrouting", "nat hook postrouting", "srcnat", "accept", post),
+    ]
+    return _replace(FILTER_TABLE, filter_body) + _replace(NAT_TABLE, nat_body)
+
+
+def render_removal() -> str:
+    """The nft script that deletes Astara's tables (and is harmless when they are absent)."""
+    return "".join(f"table {t}\ndelete table {t}\n" for t in TABLES)
+
+
+def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
+    """Everything of a document the ruleset depends on apart from NAT map elements: when it
+    is equal, a change is an element update (DHCP allocations, routes... do not count)."""
+    return (
+        [(net.kind, net.interface_mac) for net in config.networks],
+        _external_v4(config),
+        _internal_v4_subnets(config),
+        config.snat_enabled,
+        config.metadata is not None,
+        config.firewall,
+    )
+
+
+def element_updates(old: MapElements, new: MapElements) -> str:
+    """``delete element``/``add element`` commands turning map contents ``old`` into ``new``;
+    a changed value is a delete plus an add of its key, in one transaction."""
+    deletes: list[str] = []
+    adds: list[str] = []
+    for name in NAT_MAPS:
+        before, after = old[name], new[name]
+        gone = [k for k, v in before.items() if after.get(k) != v]
+        added = [f"{k} : {v}" for k, v in after.items() if before.get(k) != v]
+        if gone:
+            deletes.append(f"delete element {NAT_TABLE} {name} {{ {', '.join(gone)} }}")
+        if added:
+            adds.append(f"add element {NAT_TABLE} {name} {{ {', '.join(added)} }}")
+    return "".join(f"{line}\n" for line in deletes + adds)
+
+
+def render_delta(previous: ApplianceConfig, desired: ApplianceConfig, links: LinkMap) -> str | None:
+    """Element updates turning ``previous``'s ruleset into ``desired``'s; None if a full
+    replace is needed (anything but floating IPs and port forwards changed)."""
+    if ruleset_inputs(previous) != ruleset_inputs(desired):
+        return None
+    interfaces(desired, links)  # same validation as a full render: every MAC must resolve
+    return element_updates(nat_elements(previous), nat_elements(desired))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the live tables were rendered from, as far as an applier knows."""
+
+    config: ApplianceConfig
+    links: dict[str, str]
+    maps: MapElements
+
+
+# --- applying and reading back ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleCounter:
+    """Packets and bytes of one rule (or one folded firewall rule inside a set)."""
+
+    chain: str
+    comment: str
+    packets: int
+    bytes: int
+
+
+class NftRunner(Protocol):
+    """Runs nft scripts and lists the ruleset as nft's JSON."""
+
+    def run(self, script: str) -> None: ...
+
+    def list_json(self) -> dict[str, Any]: ...
+
+
+class NftCli:
+    """Runs nft scripts through the nft command, in the current network namespace unless
+    ``command`` says otherwise (tests and benchmarks prefix ``ip netns exec NS``)."""
+
+    def __init__(self, command: Sequence[str] = ("nft",)) -> None:
+        self.command = list(command)
+
+    def run(self, script: str) -> None:
+        done = subprocess.run(
+            [*self.command, "-f", "-"], input=script, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise ApplyStepError("firewall", done.stderr.strip() or f"nft exit {done.returncode}")
+
+    def list_json(self) -> dict[str, Any]:
+        done = subprocess.run(
+            [*self.command, "-j", "list", "ruleset"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise ApplyStepError("firewall", done.stderr.strip())
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+
+# nft_ctx_output_flags bit of libnftables 1.0.x: print JSON.
+NFT_CTX_OUTPUT_JSON = 1 << 4
+
+
+class LibNftables:
+    """libnftables in-process with one long-lived context, in the current namespace.
+
+    The nft command fetches the whole live ruleset (every set element) into its cache before
+    each script: about 30 ms with thousands of elements, paid again by each delta. A kept
+    context revalidates its cache by generation id, so a floating-IP delta costs a few ms.
+    """
+
+    def __init__(self, library: str = "libnftables.so.1") -> None:
+        lib = ctypes.CDLL(library)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).restype = ctypes.c_char_p
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        # A context is not thread-safe; the API may read counters while the engine applies.
+        self._lock = threading.Lock()
+
+    def _command(self, script: str, flags: int) -> str:
+        with self._lock:
+            self._lib.nft_ctx_output_set_flags(self._ctx, flags)
+            failed = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
+            output = self._lib.nft_ctx_get_output_buffer(self._ctx) or b""
+            error = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
+        if failed:
+            raise ApplyStepError("firewall", error.decode().strip() or "nft failed")
+        return str(output.decode())
+
+    def run(self, script: str) -> None:
+        self._command(script, 0)
+
+    def list_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self._command("list ruleset", NFT_CTX_OUTPUT_JSON))
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
+
+
+def default_runner() -> NftRunner:
+    """libnftables when the library is there (it is wherever nft is), else the nft command."""
+    try:
+        return LibNftables()
+    except OSError:
+        return NftCli()
+
+
+def parse_counters(listing: Mapping[str, Any]) -> list[RuleCounter]:
+    """Counters of commented rules and set elements in Astara's tables, from ``nft -j``."""
+    ours = {tuple(t.split()) for t in TABLES}
+    counters: list[RuleCounter] = []
+    for item in listing.get("nftables", []):
+        if "rule" in item:
+            rule = item["rule"]
+            if (rule["family"], rule["table"]) not in ours or "comment" not in rule:
+                continue
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    counter = expr["counter"]
+                    counters.append(
+                        RuleCounter(
+                            rule["chain"], rule["comment"], counter["packets"], counter["bytes"]
+                        )
+                    )
+        elif "set" in item:
+            found = item["set"]
+            if (found["family"], found["table"]) not in ours:
+                continue
+            for elem in found.get("elem", []):
+                # Elements without counter or comment are plain values, not objects.
+                inner = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                if "counter" in inner and "comment" in inner:
+                    counter = inner["counter"]
+                    counters.append(
+                        RuleCounter(
+                            "forward", inner["comment"], counter["packets"], counter["bytes"]
+                        )
+                    )
+    return counters
+
+
+class NftablesSubsystem:
+    """The packet filter and NAT slice of the appliance (Subsystem "firewall")."""
+
+    name = "firewall"
+
+    def __init__(self, runner: NftRunner | None = None) -> None:
+        self.runner = runner if runner is not None else default_runner()
+        # A delta is only safe on top of exactly what this applier put there.
+        self._applied: Applied | None = None
+
+    def apply(
+        self,
+        desired: ApplianceConfig | None,
+        previous: ApplianceConfig | None,
+        links: LinkMap,
+    ) -> None:
+        if desired is None:
+            self._applied = None
+            self.runner.run(render_removal())
+            return
+        applied, self._applied = self._applied, None
+        maps = nat_elements(desired)
+        if (
+            applied is not None
+            and previous is not None
+            and applied.links == dict(links)
+            and applied.config == previous
+            and ruleset_inputs(previous) == ruleset_inputs(desired)
+        ):
+            # Same as render_delta, with the previous map contents kept from the last apply.
+            delta = element_updates(applied.maps, maps)
+            try:
+                if delta:
+                    self.runner.run(delta)
+            except ApplyStepError:
+                pass  # the live tables were changed behind our back: replace them below
+            else:
+                self._applied = Applied(desired, dict(links), maps)
+                return
+        try:
+            script = render_ruleset(desired, links)
+        except ValueError as exc:  # an interface of the document is not in the link map
+            raise ApplyStepError(self.name, str(exc)) from exc
+        self.runner.run(script)
+        self._applied = Applied(desired, dict(links), maps)
+
+    def read_counters(self) -> list[RuleCounter]:
+        return parse_counters(self.runner.list_json())
