@@ -187,6 +187,7 @@ def test_dns_servers_of_a_subnet_reach_dhcp_clients(world: World) -> None:
 
 
 def test_removing_an_interface_cuts_that_network_off(world: World) -> None:
+    world.sdk.network.update_ip(world.ids["fip"], port_id=None)  # Neutron requires it
     world.sdk.network.remove_interface_from_router(
         world.ids["router"], subnet=world.ids["sub_b"].id
     )

@@ -1,0 +1,443 @@
+"""Apply benchmark: Astara's packet filter, NAT and addresses against the Neutron L3 agent's way.
+
+    .venv/bin/python bench/apply.py [--runs N]        (as root)
+
+A router with 1,000 floating IPs and 5,000 firewall rules is applied from empty (nft ruleset
+through NftablesSubsystem, 1,000 /32 addresses through LinksSubsystem's one netlink socket),
+then one floating IP is added (a map-element delta plus one address). The same router goes
+through bench/neutron_l3_peer.py under the Neutron venv's python. Medians of N runs (>= 5).
+An established TCP connection through a floating IP is checked across a full re-apply and a
+delta. Progress goes to stderr; the last stdout line is the summary.
+
+Namespaces and links are all ``tA-b*`` and are deleted at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from astara.appliance.models import ApplianceConfig, FirewallRule
+
+ROUTER, OUTSIDE, INSIDE, PEER = "tA-br", "tA-bo", "tA-bi", "tA-bn"
+NAMESPACES = (ROUTER, OUTSIDE, INSIDE, PEER)
+MGMT_MAC, EXT_MAC, INT_MAC, INT2_MAC = (f"02:bb:00:00:00:0{n}" for n in range(1, 5))
+LINKS = {MGMT_MAC: "tA-brm", EXT_MAC: "tA-bre", INT_MAC: "tA-bri", INT2_MAC: "tA-brj"}
+GATEWAY_CIDR = "172.24.255.254/16"
+OUTSIDE_IP, INSIDE_IP = "172.24.255.1", "10.0.0.1"
+ECHO_PORT = 7000
+NEUTRON_PYTHON = Path("/var/cache/astara/neutron-venv-2043ac8d4a851f77/bin/python")
+HERE = Path(__file__).resolve().parent
+
+# Echoes lines (runs on the inside host).
+ECHO_SERVER = textwrap.dedent(
+    """
+    import socket, sys, threading
+    def serve(conn):
+        with conn, conn.makefile("rw") as f:
+            for line in f:
+                f.write(line); f.flush()
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4)
+    print("ready", flush=True)
+    while True:
+        threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+    """
+)
+# Sends a line every 20 ms until stdin closes; prints sent/echoed counts and the worst RTT.
+ECHO_CLIENT = textwrap.dedent(
+    """
+    import json, select, socket, sys, time
+    conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    f = conn.makefile("rw")
+    sent = echoed = 0; worst = 0.0; error = None
+    print("connected", flush=True)
+    while not select.select([sys.stdin], [], [], 0.02)[0]:
+        try:
+            start = time.perf_counter(); f.write(f"{sent}\\n"); f.flush(); sent += 1
+            if f.readline().strip() == str(sent - 1):
+                echoed += 1
+            worst = max(worst, time.perf_counter() - start)
+        except OSError as exc:
+            error = str(exc); break
+    print(json.dumps({"sent": sent, "echoed": echoed, "worst_rtt": worst, "error": error}))
+    """
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the document -----------------------------------------------------------------------
+
+
+def fip_pair(n: int) -> tuple[str, str]:
+    return f"172.24.{n // 250}.{n % 250 + 1}", f"10.0.{n // 250}.{n % 250 + 1}"
+
+
+def firewall_rules(count: int) -> list[dict[str, Any]]:
+    """Blocks of denies and allows, interleaved so that folding must respect rule order."""
+    rules: list[dict[str, Any]] = []
+    deny = tcp = udp = 0
+    block = max(count // 25, 1)  # 5 blocks of 1 deny : 2 tcp allow : 2 udp allow
+    while len(rules) < count:
+        for _ in range(block):
+            rules.append(
+                {"action": "deny", "source_cidr": f"198.{18 + deny // 256}.{deny % 256}.0/24"}
+            )
+            deny += 1
+        for _ in range(block * 2):
+            # The first one lets the benchmark's own TCP flow in.
+            port = ECHO_PORT if tcp == 0 else 1000 + tcp % 1000
+            rules.append(
+                {
+                    "action": "allow",
+                    "protocol": "tcp",
+                    "destination_cidr": f"10.0.{tcp // 250}.{tcp % 250 + 1}/32",
+                    "destination_ports": {"first": port, "last": port},
+                }
+            )
+            tcp += 1
+        for _ in range(block * 2):
+            rules.append(
+                {
+                    "action": "allow",
+                    "protocol": "udp",
+                    "source_cidr": f"10.1.{udp % 250}.0/24",
+                    "destination_cidr": f"100.64.{udp // 8}.0/24",
+                    "destination_ports": {"first": 2000 + udp % 8, "last": 2000 + udp % 8},
+                }
+            )
+            udp += 1
+    return [dict(rule, id=f"r{n}") for n, rule in enumerate(rules[:count])]
+
+
+def build_document(
+    fips: int, rules: int, generation: int = 1, extra_fip: bool = False
+) -> ApplianceConfig:
+    pairs = [fip_pair(n) for n in range(fips + (1 if extra_fip else 0))]
+    return ApplianceConfig.model_validate(
+        {
+            "generation": generation,
+            "router_id": "bench",
+            "hostname": "bench",
+            "interfaces": [{"mac": mac} for mac in LINKS],
+            "networks": [
+                {
+                    "id": "m",
+                    "kind": "management",
+                    "interface_mac": MGMT_MAC,
+                    "addresses": ["192.168.254.2/24"],
+                },
+                {
+                    "id": "e",
+                    "kind": "external",
+                    "interface_mac": EXT_MAC,
+                    "addresses": [GATEWAY_CIDR],
+                    "subnets": [{"id": "es", "cidr": "172.24.0.0/16", "gateway_ip": OUTSIDE_IP}],
+                },
+                {
+                    "id": "i1",
+                    "kind": "internal",
+                    "interface_mac": INT_MAC,
+                    "addresses": ["10.0.255.254/16"],
+                    "subnets": [{"id": "s1", "cidr": "10.0.0.0/16"}],
+                },
+                {
+                    "id": "i2",
+                    "kind": "internal",
+                    "interface_mac": INT2_MAC,
+                    "addresses": ["10.1.255.254/16"],
+                    "subnets": [{"id": "s2", "cidr": "10.1.0.0/16"}],
+                },
+            ],
+            "floating_ips": [{"floating_ip": f, "fixed_ip": x} for f, x in pairs],
+            "firewall": {"default_action": "deny", "rules": firewall_rules(rules)},
+        }
+    )
+
+
+def neutral_rule(rule: FirewallRule) -> dict[str, Any]:
+    """A firewall rule in the peer's terms (it writes iptables syntax from this)."""
+    ports = rule.destination_ports
+    return {
+        "action": rule.action,
+        "protocol": None if rule.protocol == "any" else rule.protocol,
+        "source": str(rule.source_cidr) if rule.source_cidr else None,
+        "destination": str(rule.destination_cidr) if rule.destination_cidr else None,
+        "dport": ports.first if ports else None,
+    }
+
+
+# --- the worker: runs inside the router namespace ----------------------------------------
+
+
+class NoAnnouncements:
+    """Gratuitous ARP is left out on both sides (the Neutron peer does not send it either)."""
+
+    def announce(self, addresses: object) -> None:
+        return None
+
+
+def worker(fips: int, rules: int, runs: int) -> None:
+    from astara.appliance.netlink import LinksSubsystem
+    from astara.appliance.nftables import NftablesSubsystem, render_ruleset
+
+    base = build_document(fips, rules)
+    plus_one = build_document(fips, rules, generation=2, extra_fip=True)
+    links = LinksSubsystem(garp=NoAnnouncements())  # type: ignore[arg-type]
+    firewall = NftablesSubsystem()
+
+    def say(message: dict[str, Any]) -> None:
+        print(json.dumps(message), flush=True)
+
+    start = time.perf_counter()
+    render_ruleset(base, LINKS)
+    render_time = time.perf_counter() - start
+    timings: dict[str, list[float]] = {k: [] for k in ("full", "full_nft", "delta", "delta_nft")}
+    for run in range(runs):
+        firewall.apply(None, base, LINKS)
+        links.apply(None, base, LINKS)
+        t0 = time.perf_counter()
+        links.apply(base, None, LINKS)
+        t1 = time.perf_counter()
+        firewall.apply(base, None, LINKS)
+        t2 = time.perf_counter()
+        links.apply(plus_one, base, LINKS)
+        t3 = time.perf_counter()
+        firewall.apply(plus_one, base, LINKS)
+        t4 = time.perf_counter()
+        timings["full"].append(t2 - t0)
+        timings["full_nft"].append(t2 - t1)
+        timings["delta"].append(t4 - t2)
+        timings["delta_nft"].append(t4 - t3)
+        say({"event": "run", "run": run + 1, **{k: v[-1] for k, v in timings.items()}})
+    say({"event": "timings", "render": render_time, **timings})
+
+    # Connection survival: back to the base document, then let the flow start.
+    links.apply(base, plus_one, LINKS)
+    firewall.apply(base, plus_one, LINKS)
+    say({"event": "ready"})
+    sys.stdin.readline()
+    # A firewall change forces a full replace; then a one-FIP delta.
+    changed = base.model_copy(
+        update={
+            "generation": 3,
+            "firewall": base.firewall.model_copy(update={"rules": base.firewall.rules[:-1]}),
+        }
+    )
+    links.apply(changed, base, LINKS)
+    t0 = time.perf_counter()
+    firewall.apply(changed, base, LINKS)
+    t1 = time.perf_counter()
+    with_fip = changed.model_copy(update={"generation": 4, "floating_ips": plus_one.floating_ips})
+    links.apply(with_fip, changed, LINKS)
+    firewall.apply(with_fip, changed, LINKS)
+    t2 = time.perf_counter()
+    say({"event": "applied", "full_nft": t1 - t0, "delta": t2 - t1})
+    sys.stdin.readline()
+    firewall.apply(None, with_fip, LINKS)
+    links.apply(None, with_fip, LINKS)
+    links.close()
+
+
+# --- the test bed and the main run --------------------------------------------------------
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def cleanup() -> None:
+    for ns in NAMESPACES:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@contextmanager
+def testbed() -> Iterator[None]:
+    cleanup()
+    try:
+        for ns in NAMESPACES:
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        r = ("ip", "-n", ROUTER, "link", "add")
+        sh(*r, "tA-bre", "address", EXT_MAC, "type", "veth", "peer", "tA-boe", "netns", OUTSIDE)
+        sh(*r, "tA-bri", "address", INT_MAC, "type", "veth", "peer", "tA-bie", "netns", INSIDE)
+        # No dummy driver on this host: veths whose peers stay in the router stand for NICs.
+        sh(*r, "tA-brm", "address", MGMT_MAC, "type", "veth", "peer", "tA-brmp")
+        sh(*r, "tA-brj", "address", INT2_MAC, "type", "veth", "peer", "tA-brjp")
+        for dev in ("tA-brmp", "tA-brjp"):
+            sh("ip", "-n", ROUTER, "link", "set", dev, "up")
+        for ns, dev, cidr, via in (
+            (OUTSIDE, "tA-boe", f"{OUTSIDE_IP}/16", None),
+            (INSIDE, "tA-bie", f"{INSIDE_IP}/16", "10.0.255.254"),
+        ):
+            sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            if via:
+                sh("ip", "-n", ns, "route", "add", "default", "via", via)
+        sh("ip", "-n", PEER, "link", "add", "tA-bng", "type", "veth", "peer", "tA-bngp")
+        for dev in ("tA-bng", "tA-bngp"):
+            sh("ip", "-n", PEER, "link", "set", dev, "up")
+        sh("ip", "-n", PEER, "addr", "add", GATEWAY_CIDR, "dev", "tA-bng")
+        yield
+    finally:
+        cleanup()
+
+
+def in_ns(ns: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", ns, *args], text=True, **kwargs)
+
+
+def read_event(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker ended before {event!r}")
+        message: dict[str, Any] = json.loads(line)
+        if message["event"] == "run":
+            ms = {k: message[k] * 1000 for k in ("full_nft", "delta", "delta_nft")}
+            log(
+                f"astara run {message['run']}: full {message['full']:.3f} s "
+                f"(nft {ms['full_nft']:.1f} ms), delta {ms['delta']:.1f} ms "
+                f"(nft {ms['delta_nft']:.1f} ms)"
+            )
+        if message["event"] == event:
+            return message
+
+
+def run_astara(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
+    server = in_ns(
+        INSIDE, sys.executable, str(scripts / "server.py"), str(ECHO_PORT), stdout=subprocess.PIPE
+    )
+    work = in_ns(
+        ROUTER,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--fips",
+        str(fips),
+        "--rules",
+        str(rules),
+        "--runs",
+        str(runs),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )
+    client: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        timings = read_event(work, "timings")
+        read_event(work, "ready")
+        floating, _ = fip_pair(0)
+        client = in_ns(
+            OUTSIDE,
+            sys.executable,
+            str(scripts / "client.py"),
+            floating,
+            str(ECHO_PORT),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert client.stdout is not None and client.stdin is not None and work.stdin is not None
+        if client.stdout.readline().strip() != "connected":
+            raise RuntimeError("the TCP flow through the floating IP did not connect")
+        time.sleep(0.3)
+        work.stdin.write("go\n")
+        work.stdin.flush()
+        applied = read_event(work, "applied")
+        time.sleep(0.3)
+        client.stdin.close()
+        flow = json.loads(client.stdout.readline())
+        work.stdin.write("end\n")
+        work.stdin.flush()
+        work.wait(timeout=60)
+        log(
+            f"TCP flow across a full re-apply ({applied['full_nft'] * 1000:.1f} ms) and a delta "
+            f"({applied['delta'] * 1000:.1f} ms): {flow['echoed']}/{flow['sent']} echoed, "
+            f"worst RTT {flow['worst_rtt'] * 1000:.1f} ms, error {flow['error']}"
+        )
+        timings["flow_survived"] = flow["error"] is None and flow["echoed"] == flow["sent"] > 10
+        return timings
+    finally:
+        for proc in (client, work, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def run_peer(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
+    document = build_document(fips, rules)
+    spec = {
+        "namespace": PEER,
+        "gateway_interface": "tA-bng",
+        "gateway_cidr": GATEWAY_CIDR,
+        "gateway_ip": GATEWAY_CIDR.split("/")[0],
+        "fips": [list(fip_pair(n)) for n in range(fips)],
+        "delta_fip": list(fip_pair(fips)),
+        "rules": [neutral_rule(rule) for rule in document.firewall.rules],
+        "runs": runs,
+    }
+    (scripts / "peer.json").write_text(json.dumps(spec))
+    done = subprocess.run(
+        [str(NEUTRON_PYTHON), str(HERE / "neutron_l3_peer.py"), str(scripts / "peer.json")],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fips", type=int, default=1000)
+    parser.add_argument("--rules", type=int, default=5000)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.fips, args.rules, args.runs)
+        return
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark builds network namespaces")
+    runs = max(args.runs, 5)
+    with tempfile.TemporaryDirectory(prefix="tA-bench-") as tmp, testbed():
+        scripts = Path(tmp)
+        (scripts / "server.py").write_text(ECHO_SERVER)
+        (scripts / "client.py").write_text(ECHO_CLIENT)
+        log(f"astara: {args.fips} floating IPs, {args.rules} firewall rules, {runs} runs")
+        ours = run_astara(args.fips, args.rules, runs, scripts)
+        log(f"render alone: {ours['render'] * 1000:.1f} ms")
+        log(f"neutron peer: {runs} runs (each takes tens of seconds)")
+        peer = run_peer(args.fips, args.rules, runs, scripts)
+    full, delta = statistics.median(ours["full"]), statistics.median(ours["delta"])
+    log(
+        f"astara medians: nft part full {statistics.median(ours['full_nft']) * 1000:.1f} ms, "
+        f"delta {statistics.median(ours['delta_nft']) * 1000:.1f} ms; "
+        f"connection survived: {ours['flow_survived']}"
+    )
+    peer_full, peer_delta = peer["full_median"], peer["delta_median"]
+    print(
+        f"apply: full {full:.3f} s, delta {delta * 1000:.1f} ms; "
+        f"peer full {peer_full:.3f} s, delta {peer_delta * 1000:.1f} ms; "
+        f"ratio full {peer_full / full:.1f}, delta {peer_delta / delta:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""The nftables renderers and the applier's choice between a full replace and a delta."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from astara.appliance.models import ApplianceConfig
+from astara.appliance.nftables import (
+    NftablesSubsystem,
+    RuleCounter,
+    parse_counters,
+    render_delta,
+    render_removal,
+    render_ruleset,
+)
+from astara.appliance.subsystem import ApplyStepError
+
+pytestmark = pytest.mark.unit
+
+MGMT, EXT, INT1, INT2 = (f"02:00:00:00:00:0{n}" for n in range(1, 5))
+LINKS = {MGMT: "eth0", EXT: "eth1", INT1: "eth2", INT2: "eth3"}
+
+
+def document(**changes: Any) -> ApplianceConfig:
+    doc: dict[str, Any] = {
+        "generation": 1,
+        "router_id": "r1",
+        "hostname": "r1",
+        "interfaces": [{"mac": mac} for mac in (MGMT, EXT, INT1, INT2)],
+        "networks": [
+            {
+                "id": "m",
+                "kind": "management",
+                "interface_mac": MGMT,
+                "addresses": ["fdca:3ba5:a17a:acda::2/64"],
+            },
+            {
+                "id": "e",
+                "kind": "external",
+                "interface_mac": EXT,
+                "addresses": ["172.24.0.1/24"],
+                "subnets": [{"id": "es", "cidr": "172.24.0.0/24"}],
+            },
+            {
+                "id": "i1",
+                "kind": "internal",
+                "interface_mac": INT1,
+                "addresses": ["10.0.0.1/24", "2001:db8::1/64"],
+                "subnets": [
+                    {"id": "s1", "cidr": "10.0.0.0/24"},
+                    {"id": "s16", "cidr": "2001:db8::/64"},
+                ],
+            },
+            {
+                "id": "i2",
+                "kind": "internal",
+                "interface_mac": INT2,
+                "addresses": ["10.1.0.1/24"],
+                "subnets": [{"id": "s2", "cidr": "10.1.0.0/24"}],
+            },
+        ],
+        "metadata": {"upstream_url": "http://127.0.0.1:8775"},
+    }
+    doc.update(changes)
+    return ApplianceConfig.model_validate(doc)
+
+
+def fip(floating: str, fixed: str) -> dict[str, str]:
+    return {"floating_ip": floating, "fixed_ip": fixed}
+
+
+def rule(rule_id: str, action: str, **match: Any) -> dict[str, Any]:
+    return {"id": rule_id, "action": action, **match}
+
+
+def chain(text: str, name: str) -> list[str]:
+    """The rule lines of one chain of a rendered script."""
+    body = re.search(rf"\tchain {name} {{\n(.*?)\n\t}}", text, re.S)
+    assert body is not None, name
+    lines = [line.strip() for line in body.group(1).splitlines()]
+    return [line for line in lines if not line.startswith("type ")]
+
+
+def sets(text: str) -> dict[str, list[str]]:
+    """Set name -> element comments, in a rendered script."""
+    found = re.findall(r"\tset (\w+) \{\n(.*?)\n\t\}", text, re.S)
+    return {name: re.findall(r'comment "([^"]+)"', body) for name, body in found}
+
+
+def positions(text: str) -> dict[str, int]:
+    """Firewall rule comment -> index of the forward-chain rule that evaluates it."""
+    members = sets(text)
+    where: dict[str, int] = {}
+    for index, line in enumerate(chain(text, "forward")):
+        comment = re.search(r'comment "([^"]+)"$', line)
+        if comment is None:
+            continue
+        text = comment.group(1)
+        for name in members.get(text.removeprefix("set "), [text]):
+            assert name not in where, f"{name} evaluated twice"
+            where[name] = index
+    return where
+
+
+def test_replaces_only_its_own_tables_in_one_script() -> None:
+    text = render_ruleset(document(), LINKS)
+    assert "flush ruleset" not in text
+    for table in ("inet astara_filter", "ip astara_nat"):
+        declare, delete, body = (f"table {table}\n", f"delete table {table}\n", f"table {table} {{")
+        assert text.index(declare) < text.index(delete) < text.index(body)
+
+
+def test_input_chain_opens_only_the_services_of_each_interface() -> None:
+    rules = chain(render_ruleset(document(), LINKS), "input")
+    assert rules[:2] == ['iifname "lo" accept', "ct state established,related accept"]
+    assert 'iifname "eth0" tcp dport 5000 counter accept comment "api"' in rules
+    services = [r for r in rules if "services" in r]
+    assert services == [
+        'iifname { "eth2", "eth3" } udp dport { 53, 67, 547 } counter accept '
+        'comment "services-udp"',
+        'iifname { "eth2", "eth3" } tcp dport { 53, 9697 } counter accept comment "services-tcp"',
+    ]
+    assert any("nd-neighbor-solicit" in r and "nd-router-advert" in r for r in rules)
+    assert not any('"eth1"' in r for r in rules)
+    assert "policy drop" in render_ruleset(document(), LINKS).split("chain input")[1].split("\n")[1]
+
+
+def test_rules_of_one_action_fold_into_sets_without_crossing_other_actions() -> None:
+    rules = [
+        rule("d1", "deny", source_cidr="10.0.0.0/24"),
+        rule("d2", "deny", source_cidr="10.0.1.0/24"),
+        rule("a1", "allow", protocol="tcp", destination_ports={"first": 22, "last": 22}),
+        rule("d3", "deny", source_cidr="10.0.2.0/24"),
+        rule("d4", "deny", source_cidr="10.0.3.0/24"),
+    ]
+    text = render_ruleset(document(firewall={"rules": rules}), LINKS)
+    where = positions(text)
+    assert where["d1"] == where["d2"] < where["a1"] < where["d3"] == where["d4"]
+    assert list(sets(text).values()) == [["d1", "d2"], ["d3", "d4"]]
+    assert 'meta nfproto ipv4 tcp dport 22 counter accept comment "a1"' in chain(text, "forward")
+
+
+def test_rules_without_id_are_named_by_position() -> None:
+    rules = [{"action": "deny", "source_cidr": "10.9.0.0/16"}, rule("x", "allow")]
+    forward = chain(render_ruleset(document(firewall={"rules": rules}), LINKS), "forward")
+    assert 'ip saddr 10.9.0.0/16 counter drop comment "rule #0"' in forward
+    assert 'meta nfproto ipv4 counter accept comment "x"' in forward
+
+
+def test_overlapping_values_go_to_separate_sets() -> None:
+    rules = [
+        rule("host", "deny", source_cidr="10.0.0.5/32", destination_cidr="8.8.8.8/32"),
+        rule("net", "deny", source_cidr="10.0.0.0/24", destination_cidr="8.8.8.0/24"),
+        rule("other", "deny", source_cidr="10.0.9.0/24", destination_cidr="8.8.8.0/24"),
+        rule("same", "deny", source_cidr="10.0.0.5/32", destination_cidr="8.8.8.8/32"),
+    ]
+    text = render_ruleset(document(firewall={"rules": rules}), LINKS)
+    assert {"host", "net", "other", "same"} <= set(positions(text))
+    for members in sets(text).values():
+        assert not {"host", "net"} <= set(members)
+        assert not {"host", "same"} <= set(members)
+
+
+def test_reject_resets_tcp_and_v6_icmp_means_icmpv6() -> None:
+    rules = [
+        rule("rj", "reject", direction="ingress", protocol="tcp"),
+        rule("v6", "allow", ip_version=6, protocol="icmp"),
+        rule("out", "allow", direction="egress", source_cidr="2001:db8::/64", ip_version=6),
+    ]
+    text = render_ruleset(document(firewall={"rules": rules, "default_action": "deny"}), LINKS)
+    forward = chain(text, "forward")
+    assert 'iifname "eth1" meta nfproto ipv4 meta l4proto tcp counter goto reject_packet' in (
+        "\n".join(forward)
+    )
+    assert 'meta nfproto ipv6 meta l4proto ipv6-icmp counter accept comment "v6"' in forward
+    assert 'oifname "eth1" ip6 saddr 2001:db8::/64 counter accept comment "out"' in forward
+    assert chain(text, "reject_packet") == [
+        "meta l4proto tcp reject with tcp reset",
+        "reject with icmpx port-unreachable",
+    ]
+    assert forward[-1] == 'counter drop comment "default action"'
+    assert "policy drop" in text.split("chain forward")[1].split("\n")[1]
+
+
+def test_floating_ips_dnat_from_outside_and_inside_and_snat_on_the_way_out() -> None:
+    text = render_ruleset(document(floating_ips=[fip("172.24.0.10", "10.0.0.5")]), LINKS)
+    assert "elements = { 172.24.0.10 : 10.0.0.5 }" in text
+    assert "elements = { 10.0.0.5 : 172.24.0.10 }" in text
+    pre = chain(text, "prerouting")
+    assert any(
+        r.startswith('iifname { "eth1", "eth2", "eth3" } ip daddr @fip_dnat') and "dnat" in r
+        for r in pre
+    )
+    post = chain(text, "postrouting")
+    names = [re.search(r'comment "([^"]+)"', r).group(1) for r in post]  # type: ignore[union-attr]
+    # Floating-IP SNAT is tried before the router-wide SNAT.
+    assert names == ["fip-snat", "snat", "hairpin-fip", "hairpin"]
+    assert 'oifname "eth1" ip saddr { 10.0.0.0/24, 10.1.0.0/24 }' in post[1]
+    assert post[1].endswith('snat ip to 172.24.0.1 comment "snat"')
+    assert "masquerade" not in text
+    hairpin = 'iifname { "eth2", "eth3" } oifname { "eth2", "eth3" } ct status dnat'
+    assert post[2].startswith(hairpin) and post[3].startswith(hairpin)
+
+
+def test_snat_disabled_keeps_floating_ip_snat() -> None:
+    post = chain(render_ruleset(document(snat_enabled=False), LINKS), "postrouting")
+    assert not any('"snat"' in r for r in post)
+    assert any('"fip-snat"' in r for r in post)
+
+
+def test_port_forwards_become_map_elements() -> None:
+    forwards = [
+        {
+            "id": "one",
+            "external_ip": "172.24.0.20",
+            "protocol": "tcp",
+            "external_port": {"first": 2222, "last": 2222},
+            "internal_ip": "10.0.0.6",
+            "internal_port": {"first": 22, "last": 22},
+        },
+        {
+            "id": "same",
+            "external_ip": "172.24.0.20",
+            "protocol": "udp",
+            "external_port": {"first": 5000, "last": 5010},
+            "internal_ip": "10.0.0.7",
+            "internal_port": {"first": 5000, "last": 5010},
+        },
+        {
+            "id": "shifted",
+            "external_ip": "172.24.0.21",
+            "protocol": "udp",
+            "external_port": {"first": 3000, "last": 3001},
+            "internal_ip": "10.0.0.8",
+            "internal_port": {"first": 4000, "last": 4001},
+        },
+    ]
+    text = render_ruleset(document(port_forwards=forwards), LINKS)
+    assert "172.24.0.20 . 2222 : 10.0.0.6 . 22" in text
+    assert "172.24.0.20 . 5000-5010 : 10.0.0.7" in text
+    assert "172.24.0.21 . 3000 : 10.0.0.8 . 4000" in text
+    assert "172.24.0.21 . 3001 : 10.0.0.8 . 4001" in text
+
+
+def test_metadata_is_redirected_to_the_local_proxy() -> None:
+    pre = chain(render_ruleset(document(), LINKS), "prerouting")
+    assert pre[0] == (
+        'iifname { "eth2", "eth3" } ip daddr 169.254.169.254 tcp dport 80 counter '
+        'redirect to :9697 comment "metadata"'
+    )
+
+
+def test_unknown_mac_is_an_error() -> None:
+    with pytest.raises(ValueError, match="02:00:00:00:00:04"):
+        render_ruleset(document(), {MGMT: "eth0", EXT: "eth1", INT1: "eth2"})
+
+
+def test_delta_is_element_updates_for_nat_only_changes() -> None:
+    before = document(floating_ips=[fip("172.24.0.10", "10.0.0.5"), fip("172.24.0.11", "10.0.0.6")])
+    after = document(
+        generation=2,
+        floating_ips=[fip("172.24.0.10", "10.0.0.7"), fip("172.24.0.12", "10.0.0.8")],
+    )
+    delta = render_delta(before, after, LINKS)
+    assert delta is not None
+    lines = delta.splitlines()
+    assert lines == [
+        "delete element ip astara_nat fip_dnat { 172.24.0.10, 172.24.0.11 }",
+        "delete element ip astara_nat fip_snat { 10.0.0.5, 10.0.0.6 }",
+        "add element ip astara_nat fip_dnat { 172.24.0.10 : 10.0.0.7, 172.24.0.12 : 10.0.0.8 }",
+        "add element ip astara_nat fip_snat { 10.0.0.7 : 172.24.0.10, 10.0.0.8 : 172.24.0.12 }",
+    ]
+    assert render_delta(after, after, LINKS) == ""
+
+
+def test_delta_is_none_when_anything_else_changes() -> None:
+    before = document()
+    assert render_delta(before, document(snat_enabled=False), LINKS) is None
+    deny = {"rules": [rule("x", "deny", source_cidr="10.9.0.0/16")]}
+    assert render_delta(before, document(firewall=deny), LINKS) is None
+
+
+def test_changes_the_ruleset_does_not_depend_on_still_allow_a_delta() -> None:
+    before = document()
+    after = document(
+        hostname="other", routes=[{"destination": "10.9.0.0/16", "nexthop": "10.0.0.9"}]
+    )
+    assert render_delta(before, after, LINKS) == ""
+    moved = before.model_dump(mode="json")
+    moved["networks"][1]["addresses"] = ["172.24.0.2/24"]
+    assert render_delta(before, ApplianceConfig.model_validate(moved), LINKS) is None
+
+
+def test_removal_deletes_both_tables_even_when_absent() -> None:
+    assert render_removal() == (
+        "table inet astara_filter\ndelete table inet astara_filter\n"
+        "table ip astara_nat\ndelete table ip astara_nat\n"
+    )
+
+
+def test_counters_are_read_from_rules_and_set_elements() -> None:
+    listing = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "astara_filter",
+                    "chain": "forward",
+                    "comment": "r1",
+                    "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"accept": None}],
+                }
+            },
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "someone_else",
+                    "chain": "forward",
+                    "comment": "r1",
+                    "expr": [{"counter": {"packets": 9, "bytes": 9}}],
+                }
+            },
+            {
+                "set": {
+                    "family": "inet",
+                    "table": "astara_filter",
+                    "name": "fw_0",
+                    "elem": [
+                        {
+                            "elem": {
+                                "val": "10.0.0.1",
+                                "comment": "r2",
+                                "counter": {"packets": 1, "bytes": 60},
+                            }
+                        }
+                    ],
+                }
+            },
+        ]
+    }
+    assert parse_counters(listing) == [
+        RuleCounter("forward", "r1", 3, 180),
+        RuleCounter("forward", "r2", 1, 60),
+    ]
+
+
+class RecordingRunner:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.scripts: list[str] = []
+        self.fail_on = fail_on
+
+    def run(self, script: str) -> None:
+        self.scripts.append(script)
+        if self.fail_on is not None and self.fail_on in script:
+            raise ApplyStepError("firewall", "Error: boom")
+
+    def list_json(self) -> dict[str, Any]:
+        return {"nftables": []}
+
+
+def test_applier_uses_a_delta_only_on_top_of_what_it_applied() -> None:
+    runner = RecordingRunner()
+    subsystem = NftablesSubsystem(runner)
+    first = document()
+    second = document(generation=2, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    subsystem.apply(first, None, LINKS)
+    subsystem.apply(second, first, LINKS)
+    assert runner.scripts[1] == render_delta(first, second, LINKS)
+    assert runner.scripts[1].startswith("add element")
+    # A "previous" it did not apply itself: full replace.
+    subsystem.apply(first, document(snat_enabled=False), LINKS)
+    assert runner.scripts[2].startswith("table inet astara_filter")
+    subsystem.apply(None, first, LINKS)
+    assert runner.scripts[3] == render_removal()
+
+
+def test_applier_reports_an_unknown_interface_as_its_step_error() -> None:
+    runner = RecordingRunner()
+    with pytest.raises(ApplyStepError, match="no kernel interface has MAC"):
+        NftablesSubsystem(runner).apply(document(), None, {MGMT: "eth0"})
+    assert runner.scripts == []
+
+
+def test_applier_falls_back_to_a_full_replace_when_the_delta_fails() -> None:
+    runner = RecordingRunner(fail_on="add element")
+    subsystem = NftablesSubsystem(runner)
+    first = document()
+    second = document(generation=2, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    subsystem.apply(first, None, LINKS)
+    subsystem.apply(second, first, LINKS)
+    assert runner.scripts[-1] == render_ruleset(second, LINKS)
+
+
+def test_a_failed_full_apply_raises_and_forgets_the_applied_state() -> None:
+    runner = RecordingRunner(fail_on="172.24.0.10")
+    subsystem = NftablesSubsystem(runner)
+    first = document()
+    broken = document(generation=2, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    subsystem.apply(first, None, LINKS)
+    with pytest.raises(ApplyStepError) as failure:
+        subsystem.apply(broken, first, LINKS)
+    assert failure.value.step == "firewall"
+    runner.fail_on = None
+    subsystem.apply(document(generation=3), first, LINKS)
+    assert runner.scripts[-1].startswith("table inet astara_filter")
+
+
+# --- first-match order survives folding, for arbitrary rule lists ---------------------
+
+CIDRS = ["10.0.0.0/16", "10.0.0.0/24", "10.0.1.0/24", "10.0.0.5/32", "10.0.1.7/32"]
+PORTS = [{"first": 22, "last": 22}, {"first": 20, "last": 30}, {"first": 80, "last": 80}]
+
+random_rule = st.fixed_dictionaries(
+    {
+        "action": st.sampled_from(["allow", "deny", "reject"]),
+        "direction": st.sampled_from(["ingress", "egress", "any"]),
+        "protocol": st.sampled_from(["tcp", "udp"]),
+        "source_cidr": st.none() | st.sampled_from(CIDRS),
+        "destination_cidr": st.none() | st.sampled_from(CIDRS),
+        "destination_ports": st.none() | st.sampled_from(PORTS),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(random_rule, min_size=1, max_size=30))
+def test_folding_keeps_first_match_order(rules: list[dict[str, Any]]) -> None:
+    numbered = [dict(r, id=f"r{i}") for i, r in enumerate(rules)]
+    config = document(firewall={"rules": numbered})
+    text = render_ruleset(config, LINKS)
+    where = positions(text)
+    management = {"management in", "management out"}
+    assert set(where) == {r["id"] for r in numbered} | {"default action"} | management
+    for i, a in enumerate(numbered):
+        for b in numbered[i + 1 :]:
+            if a["action"] != b["action"]:
+                assert where[a["id"]] < where[b["id"]], (a, b)
+    # nft refuses overlapping elements in one set: none may be rendered.
+    filter_table = text.split("table ip astara_nat")[0]
+    for body in re.findall(r"elements = \{ (.*?) \}\n", filter_table, re.S):
+        values = [v.split(" comment")[0] for v in body.split(",\n")]
+        bounds = [[_bounds(part) for part in v.strip().split(" . ")] for v in values]
+        for x, first in enumerate(bounds):
+            for second in bounds[x + 1 :]:
+                assert not all(
+                    lo1 <= hi2 and lo2 <= hi1
+                    for (lo1, hi1), (lo2, hi2) in zip(first, second, strict=True)
+                ), values
+
+
+def _bounds(value: str) -> tuple[int, int]:
+    if "." in value or ":" in value:
+        net = ipaddress.ip_network(value)
+        return int(net.network_address), int(net.broadcast_address)
+    low, _, high = value.partition("-")
+    return int(low), int(high or low)
