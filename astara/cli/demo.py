@@ -64,7 +64,9 @@ def until(what: str, probe: Callable[[], str | None], timeout: float) -> Check:
 
 
 def cloud() -> CloudInABox:
-    bed = NeutronTestbed(state_dir=STATE / "neutron", database="astara_neutron_demo")
+    bed = NeutronTestbed(
+        state_dir=STATE / "neutron", database="astara_neutron_demo", astara_plugin=True
+    )
     return CloudInABox(state_dir=STATE, bed=bed)
 
 

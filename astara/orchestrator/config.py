@@ -66,6 +66,19 @@ NEUTRON_OPTS: list[cfg.Opt] = [
         "cloud",
         help="A clouds.yaml entry to take Keystone credentials from (auth_type password).",
     ),
+    cfg.BoolOpt(
+        "plugin_events",
+        default=False,
+        help="Astara's Neutron plugin is loaded: take router, interface, gateway and floating "
+        "IP events from its topic (it also sees changes notifications miss) and ignore "
+        "Neutron's notifications for the same changes.",
+    ),
+    cfg.BoolOpt(
+        "write_status",
+        default=False,
+        help="Write each router's status (ACTIVE, ALLOCATING, ERROR) and its ports' status "
+        "back to Neutron through the Astara plugin's status API (needs the plugin).",
+    ),
 ]
 
 WORKERS_OPTS: list[cfg.Opt] = [

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from astara.drivers.router import ROUTER_OWNERS
+from astara.neutron.protocol import ProtocolError, RouterEvent
 
 
 class ResourceType(StrEnum):
@@ -53,6 +54,35 @@ _PORT_EVENTS = frozenset({"port.create.end", "port.update.end", "port.delete.end
 _FLOATINGIP_EVENTS = frozenset(
     {"floatingip.create.end", "floatingip.update.end", "floatingip.delete.end"}
 )
+
+# What Astara's Neutron plugin forwards itself (and more completely): with the plugin loaded,
+# these notifications would only make the same work twice.
+PLUGIN_COVERED = frozenset(
+    {*_ROUTER_ACTIONS, "router.interface.create", "router.interface.delete", *_FLOATINGIP_EVENTS}
+)
+
+
+def from_plugin_event(
+    event_type: str, payload: Mapping[str, Any], received_at: datetime | None = None
+) -> list[Event]:
+    """The router event Astara's Neutron plugin forwarded; [] for a malformed one."""
+    try:
+        forwarded = RouterEvent.from_notification(event_type, dict(payload))
+    except ProtocolError:
+        return []
+    action = EventAction.UPDATE
+    if forwarded.resource == "router" and forwarded.action in ("create", "delete"):
+        action = EventAction(forwarded.action)
+    return [
+        Event(
+            ResourceType.ROUTER,
+            forwarded.router_id,
+            forwarded.project_id or None,
+            action,
+            event_type,
+            received_at or datetime.now(UTC),
+        )
+    ]
 
 
 def from_notification(

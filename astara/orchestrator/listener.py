@@ -1,9 +1,10 @@
 """Hears Neutron: notifications on RabbitMQ become internal events.
 
 The listener consumes exchange ``neutron``, topic ``notifications`` in a pool of its own (its
-own queue: it steals nothing from Ceilometer or other consumers). oslo.messaging reconnects by
-itself after a broker outage, but whatever Neutron announced meanwhile is lost, so a
-BrokerWatch notices the broker coming back and asks for a resync.
+own queue: it steals nothing from Ceilometer or other consumers), and, when Astara's Neutron
+plugin is loaded, the plugin's own topic, which then replaces the router notifications.
+oslo.messaging reconnects by itself after a broker outage, but whatever Neutron announced
+meanwhile is lost, so a BrokerWatch notices the broker coming back and asks for a resync.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from astara.orchestrator.events import Event, from_notification
+from astara.orchestrator.events import PLUGIN_COVERED, Event, from_notification, from_plugin_event
 
 LOG = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ EventSink = Callable[[list[Event]], None]
 
 
 class _NotificationEndpoint:
-    def __init__(self, sink: EventSink) -> None:
+    def __init__(self, sink: EventSink, plugin_events: bool) -> None:
         self._sink = sink
+        self._skip = PLUGIN_COVERED if plugin_events else frozenset()
 
     def info(
         self,
@@ -36,7 +38,13 @@ class _NotificationEndpoint:
         payload: Mapping[str, Any],
         metadata: Mapping[str, Any],
     ) -> None:
-        events = from_notification(event_type, payload)
+        if event_type in self._skip:
+            LOG.debug("%s comes from Astara's Neutron plugin too; ignoring it here", event_type)
+            return
+        if event_type.startswith("astara."):
+            events = from_plugin_event(event_type, payload)
+        else:
+            events = from_notification(event_type, payload)
         if not events:
             LOG.debug("ignoring notification %s from %s", event_type, publisher_id)
             return
@@ -58,13 +66,14 @@ class NotificationListener:
         transport_url: str | None,
         sink: EventSink,
         pool: str,
-        targets: list[oslo_messaging.Target] | None = None,
+        targets: list[oslo_messaging.Target],
+        plugin_events: bool = False,
     ) -> None:
         self._transport = oslo_messaging.get_notification_transport(conf, url=transport_url)
         self._listener = oslo_messaging.get_notification_listener(
             self._transport,
-            targets or [oslo_messaging.Target(exchange="neutron", topic="notifications")],
-            [_NotificationEndpoint(sink)],
+            targets,
+            [_NotificationEndpoint(sink, plugin_events)],
             executor="threading",
             pool=pool,
         )

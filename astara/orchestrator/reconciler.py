@@ -47,15 +47,15 @@ class RouterSource(Protocol):
 
 
 class StatusReporter(Protocol):
-    """Tells Neutron how a router is doing (the Neutron plugin's status API, or a log)."""
+    """Tells Neutron how a router (and its interface and gateway ports) is doing."""
 
-    def report(self, router_id: str, state: State) -> None: ...
+    def report(self, router_id: str, state: State, port_ids: Sequence[str]) -> None: ...
 
 
 class LoggingStatusReporter:
-    """Until the Neutron plugin's status API is there: state changes go to the log."""
+    """Without the Astara plugin's status API (``[neutron] write_status`` off): a log line."""
 
-    def report(self, router_id: str, state: State) -> None:
+    def report(self, router_id: str, state: State, port_ids: Sequence[str]) -> None:
         LOG.info("router %s: status %s", router_id, state)
 
 
@@ -138,6 +138,7 @@ class RouterReconciler:
             record = self._store.ensure_router(router_id, snapshot.router.project_id)
         if event is not None and event.action is EventAction.REBUILD:
             self._store.request_rebuild(router_id, True)
+        known = (record.state, record.desired_generation)
         if snapshot is not None:
             record = self._store.set_desired(router_id, snapshot_digest(snapshot))
 
@@ -152,7 +153,11 @@ class RouterReconciler:
         retry = self._act(decision, record, snapshot, instance, provided)
         if decision.action is not Action.FORGET:
             self._store.set_state(router_id, decision.state)
-            self._status.report(router_id, decision.state)
+        if snapshot is not None and known != (decision.state.value, record.desired_generation):
+            ports = [p.id for p in snapshot.interface_ports]
+            if snapshot.gateway_port is not None:
+                ports.append(snapshot.gateway_port.id)
+            self._status.report(router_id, decision.state, ports)
         if retry is None and decision.retry_at is not None:
             retry = decision.retry_at - now
         return None if retry is None else time.monotonic() + retry

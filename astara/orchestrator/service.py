@@ -24,13 +24,20 @@ from oslo_log import log as oslo_logging
 
 from astara.common.tls import CertificateAuthority
 from astara.drivers.router import NeutronRouterSource
+from astara.neutron import protocol
 from astara.orchestrator import config
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
 from astara.orchestrator.migrations import upgrade
-from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
+from astara.orchestrator.neutron_status import NeutronStatusReporter
+from astara.orchestrator.reconciler import (
+    LoggingStatusReporter,
+    RouterReconciler,
+    Settings,
+    StatusReporter,
+)
 from astara.orchestrator.state import Policy
 from astara.orchestrator.store import Store
 from astara.orchestrator.worker import Worker
@@ -93,12 +100,16 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
         management_subnet=conf.provider.management_subnet,
     )
     prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
+    neutron = neutron_connection(conf)
+    status: StatusReporter = (
+        NeutronStatusReporter(neutron) if conf.neutron.write_status else LoggingStatusReporter()
+    )
     reconciler = RouterReconciler(
-        source=NeutronRouterSource(neutron_connection(conf)),
+        source=NeutronRouterSource(neutron),
         store=Store(conf.database.connection),
         provider=provider,
         clients=partial(_client, creds, conf.appliance_api_port),
-        status=LoggingStatusReporter(),
+        status=status,
         settings=Settings(
             management_prefixlen=prefixlen,
             metadata_url=conf.metadata_upstream_url,
@@ -110,6 +121,15 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
 
 def _client(creds: ClientCredentials, port: int, address: str) -> ApplianceClient:
     return ApplianceClient(address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=3.0)
+
+
+def listen_targets(conf: cfg.ConfigOpts) -> list[oslo_messaging.Target]:
+    targets = [
+        oslo_messaging.Target(exchange=conf.notifications_exchange, topic=conf.notifications_topic)
+    ]
+    if conf.neutron.plugin_events:
+        targets.append(oslo_messaging.Target(exchange=protocol.EXCHANGE, topic=protocol.TOPIC))
+    return targets
 
 
 class Orchestrator:
@@ -124,11 +144,8 @@ class Orchestrator:
             None,
             self._on_events,
             pool=conf.notifications_pool,
-            targets=[
-                oslo_messaging.Target(
-                    exchange=conf.notifications_exchange, topic=conf.notifications_topic
-                )
-            ],
+            targets=listen_targets(conf),
+            plugin_events=conf.neutron.plugin_events,
         )
         # The listener's transport registered [DEFAULT] transport_url.
         self._watch = BrokerWatch.for_url(conf, conf.transport_url, self.resync)

@@ -78,7 +78,12 @@ class CloudInABox:
                 "log_file": str(self.orchestrator_log),
                 "debug": "false",
             },
-            "neutron": {"auth_type": "none", "endpoint_override": endpoint.url},
+            "neutron": {
+                "auth_type": "none",
+                "endpoint_override": endpoint.url,
+                "plugin_events": str(self.bed.astara_plugin).lower(),
+                "write_status": str(self.bed.astara_plugin).lower(),
+            },
             "workers": {"processes": str(self.processes), "threads": str(self.threads)},
             "provider": {
                 "name": "netns",

@@ -87,7 +87,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    bed = NeutronTestbed(state_dir=STATE / "neutron", database="astara_neutron_e2e")
+    # Astara's Neutron plugin loaded: the provider driver, forwarded events, the status API.
+    bed = NeutronTestbed(
+        state_dir=STATE / "neutron", database="astara_neutron_e2e", astara_plugin=True
+    )
     cloud = CloudInABox(state_dir=STATE, bed=bed, prefix=PREFIX)
     if STATE.exists():
         cloud.provider().teardown()
@@ -137,6 +140,11 @@ def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
     gateway_ip = sdk.network.get_router(router.id).external_gateway_info["external_fixed_ips"][0]
     name, seen_as = eventually(lambda: ask(vm_a.namespace, UPLINK_IP, 7000), 30, "SNAT")
     assert (name, seen_as) == ("uplink", gateway_ip["ip_address"])
+
+    # Neutron's view follows the appliance (through the plugin's status API).
+    eventually(lambda: sdk.network.get_router(router.id).status == "ACTIVE", 30, "ACTIVE")
+    router_ports = list(sdk.network.ports(device_id=router.id))
+    assert router_ports and {p.status for p in router_ports} == {"ACTIVE"}
 
 
 def test_adding_an_interface_routes_between_networks(world: World) -> None:
