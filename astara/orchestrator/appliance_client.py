@@ -128,6 +128,13 @@ class ApplianceClient:
             raise ApplyFailed(_body(Failure, response))
         return _success(ServiceHealth, response)
 
+    def reapply(self) -> ServiceHealth:
+        """Apply the current document again from scratch (drift repair)."""
+        response = self._request("POST", "/v1/reapply")
+        if response.status_code == 500:
+            raise ApplyFailed(_body(Failure, response))
+        return _success(ServiceHealth, response)
+
     def _request(self, method: str, path: str, content: str | None = None) -> httpx.Response:
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:

@@ -45,6 +45,11 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         help="Seconds between full re-reads of every router from Neutron, which catch what "
         "notifications missed. A resync also follows every start and broker outage.",
     ),
+    cfg.PortOpt(
+        "metrics_port",
+        default=0,
+        help="Serve Prometheus metrics on 127.0.0.1 at this port (0: off).",
+    ),
     cfg.URIOpt(
         "metadata_upstream_url",
         help="Where appliances forward instances' metadata requests (Nova's metadata API). "
@@ -129,6 +134,53 @@ PROVIDER_OPTS: list[cfg.Opt] = [
 ]
 
 HEALTH_OPTS: list[cfg.Opt] = [
+    cfg.PortOpt(
+        "heartbeat_port",
+        default=5555,
+        help="UDP port the orchestrator receives appliance heartbeats on (on its end of the "
+        "management link).",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=2.0,
+        min=0.1,
+        help="Seconds between an appliance's heartbeats.",
+    ),
+    cfg.IntOpt(
+        "miss_threshold",
+        default=3,
+        min=1,
+        help="Heartbeat intervals of silence after which an appliance is probed over its API; "
+        "silent and not answering the probe means dead, and it is replaced.",
+    ),
+    cfg.FloatOpt(
+        "probe_timeout",
+        default=2.0,
+        min=0.1,
+        help="Seconds an appliance has to answer a probe (a hung one counts as dead).",
+    ),
+    cfg.FloatOpt(
+        "breaker_max_dead_share",
+        default=0.3,
+        min=0.01,
+        max=0.99,
+        help="Circuit breaker: when more than this share of the appliances dies within "
+        "breaker_window, replacement stops and an alarm is raised (that is a network or "
+        "control-plane problem, not an appliance problem). It closes when health returns, or "
+        "when an operator sends the orchestrator SIGUSR1.",
+    ),
+    cfg.FloatOpt(
+        "breaker_window",
+        default=120.0,
+        min=1.0,
+        help="Circuit breaker: the window, in seconds, deaths are counted over.",
+    ),
+    cfg.IntOpt(
+        "breaker_min_deaths",
+        default=3,
+        min=1,
+        help="Circuit breaker: fewer deaths than this never open it (small fleets).",
+    ),
     cfg.IntOpt(
         "max_failures",
         default=5,

@@ -80,7 +80,10 @@ def management_mac(instance_id: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-def instance_spec(instance_id: str, snapshot: RouterSnapshot) -> InstanceSpec:
+def instance_spec(
+    instance_id: str, snapshot: RouterSnapshot, with_data_ports: bool = True
+) -> InstanceSpec:
+    """A replacement boots with its management port only: it gets the data ports on takeover."""
     management = PortSpec(
         port_id=f"mgmt-{instance_id[:8]}",
         network_id=MANAGEMENT_NETWORK,
@@ -90,7 +93,7 @@ def instance_spec(instance_id: str, snapshot: RouterSnapshot) -> InstanceSpec:
     return InstanceSpec(
         instance_id=instance_id,
         router_id=snapshot.router.id,
-        ports=(management, *data_ports(snapshot)),
+        ports=(management, *(data_ports(snapshot) if with_data_ports else ())),
     )
 
 
@@ -119,6 +122,7 @@ class RouterReconciler:
         status: StatusReporter,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        replacement_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
         self._source = source
         self._store = store
@@ -127,6 +131,7 @@ class RouterReconciler:
         self._status = status
         self._settings = settings
         self._clock = clock
+        self._replacement_allowed = replacement_allowed
 
     def step(self, router_id: str, event: Event | None) -> float | None:
         """Run one step; return the monotonic time to run again, or None."""
@@ -142,15 +147,23 @@ class RouterReconciler:
         if snapshot is not None:
             record = self._store.set_desired(router_id, snapshot_digest(snapshot))
 
-        instance = self._current_instance(router_id)
-        view, provided = self._observe(instance)
+        instances = self._store.instances(router_id)
+        instance = instances[-1] if instances else None
+        retiring = instances[:-1]  # older ones: being replaced by the newest
+        view, provided, drifted = self._observe(instance)
         now = self._clock()
         decision = decide(self._observation(record, snapshot, view, now), self._settings.policy)
         if decision.state.value != record.state:
             LOG.info(
                 "router %s: %s -> %s (%s)", router_id, record.state, decision.state, decision.reason
             )
-        retry = self._act(decision, record, snapshot, instance, provided)
+        retry = self._act(decision, record, snapshot, instance, provided, retiring)
+        if decision.state is State.ACTIVE:
+            # A replacement that took over: what it replaced can go (also after a crash).
+            for old in retiring:
+                self._delete_instance(old)
+            if drifted and provided is not None:
+                self._repair_drift(router_id, provided)
         if decision.action is not Action.FORGET:
             self._store.set_state(router_id, decision.state)
         if snapshot is not None and known != (decision.state.value, record.desired_generation):
@@ -164,31 +177,38 @@ class RouterReconciler:
 
     # -- observe -----------------------------------------------------------------------
 
-    def _current_instance(self, router_id: str) -> InstanceRecord | None:
-        """The newest instance; older ones are leftovers of an interrupted replace."""
-        instances = self._store.instances(router_id)
-        for stale in instances[:-1]:
-            self._delete_instance(stale)
-        return instances[-1] if instances else None
-
     def _observe(
         self, instance: InstanceRecord | None
-    ) -> tuple[InstanceView | None, Instance | None]:
+    ) -> tuple[InstanceView | None, Instance | None, bool]:
+        """The instance as seen now, and whether its running state drifted from its document."""
         if instance is None:
-            return None, None
+            return None, None, False
         booted_at = instance.created_at.replace(tzinfo=UTC).timestamp()
         provided = self._provider.get(instance.id)
         if provided is None or provided.state == "missing":
-            return InstanceView(booted_at, False, True, None), provided
+            return InstanceView(booted_at, False, True, None), provided, False
         try:
             with self._clients(provided.management_address) as client:
                 health = client.health()
         except ApplianceError as exc:
             LOG.debug("instance %s: no answer (%s)", instance.id, exc)
-            return InstanceView(booted_at, False, instance.ever_reachable, None), provided
+            return InstanceView(booted_at, False, instance.ever_reachable, None), provided, False
         if not instance.ever_reachable:
             self._store.update_instance(instance.id, ever_reachable=True, health="up")
-        return InstanceView(booted_at, True, True, health.generation), provided
+        view = InstanceView(booted_at, True, True, health.generation)
+        return view, provided, bool(health.drift)
+
+    def _repair_drift(self, router_id: str, provided: Instance) -> None:
+        """Changed behind Astara's back (a rule flushed in the appliance): apply it all again."""
+        LOG.warning(
+            "router %s: instance %s drifted from its document; re-applying", router_id, provided.id
+        )
+        self._store.log("running state drifted; re-applied", router_id, provided.id)
+        try:
+            with self._clients(provided.management_address) as client:
+                client.reapply()
+        except ApplianceError as exc:
+            self._store.record_error(router_id, f"drift repair: {exc}")
 
     def _observation(
         self,
@@ -219,22 +239,23 @@ class RouterReconciler:
         snapshot: RouterSnapshot | None,
         instance: InstanceRecord | None,
         provided: Instance | None,
+        retiring: Sequence[InstanceRecord],
     ) -> float | None:
         router_id = record.id
         if decision.action is Action.BOOT and snapshot is not None:
-            self._boot(router_id, snapshot)
+            self._boot(router_id, snapshot, with_data_ports=True)
             return self._settings.policy.boot_poll_interval
         if decision.action is Action.REPLACE and snapshot is not None:
-            if instance is not None:
-                self._store.log(f"replacing instance: {decision.reason}", router_id, instance.id)
-                self._delete_instance(instance)
-            self._store.request_rebuild(router_id, False)
-            self._boot(router_id, snapshot)
+            if not (record.rebuild_requested or self._replacement_allowed()):
+                LOG.warning("router %s: not replaced: the circuit breaker is open", router_id)
+                return 5.0
+            self._replace(router_id, snapshot, instance, retiring, decision.reason)
             return self._settings.policy.boot_poll_interval
         if decision.action is Action.PUSH_CONFIG and snapshot and instance and provided:
-            return self._push(record, snapshot, instance, provided)
-        if decision.action is Action.DELETE_INSTANCE and instance is not None:
-            self._delete_instance(instance)
+            return self._push(record, snapshot, instance, provided, retiring)
+        if decision.action is Action.DELETE_INSTANCE:
+            for each in [*retiring, *([instance] if instance else [])]:
+                self._delete_instance(each)
             return 0.0
         if decision.action is Action.FORGET:
             self._store.forget_router(router_id)
@@ -246,11 +267,29 @@ class RouterReconciler:
             LOG.error("router %s: ERROR after %s", router_id, decision.reason)
         return None
 
-    def _boot(self, router_id: str, snapshot: RouterSnapshot) -> None:
+    def _replace(
+        self,
+        router_id: str,
+        snapshot: RouterSnapshot,
+        instance: InstanceRecord | None,
+        retiring: Sequence[InstanceRecord],
+        reason: str,
+    ) -> None:
+        """Build the replacement first; the old instance keeps its ports until it takes over."""
+        if instance is not None:
+            self._store.log(f"replacing instance: {reason}", router_id, instance.id)
+            if retiring:
+                # The newest is a replacement that never took over: it holds no data port.
+                self._delete_instance(instance)
+        self._store.request_rebuild(router_id, False)
+        self._boot(router_id, snapshot, with_data_ports=instance is None and not retiring)
+
+    def _boot(self, router_id: str, snapshot: RouterSnapshot, with_data_ports: bool) -> None:
         instance_id = str(uuid.uuid4())
         # Recorded first: a crash during boot leaves a record the next step cleans up.
         self._store.add_instance(instance_id, router_id, self._provider.name, instance_id)
-        booted = self._provider.boot(instance_spec(instance_id, snapshot))
+        spec = instance_spec(instance_id, snapshot, with_data_ports)
+        booted = self._provider.boot(spec)
         self._store.update_instance(instance_id, management_address=booted.management_address)
         self._store.log("instance booted", router_id, instance_id)
         LOG.info(
@@ -269,9 +308,11 @@ class RouterReconciler:
         snapshot: RouterSnapshot,
         instance: InstanceRecord,
         provided: Instance,
+        retiring: Sequence[InstanceRecord],
     ) -> float | None:
         router_id, generation = record.id, record.desired_generation
         try:
+            self._release_ports(retiring)
             provided = self._replug(provided, data_ports(snapshot))
             document = self._document(snapshot, generation, instance, provided)
             with self._clients(provided.management_address) as client:
@@ -292,6 +333,16 @@ class RouterReconciler:
         self._store.log(f"generation {generation} applied", router_id, instance.id)
         LOG.info("router %s: generation %s applied by %s", router_id, generation, instance.id)
         return 0.0  # observe again at once: confirms ACTIVE, or pushes what changed meanwhile
+
+    def _release_ports(self, retiring: Sequence[InstanceRecord]) -> None:
+        """Take the data ports off instances being replaced, so the new one can have them."""
+        for old in retiring:
+            found = self._provider.get(old.id)
+            if found is None:
+                continue
+            for port in found.ports:
+                if port.kind != "management":
+                    found = self._provider.unplug(found, port.port_id)
 
     def _replug(self, provided: Instance, wanted: Sequence[PortSpec]) -> Instance:
         have = {port.port_id for port in provided.ports if port.kind != "management"}

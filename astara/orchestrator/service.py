@@ -7,11 +7,12 @@ worker process steps its routers' state machines on a small pool of threads.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -19,16 +20,22 @@ from pathlib import Path
 
 import openstack
 import oslo_messaging
+import prometheus_client
 from oslo_config import cfg
 from oslo_log import log as oslo_logging
+from prometheus_client import CollectorRegistry
 
 from astara.common.tls import CertificateAuthority
 from astara.drivers.router import NeutronRouterSource
 from astara.neutron import protocol
 from astara.orchestrator import config
-from astara.orchestrator.appliance_client import ApplianceClient
+from astara.orchestrator.appliance_client import ApplianceClient, ApplianceError
+from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.health import HealthMonitor
+from astara.orchestrator.health_loop import HealthLoop, HeartbeatKeys, replacement_allowed
+from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.neutron_status import NeutronStatusReporter
@@ -115,12 +122,17 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
             metadata_url=conf.metadata_upstream_url,
             policy=policy_from(conf),
         ),
+        replacement_allowed=replacement_allowed(Path(conf.state_path)),
     )
     return Worker(reconciler.step, threads=conf.workers.threads, name=f"worker{index}")
 
 
-def _client(creds: ClientCredentials, port: int, address: str) -> ApplianceClient:
-    return ApplianceClient(address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=3.0)
+def _client(
+    creds: ClientCredentials, port: int, address: str, timeout: float = 3.0
+) -> ApplianceClient:
+    return ApplianceClient(
+        address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=timeout
+    )
 
 
 def listen_targets(conf: cfg.ConfigOpts) -> list[oslo_messaging.Target]:
@@ -132,6 +144,61 @@ def listen_targets(conf: cfg.ConfigOpts) -> list[oslo_messaging.Target]:
     return targets
 
 
+def management_host_address(conf: cfg.ConfigOpts) -> str:
+    """The orchestrator's end of the management link (the subnet's first address)."""
+    subnet = ipaddress.ip_network(conf.provider.management_subnet)
+    return str(subnet.network_address + 1)
+
+
+def build_health_loop(
+    conf: cfg.ConfigOpts,
+    store: Store,
+    dispatch: Callable[[Event], None],
+    registry: CollectorRegistry,
+) -> HealthLoop:
+    state_path = Path(conf.state_path)
+    _, creds = load_credentials(state_path)
+    health = conf.health
+    receiver = HeartbeatReceiver((management_host_address(conf), health.heartbeat_port), registry)
+    loop: HealthLoop
+
+    def probe(instance_id: str) -> bool:
+        address = loop.probe_address(instance_id)
+        if address is None:
+            return False
+        try:
+            with _client(creds, conf.appliance_api_port, address, health.probe_timeout) as client:
+                client.health()
+        except ApplianceError:
+            return False
+        return True
+
+    monitor = HealthMonitor(
+        receiver,
+        probe,
+        interval=health.heartbeat_interval,
+        miss_threshold=health.miss_threshold,
+        probe_timeout=health.probe_timeout,
+    )
+    breaker = CircuitBreaker(
+        registry,
+        window=health.breaker_window,
+        max_dead_share=health.breaker_max_dead_share,
+        min_deaths=health.breaker_min_deaths,
+    )
+    loop = HealthLoop(
+        store,
+        receiver,
+        monitor,
+        breaker,
+        HeartbeatKeys(state_path),
+        dispatch,
+        state_path,
+        interval=min(1.0, health.heartbeat_interval),
+    )
+    return loop
+
+
 class Orchestrator:
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self._conf = conf
@@ -139,6 +206,8 @@ class Orchestrator:
         self._neutron = neutron_connection(conf)
         self._dispatcher = Dispatcher(conf.workers.processes, partial(build_worker, conf))
         self._stop = threading.Event()
+        self.registry = CollectorRegistry()
+        self.health = build_health_loop(conf, self._store, self._dispatcher.dispatch, self.registry)
         self._listener = NotificationListener(
             conf,
             None,
@@ -154,29 +223,62 @@ class Orchestrator:
         self._dispatcher.start()  # fork before any thread of ours exists
         self._listener.start()
         self._watch.start()
+        self.health.start()
+        if self._conf.metrics_port:
+            prometheus_client.start_http_server(
+                self._conf.metrics_port, addr="127.0.0.1", registry=self.registry
+            )
         LOG.info("orchestrator started; resyncing every router")
+        self.resync()
         while not self._stop.is_set():
-            self.resync()
-            self._stop.wait(self._conf.resync_interval)
+            self._reconcile_spread()
+        self.health.stop()
         self._watch.stop()
         self._listener.stop()
         self._dispatcher.stop()
         LOG.info("orchestrator stopped")
 
+    def _reconcile_spread(self) -> None:
+        """One periodic reconcile of every router, spread evenly over resync_interval."""
+        routers = self._known_routers()
+        interval = self._conf.resync_interval
+        if not routers:
+            self._stop.wait(interval)
+            return
+        gap = interval / len(routers)
+        for router_id, project in routers:
+            if self._stop.wait(gap):
+                return
+            self._dispatcher.dispatch(
+                Event(
+                    ResourceType.ROUTER,
+                    router_id,
+                    project,
+                    EventAction.POLL,
+                    "reconcile",
+                    datetime.now(UTC),
+                )
+            )
+
     def stop(self) -> None:
         self._stop.set()
 
-    def resync(self, project_id: str | None = None) -> None:
-        """Poll every router Neutron or the store knows of (of one project, if given)."""
+    def _known_routers(self, project_id: str | None = None) -> list[tuple[str, str]]:
+        """Every router Neutron or the store knows of (of one project, if given)."""
         query = {"project_id": project_id} if project_id else {}
         try:
             known = {(r.id, r.project_id) for r in self._neutron.network.routers(**query)}
         except Exception:
-            LOG.exception("resync: could not list routers from Neutron; will try again")
-            return
+            LOG.exception("could not list routers from Neutron; will try again")
+            return []
         known |= {(r.id, r.project_id) for r in self._store.list_routers(project_id)}
+        return sorted(known)
+
+    def resync(self, project_id: str | None = None) -> None:
+        """Poll every router now (of one project, if given)."""
+        known = self._known_routers(project_id)
         now = datetime.now(UTC)
-        for router_id, project in sorted(known):
+        for router_id, project in known:
             self._dispatcher.dispatch(
                 Event(ResourceType.ROUTER, router_id, project, EventAction.POLL, "resync", now)
             )
@@ -222,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     orchestrator = Orchestrator(conf)
     signal.signal(signal.SIGTERM, lambda *_: orchestrator.stop())
     signal.signal(signal.SIGINT, lambda *_: orchestrator.stop())
+    signal.signal(signal.SIGUSR1, lambda *_: orchestrator.health.clear_breaker())
     orchestrator.run()
     return 0
 

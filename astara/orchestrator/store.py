@@ -7,7 +7,7 @@ migrations in ``astara.orchestrator.migrations`` (``upgrade(url)``), never by ``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,6 +70,8 @@ class InstanceRow(Base):
     acknowledged_generation: Mapped[int] = mapped_column(Integer, default=0)
     health: Mapped[str] = mapped_column(String(32), default="unknown")
     ever_reachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Flushed in batches from the heartbeat receiver, never once per heartbeat.
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -110,6 +112,7 @@ class InstanceRecord:
     acknowledged_generation: int
     health: str
     ever_reachable: bool
+    last_seen_at: datetime | None
     created_at: datetime
 
 
@@ -297,6 +300,18 @@ class Store:
                 row.ever_reachable = ever_reachable
             return _instance(row)
 
+    def all_instances(self) -> list[InstanceRecord]:
+        with self._session() as session:
+            return [_instance(row) for row in session.scalars(select(InstanceRow))]
+
+    def record_last_seen(self, seen: Mapping[str, float]) -> None:
+        """One batch of heartbeat times (epoch seconds), in one transaction."""
+        with self._session() as session:
+            for instance_id, at in seen.items():
+                row = session.get(InstanceRow, instance_id)
+                if row is not None:
+                    row.last_seen_at = datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+
     def remove_instance(self, instance_id: str) -> None:
         with self._session() as session:
             row = session.get(InstanceRow, instance_id)
@@ -358,5 +373,6 @@ def _instance(row: InstanceRow) -> InstanceRecord:
         acknowledged_generation=row.acknowledged_generation,
         health=row.health,
         ever_reachable=row.ever_reachable,
+        last_seen_at=row.last_seen_at,
         created_at=row.created_at,
     )

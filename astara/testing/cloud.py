@@ -45,6 +45,7 @@ class CloudInABox:
     prefix: str = "ast"
     processes: int = 2
     threads: int = 4
+    metrics_port: int = 0
     _workloads: Topology | None = field(default=None, init=False)
 
     @property
@@ -75,6 +76,7 @@ class CloudInABox:
                 "transport_url": RABBIT_URL,
                 "state_path": str(self.state_dir / "orchestrator"),
                 "resync_interval": "30",
+                "metrics_port": str(self.metrics_port),
                 "log_file": str(self.orchestrator_log),
                 "debug": "false",
             },
@@ -91,7 +93,7 @@ class CloudInABox:
                 "prefix": self.prefix,
                 "boot_timeout": "30",
             },
-            "health": {"backoff_initial": "0.5", "backoff_max": "5"},
+            "health": {"backoff_initial": "0.5", "backoff_max": "5", "heartbeat_interval": "1"},
             "database": {"connection": f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"},
         }
         parser = configparser.ConfigParser(interpolation=None)

@@ -7,21 +7,21 @@ and run in file order on one router.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import openstack
 import pytest
 
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.store import Store
+from astara.testing.chaos import eventually, fresh_state
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed, connect
@@ -32,21 +32,6 @@ PREFIX = "ate"
 STATE = Path("/var/lib/astara/e2e-orchestrator")
 ECHO = [sys.executable, "-m", "astara.testing.echo"]
 UPLINK_IP = "172.24.20.1"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as exc:  # the condition is not met yet
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not reached in {timeout} s (last error: {last})")
 
 
 def ask(ns: Namespace, host: str, port: int) -> tuple[str, str]:
@@ -92,10 +77,7 @@ def world() -> Iterator[World]:
         state_dir=STATE / "neutron", database="astara_neutron_e2e", astara_plugin=True
     )
     cloud = CloudInABox(state_dir=STATE, bed=bed, prefix=PREFIX)
-    if STATE.exists():
-        cloud.provider().teardown()
-        shutil.rmtree(STATE / "instances", ignore_errors=True)
-        (STATE / "orchestrator.sqlite").unlink(missing_ok=True)
+    fresh_state(cloud)
     endpoint = cloud.up()
     try:
         yield World(cloud, connect(endpoint.url))

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("acknowledged_generation", sa.Integer, nullable=False),
         sa.Column("health", sa.String(32), nullable=False),
         sa.Column("ever_reachable", sa.Boolean, nullable=False),
+        sa.Column("last_seen_at", sa.DateTime, nullable=True),
         sa.Column("created_at", sa.DateTime, nullable=False),
     )
     op.create_index("ix_instances_router_id", "instances", ["router_id"])
