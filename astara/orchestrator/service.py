@@ -105,6 +105,8 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
         ca=ca,
         prefix=conf.provider.prefix,
         management_subnet=conf.provider.management_subnet,
+        heartbeat_target=(management_host_address(conf), conf.health.heartbeat_port),
+        heartbeat_key=HeartbeatKeys(Path(conf.state_path)).key_for,
     )
     prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
     neutron = neutron_connection(conf)
