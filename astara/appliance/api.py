@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from astara.appliance.engine import ApplyFailed, Engine, Health, StaleGeneration
+from astara.appliance.engine import ApplyFailed, Engine, Health, NothingApplied, StaleGeneration
 from astara.appliance.models import ApplianceConfig, Problem, problems
 from astara.appliance.status import Counters, InterfaceStatus, StatusReader
 
@@ -26,6 +26,9 @@ class ServiceHealth(Health):
     status: Literal["up"] = "up"
     uptime_s: float
     router_id: str | None = None
+    # Whether the live state still is what the last apply produced; null before the first
+    # apply (or while one runs). False right after an apply or a re-apply answer.
+    drift: bool | None = None
 
 
 class Problems(BaseModel):
@@ -84,17 +87,28 @@ def create_app(engine: Engine, status: StatusReader) -> FastAPI:
         body = Problems(detail=_pydantic_problems(exc))
         return JSONResponse(body.model_dump(mode="json"), status_code=422)
 
-    def health() -> ServiceHealth:
+    def health(drift: bool | None) -> ServiceHealth:
         current = engine.current
         return ServiceHealth(
             **engine.health().model_dump(),
             uptime_s=time.monotonic() - started,
             router_id=current.router_id if current else None,
+            drift=drift,
         )
 
-    @app.get("/v1/health", response_model=ServiceHealth)
+    def after_apply(result: Health) -> ServiceHealth:
+        # An apply that ran has just recorded the live state it produced: no drift by
+        # definition. An unchanged document did nothing, so measure.
+        return health(False if result.last_result == "applied" else engine.drift())
+
+    @app.get(
+        "/v1/health",
+        response_model=ServiceHealth,
+        description="What the engine last did; ``drift`` compares the live state with what "
+        "the last apply produced (measured on each call).",
+    )
     def get_health() -> ServiceHealth:
-        return health()
+        return health(engine.drift())
 
     @app.get("/v1/interfaces", response_model=list[InterfaceStatus])
     def get_interfaces() -> list[InterfaceStatus]:
@@ -134,17 +148,37 @@ def create_app(engine: Engine, status: StatusReader) -> FastAPI:
         if found:
             return JSONResponse(Problems(detail=found).model_dump(mode="json"), status_code=422)
         try:
-            engine.apply(config)
+            result = engine.apply(config)
         except StaleGeneration as exc:
-            body: BaseModel = Conflict(
+            body = Conflict(
                 detail=exc.detail,
                 applied_generation=exc.applied,
                 requested_generation=exc.requested,
             )
             return JSONResponse(body.model_dump(mode="json"), status_code=409)
         except ApplyFailed as exc:
-            body = Failure(step=exc.step, detail=exc.detail)
-            return JSONResponse(body.model_dump(mode="json"), status_code=500)
-        return health()
+            return _failure(exc)
+        return after_apply(result)
+
+    @app.post(
+        "/v1/reapply",
+        response_model=ServiceHealth,
+        responses={404: {"model": Message}, 500: {"model": Failure}},
+        description="Apply the current configuration again through every step, as if from "
+        "scratch: repairs drift.",
+    )
+    def post_reapply() -> Any:
+        try:
+            result = engine.reapply()
+        except NothingApplied as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ApplyFailed as exc:
+            return _failure(exc)
+        return after_apply(result)
 
     return app
+
+
+def _failure(exc: ApplyFailed) -> JSONResponse:
+    body = Failure(step=exc.step, detail=exc.detail)
+    return JSONResponse(body.model_dump(mode="json"), status_code=500)

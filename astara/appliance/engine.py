@@ -5,10 +5,15 @@ router advertisements refer to interfaces). When one fails, the steps already ta
 back in reverse by re-applying the previous document, so the appliance is never left between
 two generations. The last good document is kept on disk (secrets included: it must be
 re-applied at boot, before the orchestrator speaks again).
+
+After each apply the engine fingerprints the live state it produced (through a
+``LiveStateProbe``), so that a change made behind its back (a flushed table, a deleted
+address, a killed daemon) shows as drift, which ``reapply`` repairs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +26,9 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, SecretStr
 from pydantic_core import to_jsonable_python
 
+from astara.appliance.heartbeat import RunningState
 from astara.appliance.models import ApplianceConfig
+from astara.appliance.status import LiveStateProbe
 from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
 
 LOG = logging.getLogger(__name__)
@@ -53,10 +60,15 @@ class ApplyFailed(Exception):
         self.detail = detail
 
 
+class NothingApplied(Exception):
+    """There is no document to re-apply yet: the API answers 404."""
+
+
 class Health(BaseModel):
     """What the engine last did, for GET /v1/health and the PUT answer."""
 
     generation: int | None = None
+    config_digest: str | None = None
     last_result: ApplyResult = "none"
     last_apply_duration_s: float | None = None
     last_error: str | None = None
@@ -82,6 +94,15 @@ def _reveal(value: Any) -> Any:
 def dump_with_secrets(config: ApplianceConfig) -> str:
     """JSON of a document with its secrets in clear (pydantic masks them by default)."""
     return json.dumps(to_jsonable_python(_reveal(config.model_dump(mode="python"))), indent=1)
+
+
+def config_digest(config: ApplianceConfig) -> str:
+    """SHA-256 (hex) of a document, secrets included (a changed secret is a change); the
+    orchestrator computes it over the document it pushed to compare with heartbeats."""
+    canonical = json.dumps(
+        to_jsonable_python(_reveal(config.model_dump(mode="python"))), sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ConfigStore:
@@ -119,13 +140,17 @@ class Engine:
         subsystems: Sequence[Subsystem],
         state_dir: Path,
         resolve_links: ResolveLinks,
+        probe: LiveStateProbe | None = None,
     ) -> None:
         self.subsystems = order_subsystems(subsystems)
         self.store = ConfigStore(state_dir)
         self._resolve_links = resolve_links
+        self._probe = probe
         self._lock = threading.Lock()
         self._current: ApplianceConfig | None = None
         self._health = Health()
+        # Fingerprint of the live state the last apply produced; None when unknown.
+        self._live: str | None = None
 
     @property
     def current(self) -> ApplianceConfig | None:
@@ -133,6 +158,46 @@ class Engine:
 
     def health(self) -> Health:
         return self._health.model_copy()
+
+    def running_state(self) -> RunningState:
+        """What heartbeats report: the applied generation and the digest of its document."""
+        health = self._health
+        return RunningState(generation=health.generation, digest=health.config_digest or "")
+
+    def drift(self) -> bool | None:
+        """Whether the live state differs from what the last apply produced.
+
+        None before the first apply, without a probe, and while an apply runs: health
+        checks must answer at once, not wait for a long apply. A live state that cannot
+        be read (an interface gone, nft failing) counts as drift.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._current is None or self._probe is None:
+                return None
+            if self._live is None:
+                return True
+            try:
+                links = self._resolve_links(_macs(self._current))
+                return self._probe.digest(links) != self._live
+            except Exception:
+                LOG.exception("live state unreadable: counted as drift")
+                return True
+        finally:
+            self._lock.release()
+
+    def reapply(self) -> Health:
+        """Apply the current document again through every subsystem as if from scratch
+        (no previous document, so no fast path skips anything); raise NothingApplied or
+        ApplyFailed. A failure is not rolled back: the target was the same document."""
+        with self._lock:
+            current = self._current
+            if current is None:
+                raise NothingApplied("no configuration has been applied")
+            LOG.info("re-applying generation %d from scratch", current.generation)
+            self._converge(current, None, roll_back=False)
+            return self.health()
 
     def apply(self, config: ApplianceConfig) -> Health:
         """Converge to ``config``; raise StaleGeneration or ApplyFailed (after rolling back)."""
@@ -171,8 +236,12 @@ class Engine:
             self._converge(saved, None)
             return saved
 
-    def _converge(self, desired: ApplianceConfig, previous: ApplianceConfig | None) -> None:
+    def _converge(
+        self, desired: ApplianceConfig, previous: ApplianceConfig | None, roll_back: bool = True
+    ) -> None:
         started = time.perf_counter()
+        # Until this apply succeeds, what is live matches no recorded fingerprint.
+        self._live = None
         try:
             links = self._links(desired, previous)
         except Exception as exc:
@@ -186,9 +255,12 @@ class Engine:
                 LOG.error(
                     "generation %d: %s failed: %s", desired.generation, subsystem.name, detail
                 )
-                rollback_errors = self._roll_back(index, desired, previous, links)
-                if rollback_errors:
-                    detail += "; rollback also failed: " + "; ".join(rollback_errors)
+                if roll_back:
+                    rollback_errors = self._roll_back(index, desired, previous, links)
+                    if rollback_errors:
+                        detail += "; rollback also failed: " + "; ".join(rollback_errors)
+                    elif previous is not None:
+                        self._live = self._fingerprint(previous, links)
                 self._fail(started, subsystem.name, detail)
             LOG.debug(
                 "generation %d: %s in %.1f ms",
@@ -197,8 +269,10 @@ class Engine:
                 (time.perf_counter() - step_started) * 1000,
             )
         self._current = desired
+        self._live = self._fingerprint(desired, links)
         self._health = Health(
             generation=desired.generation,
+            config_digest=config_digest(desired),
             last_result="applied",
             last_apply_duration_s=time.perf_counter() - started,
         )
@@ -207,6 +281,18 @@ class Engine:
             desired.generation,
             self._health.last_apply_duration_s,
         )
+
+    def _fingerprint(self, config: ApplianceConfig, links: LinkMap) -> str | None:
+        """The probe's digest over the interfaces of ``config`` only: those of an older
+        document may be unplugged later, which is no drift."""
+        if self._probe is None:
+            return None
+        macs = _macs(config)
+        try:
+            return self._probe.digest({mac: name for mac, name in links.items() if mac in macs})
+        except Exception:
+            LOG.exception("live state unreadable after the apply: drift will be reported")
+            return None
 
     def _links(self, desired: ApplianceConfig, previous: ApplianceConfig | None) -> LinkMap:
         """Interfaces of both documents; those only the previous one had may be gone (unplugged)."""
@@ -235,6 +321,7 @@ class Engine:
     def _fail(self, started: float, step: str, detail: str) -> NoReturn:
         self._health = Health(
             generation=self._current.generation if self._current else None,
+            config_digest=self._health.config_digest,
             last_result="failed",
             last_apply_duration_s=time.perf_counter() - started,
             last_error=f"{step}: {detail}",

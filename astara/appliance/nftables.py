@@ -22,10 +22,17 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from socket import inet_ntoa
 from typing import Any, Protocol
 
 from astara.appliance.defaults import API_PORT, METADATA_ADDRESS, METADATA_PORT
-from astara.appliance.models import ApplianceConfig, FirewallRule, PortForward, PortRange
+from astara.appliance.models import (
+    ApplianceConfig,
+    Firewall,
+    FirewallRule,
+    PortForward,
+    PortRange,
+)
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 
 FILTER_TABLE = "inet astara_filter"
@@ -326,9 +333,12 @@ def _rule(match: str, verdict: str, comment: str) -> str:
 def nat_elements(config: ApplianceConfig) -> MapElements:
     """The contents of every NAT map for a document."""
     maps: MapElements = {name: {} for name in NAT_MAPS}
+    dnat, snat = maps["fip_dnat"], maps["fip_snat"]
     for fip in config.floating_ips:
-        maps["fip_dnat"][str(fip.floating_ip)] = str(fip.fixed_ip)
-        maps["fip_snat"][str(fip.fixed_ip)] = str(fip.floating_ip)
+        # inet_ntoa: half the cost of str() on an IPv4Address, which adds up for 1,000s.
+        floating, fixed = inet_ntoa(fip.floating_ip.packed), inet_ntoa(fip.fixed_ip.packed)
+        dnat[floating] = fixed
+        snat[fixed] = floating
     for forward in config.port_forwards:
         for name, key, value in _forward_elements(forward):
             maps[name][key] = value
@@ -498,6 +508,29 @@ def render_removal() -> str:
     return "".join(f"table {t}\ndelete table {t}\n" for t in TABLES)
 
 
+def firewall_key(firewall: Firewall) -> list[object]:
+    """Every value of a firewall section, flat: equal exactly when the sections are equal.
+
+    Comparing the models runs Python code per field (pydantic, then ipaddress): about 10 ms
+    for 5,000 rules. Building this list takes 4 ms and comparing two of them well under one.
+    Each rule fills the same number of slots, so flat lists align rule by rule.
+    """
+    key: list[object] = [firewall.default_action]
+    for rule in firewall.rules:
+        key += (rule.id, rule.action, rule.direction, rule.ip_version, rule.protocol)
+        for net in (rule.source_cidr, rule.destination_cidr):
+            if net is None:
+                key += (None, None, None)
+            else:
+                key += (type(net), int(net.network_address), net.prefixlen)
+        for ports in (rule.source_ports, rule.destination_ports):
+            if ports is None:
+                key += (None, None)
+            else:
+                key += (ports.first, ports.last)
+    return key
+
+
 def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
     """Everything of a document the ruleset depends on apart from NAT map elements: when it
     is equal, a change is an element update (DHCP allocations, routes... do not count)."""
@@ -507,7 +540,7 @@ def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
         _internal_v4_subnets(config),
         config.snat_enabled,
         config.metadata is not None,
-        config.firewall,
+        firewall_key(config.firewall),
     )
 
 
@@ -542,6 +575,7 @@ class Applied:
 
     config: ApplianceConfig
     links: dict[str, str]
+    inputs: tuple[object, ...]
     maps: MapElements
 
 
@@ -707,15 +741,16 @@ class NftablesSubsystem:
             self.runner.run(render_removal())
             return
         applied, self._applied = self._applied, None
-        maps = nat_elements(desired)
+        inputs, maps = ruleset_inputs(desired), nat_elements(desired)
         if (
             applied is not None
             and previous is not None
             and applied.links == dict(links)
             and applied.config == previous
-            and ruleset_inputs(previous) == ruleset_inputs(desired)
+            and applied.inputs == inputs
         ):
-            # Same as render_delta, with the previous map contents kept from the last apply.
+            # Same as render_delta, with what it would compute about ``previous`` kept from
+            # the last apply (comparing documents is the costly part of a small change).
             delta = element_updates(applied.maps, maps)
             try:
                 if delta:
@@ -723,14 +758,14 @@ class NftablesSubsystem:
             except ApplyStepError:
                 pass  # the live tables were changed behind our back: replace them below
             else:
-                self._applied = Applied(desired, dict(links), maps)
+                self._applied = Applied(desired, dict(links), inputs, maps)
                 return
         try:
             script = render_ruleset(desired, links)
         except ValueError as exc:  # an interface of the document is not in the link map
             raise ApplyStepError(self.name, str(exc)) from exc
         self.runner.run(script)
-        self._applied = Applied(desired, dict(links), maps)
+        self._applied = Applied(desired, dict(links), inputs, maps)
 
     def read_counters(self) -> list[RuleCounter]:
         return parse_counters(self.runner.list_json())

@@ -2,16 +2,19 @@
 
 Re-applies the last good configuration (so a rebooted appliance routes before the orchestrator
 speaks again), then serves the API over HTTPS, accepting only clients whose certificate the
-orchestrator's CA issued.
+orchestrator's CA issued. With ``--heartbeat`` it also sends signed UDP heartbeats to the
+orchestrator.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -20,11 +23,12 @@ from astara.appliance.api import create_app
 from astara.appliance.defaults import API_PORT
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
+from astara.appliance.heartbeat import DEFAULT_INTERVAL, MAX_ID_BYTES, HeartbeatSender
 from astara.appliance.metadata import MetadataSubsystem
 from astara.appliance.netlink import LinksSubsystem, resolve_links
-from astara.appliance.nftables import NftablesSubsystem
+from astara.appliance.nftables import TABLES, NftablesSubsystem
 from astara.appliance.radvd import RadvdSubsystem
-from astara.appliance.status import KernelStatus
+from astara.appliance.status import KernelLiveState, KernelStatus
 from astara.appliance.subsystem import Subsystem
 
 LOG = logging.getLogger("astara.appliance")
@@ -69,6 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATE_DIR,
         help="where the last good configuration and the daemons' files live (default: %(default)s)",
     )
+    beats = parser.add_argument_group(
+        "heartbeats",
+        "Signed UDP heartbeats to the orchestrator; --heartbeat needs --instance-id and "
+        "--heartbeat-key-file.",
+    )
+    beats.add_argument(
+        "--instance-id", metavar="ID", help="this instance's id, as the orchestrator knows it"
+    )
+    beats.add_argument(
+        "--heartbeat",
+        type=parse_target,
+        metavar="HOST:PORT",
+        help="where to send heartbeats, e.g. 192.0.2.1:5555 or [fdca::1]:5555",
+    )
+    beats.add_argument(
+        "--heartbeat-key-file",
+        type=Path,
+        metavar="PATH",
+        help="the HMAC key: the file's raw bytes, or hex text (decoded when the whole file, "
+        "trailing newline aside, is hex digits)",
+    )
+    beats.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help="(default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -90,6 +122,65 @@ def check_tls_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
     absent = [str(path) for path in (args.cert, args.key, args.ca) if not path.is_file()]
     if absent:
         parser.error(f"not a readable file: {', '.join(absent)}")
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) -> (host, port); argparse reports errors."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host.split("%")[0])  # brackets only make sense around IPv6
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: put an IPv6 address in brackets")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def read_key(path: Path) -> bytes:
+    """The key in ``path``: hex text is decoded, anything else is taken as raw bytes."""
+    raw = path.read_bytes()
+    try:
+        return bytes.fromhex(raw.decode("ascii").strip())
+    except ValueError:
+        return raw
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    instance_id: str
+    target: tuple[str, int]
+    key: bytes
+    interval: float
+
+
+def heartbeat_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> HeartbeatSettings | None:
+    """What --heartbeat and its companions ask for; parser.error() when they do not fit."""
+    if args.heartbeat is None:
+        return None
+    missing = [
+        flag
+        for flag, value in (
+            ("--instance-id", args.instance_id),
+            ("--heartbeat-key-file", args.heartbeat_key_file),
+        )
+        if value is None
+    ]
+    if missing:
+        parser.error(f"--heartbeat needs {' and '.join(missing)}")
+    if not 0 < len(args.instance_id.encode()) <= MAX_ID_BYTES:
+        parser.error(f"--instance-id must be 1 to {MAX_ID_BYTES} bytes")
+    if not args.heartbeat_interval > 0:
+        parser.error("--heartbeat-interval must be positive")
+    try:
+        key = read_key(args.heartbeat_key_file)
+    except OSError as exc:
+        parser.error(f"cannot read --heartbeat-key-file: {exc}")
+    if not key:
+        parser.error(f"--heartbeat-key-file {args.heartbeat_key_file} is empty")
+    return HeartbeatSettings(args.instance_id, args.heartbeat, key, args.heartbeat_interval)
 
 
 class RouterIdFilter(logging.Filter):
@@ -119,9 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_tls_arguments(parser, args)
+    beats = heartbeat_settings(parser, args)
 
     firewall = NftablesSubsystem()
-    engine = Engine(build_subsystems(args.state_dir, firewall), args.state_dir, resolve_links)
+    engine = Engine(
+        build_subsystems(args.state_dir, firewall),
+        args.state_dir,
+        resolve_links,
+        KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir),
+    )
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -134,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.restore()
     except ApplyFailed as exc:
         LOG.error("saved configuration could not be re-applied: %s", exc)
+
+    if beats is not None:
+        # Started after the restore: the first beat already reports what is applied.
+        HeartbeatSender(
+            beats.instance_id, beats.key, beats.target, engine.running_state, beats.interval
+        ).start()
+        LOG.info("heartbeats every %.1f s to %s port %d", beats.interval, *beats.target)
 
     app = create_app(engine, KernelStatus(firewall.read_counters))
     LOG.info("serving on [%s]:%d with mutual TLS", args.listen, args.port)

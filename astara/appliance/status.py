@@ -7,13 +7,21 @@ without root; ``KernelStatus`` only gathers the messages and the packet-filter c
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import socket
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 from pyroute2 import IPRoute
+
+from astara.appliance.netlink import MAIN_TABLE, KernelDump
+from astara.appliance.subsystem import LinkMap
+from astara.appliance.supervisor import is_alive
 
 CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
 
@@ -141,3 +149,134 @@ class KernelStatus:
             ],
             conntrack_entries=read_conntrack_count(),
         )
+
+
+# --- drift: a fingerprint of the live state an apply produced ------------------------------
+
+# Keys of nft's JSON that change without anyone changing the rules: rule handles move when
+# a table is re-created, counters count packets.
+_VOLATILE_NFT_KEYS = frozenset({"handle", "counter"})
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What an apply leaves in the kernel and the process table, in a comparable form."""
+
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    ruleset: str
+    daemons: tuple[str, ...]
+
+
+def _without_volatile(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {
+            key: _without_volatile(item)
+            for key, item in value.items()
+            if key not in _VOLATILE_NFT_KEYS
+        }
+        if isinstance(kept.get("elem"), list):
+            # A hash set may list the same elements in another order once re-created.
+            kept["elem"] = sorted(kept["elem"], key=lambda elem: json.dumps(elem, sort_keys=True))
+        return kept
+    if isinstance(value, list):
+        return [_without_volatile(item) for item in value]
+    return value
+
+
+def _table_of(item: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(family, table) an item of nft's JSON listing belongs to; None for metainfo."""
+    for kind, body in item.items():
+        if isinstance(body, dict) and "family" in body:
+            return body["family"], body["name"] if kind == "table" else body["table"]
+    return None
+
+
+def ruleset_fingerprint(listing: Mapping[str, Any], tables: Iterable[str]) -> str:
+    """``nft -j list ruleset`` reduced to ``tables`` ("family name"), without handles and
+    counters: equal exactly when those tables hold the same rules, sets and elements."""
+    ours = {tuple(table.split()) for table in tables}
+    kept = [
+        _without_volatile(item) for item in listing.get("nftables", []) if _table_of(item) in ours
+    ]
+    return json.dumps(kept, sort_keys=True)
+
+
+def live_digest(state: LiveState) -> str:
+    """SHA-256 (hex) of a live state; the order of what was read does not matter."""
+    canonical = json.dumps(
+        {
+            "addresses": sorted(state.addresses),
+            "routes": sorted(state.routes),
+            "ruleset": state.ruleset,
+            "daemons": sorted(state.daemons),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def running_daemons(state_dir: Path) -> tuple[str, ...]:
+    """``<pid file>=<pid>`` of each daemon under ``state_dir`` that is alive: a daemon that
+    died or was restarted by someone else changes the set."""
+    found = []
+    for pid_file in sorted(state_dir.rglob("*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if is_alive(pid):
+            found.append(f"{pid_file.relative_to(state_dir)}={pid}")
+    return tuple(found)
+
+
+class LiveStateProbe(Protocol):
+    def digest(self, links: LinkMap) -> str:
+        """Fingerprint of the live state on the interfaces of ``links`` (MAC -> name)."""
+        ...
+
+
+class KernelLiveState:
+    """Reads addresses and routes of the managed interfaces, Astara's nftables tables and the
+    daemons' pid files, in the namespace it runs in."""
+
+    def __init__(
+        self,
+        list_ruleset: Callable[[], Mapping[str, Any]],
+        tables: Iterable[str],
+        state_dir: Path,
+    ) -> None:
+        self._list_ruleset = list_ruleset
+        self._tables = tuple(tables)
+        self._state_dir = state_dir
+
+    def read(self, links: LinkMap) -> LiveState:
+        by_index = {index: name for index, name in socket.if_nameindex()}
+        managed = set(links.values())
+        dump = KernelDump()
+        try:
+            addresses = [
+                f"{by_index[a.index]} {a.ip}/{a.prefixlen}"
+                for a in dump.addresses()
+                if by_index.get(a.index) in managed and not ipaddress.ip_address(a.ip).is_link_local
+            ]
+            routes = [
+                f"{r.dst or 'default'}/{r.dst_len} via {r.gateway} dev {by_index[r.oif]} "
+                f"proto {r.proto}"
+                for r in dump.routes()
+                if r.table == MAIN_TABLE
+                and r.oif is not None
+                and by_index.get(r.oif) in managed
+                and not (r.dst or "").startswith("fe80:")
+            ]
+        finally:
+            dump.close()
+        return LiveState(
+            addresses=tuple(addresses),
+            routes=tuple(routes),
+            ruleset=ruleset_fingerprint(self._list_ruleset(), self._tables),
+            daemons=running_daemons(self._state_dir),
+        )
+
+    def digest(self, links: LinkMap) -> str:
+        return live_digest(self.read(links))

@@ -15,7 +15,8 @@ Layout, every name starting with the provider's prefix (default ``ast``):
   bridge by ``ensure_uplink`` and holding that network's gateway address.
 
 The appliance runs inside its namespace (``ip netns exec``), with its certificate, key, log
-and pid file under ``state_dir/<instance namespace>/``. A JSON record per instance, written
+and pid file under ``state_dir/<instance namespace>/`` (and its heartbeat key there, when the
+provider is given a heartbeat target). A JSON record per instance, written
 atomically before anything is created and removed last, lets a new provider object re-adopt
 what exists after a restart.
 """
@@ -35,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ RECORD_FILE = "instance.json"
 PID_FILE = "appliance.pid"
 LOCK_FILE = ".provider.lock"
 LOG_FILE = "appliance.log"
+HEARTBEAT_KEY_FILE = "heartbeat.key"
+PROC = Path("/proc")
 STOP_TIMEOUT = 3.0
 PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,5}$")
 
@@ -151,6 +154,25 @@ def allocate_management_address(subnet: IpNetwork, used: Iterable[IpAddress]) ->
     return ipaddress.ip_interface(f"{ipaddress.ip_address(candidate)}/{subnet.prefixlen}")
 
 
+def format_target(host: str, port: int) -> str:
+    """``HOST:PORT`` as astara-appliance's --heartbeat takes it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def pids_naming(marker: str, proc: Path = PROC) -> list[int]:
+    """Live processes whose command line contains ``marker``: how an instance's processes
+    are found once its namespace is gone (they may still run in the unnamed namespace)."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        argv = process_argv(pid)
+        if argv is not None and marker in " ".join(argv) and is_alive(pid):
+            found.append(pid)
+    return found
+
+
 class InstanceRecord(BaseModel):
     """What the provider remembers of an instance, in ``state_dir/<namespace>/instance.json``."""
 
@@ -200,8 +222,15 @@ class Ip:
         return any(link["ifname"] == name for link in self.links(ns))
 
     def delete_link(self, name: str, ns: str | None = None) -> None:
-        if self.link_exists(name, ns):
+        if not self.link_exists(name, ns):
+            return
+        try:
             self.run("link", "del", name, ns=ns)
+        except ProviderError:
+            # A veth goes by itself when its peer's namespace dies: that may happen between
+            # the check and the delete.
+            if self.link_exists(name, ns):
+                raise
 
     def ensure_ns(self, name: str) -> None:
         if not (NETNS_DIR / name).exists():
@@ -271,15 +300,19 @@ class ApplianceProcesses:
             return None
         return pid
 
-    def stop_namespace(self, ns: str) -> None:
-        """SIGTERM every process in ``ns``, SIGKILL the ones still there, reap our own."""
+    def stop_namespace(self, ns: str, marker: str | None = None) -> None:
+        """SIGTERM every process in ``ns`` (and every one naming ``marker``), SIGKILL the
+        ones still there, reap our own."""
         # A child just started may not have entered the namespace yet: it is not listed there.
         ours = [pid for pid, where in self._child_ns.items() if where == ns]
-        pids = sorted(set(self.ip.ns_pids(ns)) | set(ours))
-        for signum in (signal.SIGTERM, signal.SIGKILL):
+        named = pids_naming(marker) if marker is not None else []
+        pids = sorted(set(self.ip.ns_pids(ns)) | set(ours) | set(named))
+        # SIGCONT after SIGTERM: a frozen (SIGSTOPped) process then exits cleanly at once.
+        for signals in ((signal.SIGTERM, signal.SIGCONT), (signal.SIGKILL,)):
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
+                for signum in signals:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
             pids = self._wait_gone(pids)
             if not pids:
                 break
@@ -338,7 +371,13 @@ class NetnsProvider(Provider):
         management_subnet: str = DEFAULT_MANAGEMENT_SUBNET,
         appliance_command: Sequence[str] | None = None,
         api_port: int = API_PORT,
+        heartbeat_target: tuple[str, int] | None = None,
+        heartbeat_key: Callable[[str], bytes] | None = None,
+        heartbeat_interval: float = 2.0,
     ) -> None:
+        """``heartbeat_target`` (host, port) and ``heartbeat_key`` (instance id -> HMAC key)
+        together make every appliance booted from now on send heartbeats there, every
+        ``heartbeat_interval`` seconds."""
         self.state_dir = Path(state_dir)
         self.ca = ca
         self.names = Names(prefix)
@@ -349,6 +388,9 @@ class NetnsProvider(Provider):
             else (str(Path(sys.executable).with_name("astara-appliance")),)
         )
         self.api_port = api_port
+        self.heartbeat_target = heartbeat_target
+        self.heartbeat_key = heartbeat_key
+        self.heartbeat_interval = heartbeat_interval
         self.ip = Ip()
         self.processes = ApplianceProcesses(self.ip)
 
@@ -409,7 +451,8 @@ class NetnsProvider(Provider):
         with self._locked():
             record = self._load(instance_id)
             namespace = record.namespace if record else self.names.instance_ns(instance_id)
-            self.processes.stop_namespace(namespace)
+            # Found by their paths too: a namespace deleted behind our back lists nobody.
+            self.processes.stop_namespace(namespace, f"{self.state_dir / namespace}/")
             for port in record.ports if record else []:
                 self._unwire(port)
             self.ip.delete_ns(namespace)
@@ -560,8 +603,24 @@ class NetnsProvider(Provider):
             "--key", str(key),
             "--ca", str(ca),
             "--state-dir", str(directory / "appliance"),
+            *self._heartbeat_arguments(record, directory),
         ]  # fmt: skip
         self.processes.start(record.namespace, argv, pid_file, directory / LOG_FILE)
+
+    def _heartbeat_arguments(self, record: InstanceRecord, directory: Path) -> builtins.list[str]:
+        if self.heartbeat_target is None or self.heartbeat_key is None:
+            return []
+        key_file = directory / HEARTBEAT_KEY_FILE
+        # Hex text: the appliance decodes it, so any key bytes survive the trip unchanged.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.heartbeat_key(record.id).hex() + "\n")
+        return [
+            "--instance-id", record.id,
+            "--heartbeat", format_target(*self.heartbeat_target),
+            "--heartbeat-key-file", str(key_file),
+            "--heartbeat-interval", str(self.heartbeat_interval),
+        ]  # fmt: skip
 
     # -- records ------------------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ OPERATIONS = [
     ("GET", "/v1/counters"),
     ("GET", "/v1/config"),
     ("PUT", "/v1/config"),
+    ("POST", "/v1/reapply"),
 ]
 
 

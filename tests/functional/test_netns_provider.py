@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from astara.appliance.engine import config_digest
+from astara.appliance.heartbeat import BadSignature, Heartbeat, decode
 from astara.appliance.models import ApplianceConfig
 from astara.common.tls import CertificateAuthority
 from astara.orchestrator.appliance_client import (
@@ -20,7 +25,7 @@ from astara.orchestrator.appliance_client import (
     Unreachable,
 )
 from astara.providers.base import Instance, InstanceSpec, PortSpec, load_provider
-from astara.providers.netns import NETNS_DIR, NetnsProvider
+from astara.providers.netns import NETNS_DIR, NetnsProvider, host_management_address
 
 pytestmark = pytest.mark.functional
 
@@ -47,15 +52,15 @@ def sh(*argv: str, check: bool = True) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=check).stdout
 
 
-def leftovers(state_dir: Path) -> list[str]:
+def leftovers(state_dir: Path, prefix: str = PREFIX) -> list[str]:
     """Everything with our prefix: namespaces, host links, processes in them, state files."""
-    found = [name for name in sh("ip", "netns", "list").split() if name.startswith(PREFIX)]
+    found = [name for name in sh("ip", "netns", "list").split() if name.startswith(prefix)]
     found += [
         line.split(":")[1].strip().split("@")[0]
         for line in sh("ip", "-o", "link", "show").splitlines()
-        if line.split(":")[1].strip().startswith(PREFIX)
+        if line.split(":")[1].strip().startswith(prefix)
     ]
-    found += [str(path) for path in state_dir.glob(f"{PREFIX}*")]
+    found += [str(path) for path in state_dir.glob(f"{prefix}*")]
     found += [
         line
         for line in sh("ps", "-eo", "pid,stat,args").splitlines()
@@ -300,3 +305,165 @@ def test_parallel_boots_get_distinct_addresses(provider: NetnsProvider) -> None:
         provider.delete(instance.id)
     assert not provider.ip.link_exists(bridge, provider.names.fabric_ns)
     assert provider.list() == []
+
+
+# Breaking an appliance and deleting it: the provider must clean up whatever state it is in.
+BROKEN_PREFIX = "tJ"
+BROKEN_SUBNET = "fdca:3ba5:a17a:4a::/64"  # not the default: other test beds may hold that one
+BROKEN_SPEC = InstanceSpec(
+    instance_id="inst-broken",
+    router_id="router-broken",
+    ports=(
+        MGMT.model_copy(update={"mac": "02:4a:00:00:00:01"}),
+        INTERNAL.model_copy(update={"mac": "02:4a:00:00:00:03"}),
+    ),
+)
+
+
+@pytest.fixture
+def breakable(tmp_path: Path, ca: CertificateAuthority) -> Iterator[NetnsProvider]:
+    provider = NetnsProvider(
+        tmp_path / "state", ca, prefix=BROKEN_PREFIX, management_subnet=BROKEN_SUBNET
+    )
+    try:
+        yield provider
+    finally:
+        provider.teardown()
+
+
+def appliance_pid(provider: NetnsProvider, instance_id: str) -> int:
+    pid_file = provider.state_dir / provider.names.instance_ns(instance_id) / "appliance.pid"
+    return int(pid_file.read_text())
+
+
+def boot_healthy(provider: NetnsProvider, files: dict[str, Path]) -> Instance:
+    instance = provider.boot(BROKEN_SPEC)
+    with client(instance, files) as api:
+        wait_healthy(api)
+    return instance
+
+
+def assert_deleted_cleanly(provider: NetnsProvider, tmp_path: Path, pid: int) -> None:
+    assert provider.list() == []
+    assert not Path(f"/proc/{pid}").exists(), "the appliance is stopped and reaped"
+    fabric_links = [link["ifname"] for link in provider.ip.links(provider.names.fabric_ns)]
+    for port in BROKEN_SPEC.ports:
+        assert provider.names.port_fabric_link(port.port_id) not in fabric_links
+    provider.teardown()
+    assert leftovers(tmp_path / "state", BROKEN_PREFIX) == []
+
+
+def timed_delete(provider: NetnsProvider) -> float:
+    started = time.monotonic()
+    provider.delete(BROKEN_SPEC.instance_id)
+    return time.monotonic() - started
+
+
+def test_delete_a_frozen_appliance(
+    breakable: NetnsProvider, client_files: dict[str, Path], tmp_path: Path
+) -> None:
+    boot_healthy(breakable, client_files)
+    pid = appliance_pid(breakable, BROKEN_SPEC.instance_id)
+    sh("kill", "-STOP", str(pid))
+    assert timed_delete(breakable) < 2.0, "a frozen appliance is woken to die, not waited for"
+    assert_deleted_cleanly(breakable, tmp_path, pid)
+
+
+def test_delete_after_the_namespace_was_deleted_behind_its_back(
+    breakable: NetnsProvider, client_files: dict[str, Path], tmp_path: Path
+) -> None:
+    boot_healthy(breakable, client_files)
+    pid = appliance_pid(breakable, BROKEN_SPEC.instance_id)
+    sh("ip", "netns", "del", breakable.names.instance_ns(BROKEN_SPEC.instance_id))
+    assert breakable.get(BROKEN_SPEC.instance_id).state == "missing"  # type: ignore[union-attr]
+    # A provider that did not start it (the orchestrator restarted) must still find it.
+    NetnsProvider(
+        breakable.state_dir, breakable.ca, prefix=BROKEN_PREFIX, management_subnet=BROKEN_SUBNET
+    ).delete(BROKEN_SPEC.instance_id)
+    assert_deleted_cleanly(breakable, tmp_path, pid)
+
+
+def test_delete_after_the_management_link_was_cut(
+    breakable: NetnsProvider, client_files: dict[str, Path], tmp_path: Path
+) -> None:
+    boot_healthy(breakable, client_files)
+    pid = appliance_pid(breakable, BROKEN_SPEC.instance_id)
+    management = breakable.names.port_fabric_link(BROKEN_SPEC.management_port().port_id)
+    sh("ip", "-n", breakable.names.fabric_ns, "link", "del", management)
+    timed_delete(breakable)
+    assert_deleted_cleanly(breakable, tmp_path, pid)
+
+
+def next_beat(sock: socket.socket, key: bytes, instance_id: str, seconds: float) -> Heartbeat:
+    sock.settimeout(seconds)
+    datagram, _ = sock.recvfrom(4096)
+    return decode(
+        datagram, {instance_id: key}.get, now=time.time(), max_skew=30, last_sequence=lambda _: None
+    )
+
+
+def test_heartbeats_drift_and_reapply(
+    tmp_path: Path, ca: CertificateAuthority, client_files: dict[str, Path]
+) -> None:
+    key = os.urandom(32)
+    spec = SPEC.model_copy(update={"instance_id": "inst-hb"})
+    host = str(host_management_address(ipaddress.ip_network(BROKEN_SUBNET)).ip)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::", 0))
+        provider = NetnsProvider(
+            tmp_path / "state",
+            ca,
+            prefix=BROKEN_PREFIX,
+            management_subnet=BROKEN_SUBNET,
+            heartbeat_target=(host, sock.getsockname()[1]),
+            heartbeat_key={spec.instance_id: key}.__getitem__,
+        )
+        try:
+            instance = provider.boot(spec)
+            namespace = provider.names.instance_ns(spec.instance_id)
+            key_file = provider.state_dir / namespace / "heartbeat.key"
+            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+            # Signed with the instance's key, nothing applied yet.
+            beat = next_beat(sock, key, spec.instance_id, seconds=20)
+            assert (beat.instance_id, beat.generation, beat.digest) == (spec.instance_id, None, "")
+            sock.settimeout(5)
+            with pytest.raises(BadSignature):
+                decode(sock.recv(4096), lambda _: bytes(32), time.time(), 30, lambda _: None)
+
+            document = config(instance, 1, spec.ports)
+            with client(instance, client_files) as api:
+                wait_healthy(api)
+                assert api.health().drift is None
+                applied = api.put_config(document)
+                assert (applied.drift, applied.config_digest) == (False, config_digest(document))
+                deadline = time.monotonic() + 5
+                while beat.generation != 1:
+                    assert time.monotonic() < deadline, "no heartbeat reports generation 1"
+                    beat = next_beat(sock, key, spec.instance_id, seconds=5)
+                assert beat.digest == config_digest(document)
+
+                started = time.monotonic()
+                assert api.health().drift is False
+                check_s = time.monotonic() - started
+                internal = provider.names.port_instance_link(INTERNAL.port_id)
+                # Flushing the filter table would also cut the API off (input policy drop):
+                # that is a dead appliance, not drift.
+                for breakage in (
+                    ["nft", "flush", "table", "ip", "astara_nat"],
+                    ["ip", "addr", "del", "10.71.0.1/24", "dev", internal],
+                    ["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"],
+                ):
+                    sh("ip", "netns", "exec", namespace, *breakage)
+                    assert api.health().drift is True, breakage
+                    repaired = api.reapply()
+                    assert (repaired.drift, repaired.generation) == (False, 1)
+                    assert api.health().drift is False
+                rules = sh("ip", "netns", "exec", namespace, "nft", "list", "table", "ip",
+                           "astara_nat")  # fmt: skip
+                assert "masquerade" in rules or "snat" in rules
+                assert "10.71.0.1/24" in sh("ip", "-n", namespace, "addr", "show", internal)
+            print(f"drift check over the API: {check_s * 1000:.1f} ms")
+        finally:
+            provider.teardown()
+    assert leftovers(tmp_path / "state", BROKEN_PREFIX) == []

@@ -11,14 +11,21 @@ from fastapi.testclient import TestClient
 
 from astara.appliance import service
 from astara.appliance.api import create_app
-from astara.appliance.engine import APPLY_ORDER, Engine, dump_with_secrets
+from astara.appliance.engine import APPLY_ORDER, Engine, config_digest, dump_with_secrets
 from astara.appliance.status import (
     Counters,
     InterfaceCounters,
     InterfaceStatus,
     RuleCounter,
 )
-from tests.unit.test_engine import Call, RecordingSubsystem, document, fake_links
+from tests.unit.test_engine import (
+    Call,
+    FakeProbe,
+    RecordingSubsystem,
+    document,
+    fake_links,
+    probed_engine,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -67,7 +74,13 @@ def body(generation: int = 1, **changes: Any) -> dict[str, Any]:
 
 def test_openapi_schema_publishes_every_route(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/v1/health", "/v1/interfaces", "/v1/config", "/v1/counters"}
+    assert set(schema["paths"]) == {
+        "/v1/health",
+        "/v1/interfaces",
+        "/v1/config",
+        "/v1/counters",
+        "/v1/reapply",
+    }
     assert "ApplianceConfig" in schema["components"]["schemas"]
 
 
@@ -223,3 +236,144 @@ def test_service_refuses_missing_certificate_files(
     with pytest.raises(SystemExit):
         service.main(["--cert", files[0], "--key", files[1], "--ca", files[2]])
     assert files[0] in capsys.readouterr().err
+
+
+@pytest.fixture
+def probed(tmp_path: Path) -> tuple[TestClient, list[Call], FakeProbe]:
+    engine, journal, probe = probed_engine(tmp_path)
+    return TestClient(create_app(engine, FixedStatus())), journal, probe
+
+
+def test_health_reports_drift_and_the_config_digest(
+    probed: tuple[TestClient, list[Call], FakeProbe],
+) -> None:
+    client, _, probe = probed
+    before = client.get("/v1/health").json()
+    assert (before["drift"], before["config_digest"]) == (None, None)
+    put = client.put("/v1/config", json=body(3)).json()
+    assert put["drift"] is False
+    assert put["config_digest"] == config_digest(document(3, proxy_key=PROXY_KEY))
+    assert client.get("/v1/health").json()["drift"] is False
+    probe.state = "rule flushed"
+    assert client.get("/v1/health").json()["drift"] is True
+    # The same document again changes nothing, so it measures rather than assumes.
+    assert client.put("/v1/config", json=body(3)).json()["drift"] is True
+
+
+def test_reapply_repairs_drift_through_every_step(
+    probed: tuple[TestClient, list[Call], FakeProbe],
+) -> None:
+    client, journal, probe = probed
+    client.put("/v1/config", json=body(3))
+    probe.state = "address deleted"
+    journal.clear()
+    response = client.post("/v1/reapply")
+    assert response.status_code == 200
+    assert (response.json()["generation"], response.json()["drift"]) == (3, False)
+    assert [(name, desired, previous) for name, desired, previous, _ in journal] == [
+        (name, 3, None) for name in APPLY_ORDER
+    ]
+    assert client.get("/v1/health").json()["drift"] is False
+
+
+def test_reapply_before_any_document_is_404(
+    probed: tuple[TestClient, list[Call], FakeProbe],
+) -> None:
+    client, journal, _ = probed
+    response = client.post("/v1/reapply")
+    assert response.status_code == 404
+    assert journal == []
+
+
+def test_failed_reapply_is_500_with_the_step(tmp_path: Path) -> None:
+    fail: dict[str, set[int]] = {"firewall": set()}
+    engine, _, _ = probed_engine(tmp_path, fail)
+    client = TestClient(create_app(engine, FixedStatus()))
+    client.put("/v1/config", json=body(7))
+    fail["firewall"].add(7)
+    response = client.post("/v1/reapply")
+    assert response.status_code == 500
+    assert response.json() == {"step": "firewall", "detail": "refused generation 7"}
+
+
+def tls_files(tmp_path: Path) -> list[str]:
+    files = [tmp_path / name for name in ("a.pem", "a.key", "ca.pem")]
+    for path in files:
+        path.write_text("pem")
+    return ["--cert", str(files[0]), "--key", str(files[1]), "--ca", str(files[2])]
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        (["--heartbeat", "[fdca::1]:5555"], "--heartbeat needs --instance-id and --heartbeat-key"),
+        (["--heartbeat", "10.0.0.1:5555", "--instance-id", "i1"], "needs --heartbeat-key-file"),
+        (["--heartbeat", "fdca::1:5555"], "in brackets"),
+        (["--heartbeat", "10.0.0.1"], "not HOST:PORT"),
+        (["--heartbeat", "10.0.0.1:70000"], "not HOST:PORT"),
+    ],
+)
+def test_heartbeat_flags_are_checked_at_startup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        service.main([*tls_files(tmp_path), *extra])
+    assert info.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_empty_or_unreadable_heartbeat_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_bytes(b"\n")
+    for key_file, complaint in ((empty, "is empty"), (tmp_path / "absent", "cannot read")):
+        with pytest.raises(SystemExit):
+            service.main(
+                [
+                    *tls_files(tmp_path),
+                    "--heartbeat", "127.0.0.1:5555",
+                    "--instance-id", "i1",
+                    "--heartbeat-key-file", str(key_file),
+                ]
+            )  # fmt: skip
+        assert complaint in capsys.readouterr().err
+
+
+def test_heartbeat_settings_from_valid_flags(tmp_path: Path) -> None:
+    key_file = tmp_path / "hb.key"
+    key_file.write_text("00ff10\n")
+    parser = service.build_parser()
+    args = parser.parse_args(
+        [
+            "--heartbeat", "[fdca:3ba5::1]:5555",
+            "--instance-id", "i1",
+            "--heartbeat-key-file", str(key_file),
+            "--heartbeat-interval", "0.5",
+        ]
+    )  # fmt: skip
+    assert service.heartbeat_settings(parser, args) == service.HeartbeatSettings(
+        instance_id="i1", target=("fdca:3ba5::1", 5555), key=b"\x00\xff\x10", interval=0.5
+    )
+    assert service.heartbeat_settings(parser, parser.parse_args([])) is None
+
+
+def test_key_file_is_hex_text_or_raw_bytes(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.key"
+    raw.write_bytes(b"\x00\x01not hex\xff")
+    assert service.read_key(raw) == b"\x00\x01not hex\xff"
+    text = tmp_path / "hex.key"
+    text.write_text("DEADbeef\n")
+    assert service.read_key(text) == b"\xde\xad\xbe\xef"
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("192.0.2.1:5555", ("192.0.2.1", 5555)),
+        ("[fdca::1]:1", ("fdca::1", 1)),
+        ("orchestrator.example:65535", ("orchestrator.example", 65535)),
+    ],
+)
+def test_heartbeat_target_parsing(text: str, target: tuple[str, int]) -> None:
+    assert service.parse_target(text) == target

@@ -21,8 +21,11 @@ from astara.appliance.engine import (
     APPLY_ORDER,
     ApplyFailed,
     Engine,
+    NothingApplied,
     StaleGeneration,
+    config_digest,
 )
+from astara.appliance.heartbeat import RunningState
 from astara.appliance.models import ApplianceConfig
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 
@@ -285,3 +288,119 @@ def test_applies_are_serialised(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert overlaps == 0
+
+
+class FakeProbe:
+    """Test double for the live-state reader: a mutable 'kernel' fingerprint per link map."""
+
+    def __init__(self) -> None:
+        self.state = "pristine"
+        self.seen: list[dict[str, str]] = []
+        self.broken = False
+
+    def digest(self, links: LinkMap) -> str:
+        self.seen.append(dict(links))
+        if self.broken:
+            raise OSError("nft: cannot list")
+        return f"{self.state}:{sorted(links.items())}"
+
+
+def probed_engine(
+    tmp_path: Path, fail: dict[str, set[int]] | None = None
+) -> tuple[Engine, list[Call], FakeProbe]:
+    journal: list[Call] = []
+    subsystems = [RecordingSubsystem(name, journal, (fail or {}).get(name)) for name in APPLY_ORDER]
+    probe = FakeProbe()
+    return Engine(subsystems, tmp_path, fake_links, probe), journal, probe
+
+
+def test_drift_is_unknown_before_the_first_apply_and_without_a_probe(tmp_path: Path) -> None:
+    engine, _, _ = probed_engine(tmp_path / "a")
+    assert engine.drift() is None
+    bare, _ = make_engine(tmp_path / "b")
+    bare.apply(document(1))
+    assert bare.drift() is None
+
+
+def test_drift_compares_the_live_state_with_what_the_apply_produced(tmp_path: Path) -> None:
+    engine, _, probe = probed_engine(tmp_path)
+    engine.apply(document(1))
+    assert engine.drift() is False
+    probe.state = "table flushed behind our back"
+    assert engine.drift() is True
+
+
+def test_unreadable_live_state_counts_as_drift(tmp_path: Path) -> None:
+    engine, _, probe = probed_engine(tmp_path)
+    engine.apply(document(1))
+    probe.broken = True
+    assert engine.drift() is True
+
+
+def test_drift_looks_only_at_the_interfaces_of_the_applied_document(tmp_path: Path) -> None:
+    engine, _, probe = probed_engine(tmp_path)
+    engine.apply(document(1))
+    # Generation 2 drops the external interface: it may be unplugged later, which is no drift.
+    mgmt_only = document(1).model_dump(mode="json")
+    engine.apply(document(2, interfaces=[{"mac": MAC_MGMT}], networks=mgmt_only["networks"][:1]))
+    assert probe.seen[-1] == {MAC_MGMT: "eth0"}
+    assert engine.drift() is False
+
+
+def test_reapply_runs_every_step_without_a_previous_document_and_clears_drift(
+    tmp_path: Path,
+) -> None:
+    engine, journal, probe = probed_engine(tmp_path)
+    engine.apply(document(1))
+    probe.state = "address deleted"
+    assert engine.drift() is True
+    journal.clear()
+    health = engine.reapply()
+    assert steps(journal) == [(name, 1, None) for name in APPLY_ORDER]
+    assert (health.generation, health.last_result) == (1, "applied")
+    assert engine.drift() is False
+
+
+def test_reapply_before_any_document_is_refused(tmp_path: Path) -> None:
+    engine, journal, _ = probed_engine(tmp_path)
+    with pytest.raises(NothingApplied):
+        engine.reapply()
+    assert journal == []
+
+
+def test_failed_reapply_is_not_rolled_back_and_reports_drift(tmp_path: Path) -> None:
+    fail: dict[str, set[int]] = {"dhcp": set()}
+    engine, journal, _ = probed_engine(tmp_path, fail)
+    engine.apply(document(1))
+    fail["dhcp"].add(1)
+    journal.clear()
+    with pytest.raises(ApplyFailed) as info:
+        engine.reapply()
+    assert info.value.step == "dhcp"
+    # Rolling back to "no previous document" would tear the router down: nothing runs after.
+    assert steps(journal) == [("addresses", 1, None), ("firewall", 1, None), ("dhcp", 1, None)]
+    assert engine.current == document(1)
+    assert engine.drift() is True
+
+
+def test_failed_apply_rolled_back_records_the_previous_live_state(tmp_path: Path) -> None:
+    engine, _, _ = probed_engine(tmp_path, fail={"ra": {2}})
+    engine.apply(document(1))
+    with pytest.raises(ApplyFailed):
+        engine.apply(document(2))
+    assert engine.drift() is False
+
+
+def test_config_digest_follows_the_document_secrets_included(tmp_path: Path) -> None:
+    assert config_digest(document(1)) == config_digest(document(1))
+    assert config_digest(document(1)) != config_digest(document(2))
+    assert config_digest(document(1, proxy_key="a")) != config_digest(document(1, proxy_key="b"))
+    assert "s3cret" not in config_digest(document(1))
+
+
+def test_running_state_reports_generation_and_document_digest(tmp_path: Path) -> None:
+    engine, _, _ = probed_engine(tmp_path)
+    assert engine.running_state() == RunningState(generation=None, digest="")
+    engine.apply(document(4))
+    assert engine.running_state() == RunningState(generation=4, digest=config_digest(document(4)))
+    assert engine.health().config_digest == config_digest(document(4))

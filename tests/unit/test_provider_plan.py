@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,9 @@ from astara.providers.netns import (
     Names,
     NetnsProvider,
     allocate_management_address,
+    format_target,
     host_management_address,
+    pids_naming,
 )
 
 pytestmark = pytest.mark.unit
@@ -134,3 +140,26 @@ def test_providers_load_by_entry_point_name(tmp_path: Path) -> None:
 def test_client_urls_bracket_ipv6() -> None:
     assert base_url("fdca:3ba5::0002", 5000) == "https://[fdca:3ba5::2]:5000"
     assert base_url("100.127.0.2", 5000) == "https://100.127.0.2:5000"
+
+
+def test_heartbeat_target_is_formatted_for_the_appliance_flag() -> None:
+    assert format_target("fdca:3ba5:a17a:acda::1", 5555) == "[fdca:3ba5:a17a:acda::1]:5555"
+    assert format_target("192.0.2.1", 5555) == "192.0.2.1:5555"
+
+
+def test_processes_are_found_by_a_path_in_their_command_line() -> None:
+    marker = f"/tmp/tJ-{uuid.uuid4().hex}/"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", f"--state={marker}appliance"]
+    )
+    try:
+        # Until the child has exec'd, its command line is still ours.
+        deadline = time.monotonic() + 5
+        while not pids_naming(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pids_naming(marker) == [child.pid]
+        assert pids_naming(f"/tmp/tJ-{uuid.uuid4().hex}/") == []
+    finally:
+        child.kill()
+        child.wait()
+    assert pids_naming(marker) == []
