@@ -78,7 +78,9 @@ def main() -> int:
     neutron = NeutronTestbed(
         state_dir=STATE / "neutron", database="astara_neutron_failure", astara_plugin=True
     )
-    cloud = CloudInABox(state_dir=STATE, bed=neutron, prefix="abf")
+    cloud = CloudInABox(
+        state_dir=STATE, bed=neutron, prefix="abf", health={"breaker_min_deaths": "100000"}
+    )
     fresh_state(cloud)
     endpoint = cloud.up()
     detections: list[float] = []

@@ -133,6 +133,10 @@ class Daemon:
                 start_new_session=True,
             )
         self._child_argv = tuple(argv)
+        # Written now, not when the daemon gets round to it: the drift fingerprint taken right
+        # after an apply must already see this daemon. (It runs in the foreground, so the
+        # daemon rewrites the same pid.)
+        self.pid_file.write_text(f"{self._child.pid}\n")
         return True
 
     def signal(self, signum: int) -> bool:

@@ -46,6 +46,8 @@ class CloudInABox:
     processes: int = 2
     threads: int = 4
     metrics_port: int = 0
+    # [health] overrides, e.g. a chaos test that kills one router often keeps the breaker shut.
+    health: dict[str, str] = field(default_factory=dict)
     _workloads: Topology | None = field(default=None, init=False)
 
     @property
@@ -93,7 +95,12 @@ class CloudInABox:
                 "prefix": self.prefix,
                 "boot_timeout": "30",
             },
-            "health": {"backoff_initial": "0.5", "backoff_max": "5", "heartbeat_interval": "1"},
+            "health": {
+                "backoff_initial": "0.5",
+                "backoff_max": "5",
+                "heartbeat_interval": "1",
+                **self.health,
+            },
             "database": {"connection": f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"},
         }
         parser = configparser.ConfigParser(interpolation=None)

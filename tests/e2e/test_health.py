@@ -45,7 +45,14 @@ def bed() -> Iterator[RouterBed]:
     neutron = NeutronTestbed(
         state_dir=STATE / "neutron", database="astara_neutron_health", astara_plugin=True
     )
-    cloud = CloudInABox(state_dir=STATE, bed=neutron, prefix=PREFIX, metrics_port=METRICS_PORT)
+    cloud = CloudInABox(
+        state_dir=STATE,
+        bed=neutron,
+        prefix=PREFIX,
+        metrics_port=METRICS_PORT,
+        # One router failing over and over is what this module does on purpose.
+        health={"breaker_min_deaths": "1000"},
+    )
     fresh_state(cloud)
     endpoint = cloud.up()
     try:
