@@ -36,7 +36,8 @@ import httpx
 import keystoneauth1.noauth
 import keystoneauth1.session
 import openstack
-import pymysql
+
+from astara.testing.mariadb import create_database
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "neutron-requirements.txt"
@@ -51,7 +52,6 @@ SINGLE_NODE_PROVIDER = (
 DEFAULT_STATE_DIR = Path(os.environ.get("ASTARA_TESTBED_DIR", "/var/lib/astara/testbed"))
 DEFAULT_CACHE_DIR = Path(os.environ.get("ASTARA_CACHE_DIR", "/var/cache/astara"))
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
-MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 
 ExtraConfig = Mapping[str, Mapping[str, str]]
 
@@ -207,8 +207,8 @@ class NeutronTestbed:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         password = self._password()
         say(f"creating database {self.database} on MariaDB")
-        self._reset_database(password)
-        self._write_config(venv, password)
+        database_url = create_database(self.database, self.user, password)
+        self._write_config(venv, database_url)
         say("migrating the database (neutron-db-manage upgrade heads)")
         migrate = subprocess.run(
             [
@@ -253,25 +253,7 @@ class NeutronTestbed:
             path.write_text(secrets.token_urlsafe(18))
         return path.read_text().strip()
 
-    def _reset_database(self, password: str) -> None:
-        conn = pymysql.connect(unix_socket=MARIADB_SOCKET, user="root")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
-                cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
-                cur.execute(
-                    f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY %s",
-                    (password,),
-                )
-                cur.execute(f"ALTER USER '{self.user}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
-                cur.execute(
-                    f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'127.0.0.1'"
-                )
-            conn.commit()
-        finally:
-            conn.close()
-
-    def _write_config(self, venv: Path, password: str) -> None:
+    def _write_config(self, venv: Path, database_url: str) -> None:
         neutron: dict[str, dict[str, str]] = {
             "DEFAULT": {
                 "core_plugin": "ml2",
@@ -287,7 +269,7 @@ class NeutronTestbed:
                 "state_path": str(self.state_dir / "state"),
             },
             "database": {
-                "connection": (f"mysql+pymysql://{self.user}:{password}@127.0.0.1/{self.database}"),
+                "connection": database_url,
             },
             "oslo_messaging_notifications": {"driver": "messagingv2"},
             "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},

@@ -31,9 +31,10 @@ import pytest
 from astara.appliance.defaults import METADATA_PORT
 from astara.appliance.dnsmasq import DnsmasqPaths, DnsmasqSubsystem
 from astara.appliance.metadata import MetadataSubsystem
-from astara.appliance.models import ApplianceConfig
+from astara.appliance.models import ApplianceConfig, FloatingIP
 from astara.appliance.netlink import ROUTE_PROTO, LinksSubsystem, resolve_links
 from astara.appliance.radvd import RadvdSubsystem
+from astara.appliance.subsystem import ApplyStepError
 from astara.appliance.supervisor import is_alive
 from astara.testing.netns import Namespace, Topology, wait_for
 
@@ -309,6 +310,52 @@ def test_applying_the_same_document_again_changes_nothing(bed: Bed) -> None:
     assert bed.router.run(["ip", "route"]).stdout == routes
     assert bed.addresses.last_change is not None
     assert not any(bed.addresses.last_change)
+
+
+def test_addresses_diff_against_the_last_apply_until_told_to_reread(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = bed.current
+    assert doc is not None
+    extra = FloatingIP.model_validate({"floating_ip": "172.30.0.51", "fixed_ip": "10.31.1.11"})
+    more = doc.model_copy(
+        update={"generation": doc.generation + 1, "floating_ips": [*doc.floating_ips, extra]}
+    )
+    dumps: list[str] = []
+    for kind in ("addresses", "routes"):
+        read = getattr(bed.addresses.dump, kind)
+
+        def counted(read: Any = read, kind: str = kind) -> Any:
+            dumps.append(kind)
+            return read()
+
+        monkeypatch.setattr(bed.addresses.dump, kind, counted)
+
+    def addresses(config: ApplianceConfig, previous: ApplianceConfig | None) -> str:
+        with inside(bed.router.name):
+            bed.addresses.apply(config, previous, bed.links)
+        return bed.router.run(["ip", "-4", "-o", "addr", "show", "dev", "tBr-e"]).stdout
+
+    try:
+        # On top of what it applied itself: no dump, just the new address.
+        assert "172.30.0.51/32" in addresses(more, doc)
+        assert dumps == []
+        # Drift behind its back is not seen on that path...
+        bed.router.run(["ip", "addr", "del", "172.30.0.50/32", "dev", "tBr-e"])
+        assert "172.30.0.50/32" not in addresses(more, more)
+        assert dumps == []
+        # ...but without a previous document the kernel is read again and repaired.
+        assert "172.30.0.50/32" in addresses(more, None)
+        assert dumps == ["addresses", "routes"]
+        # A failed apply leaves nothing to trust either.
+        with inside(bed.router.name), pytest.raises(ApplyStepError):
+            bed.addresses.apply(doc, more, {})
+        bed.router.run(["ip", "addr", "del", "172.30.0.50/32", "dev", "tBr-e"])
+        ext = addresses(doc, more)
+        assert "172.30.0.50/32" in ext and "172.30.0.51/32" not in ext
+        assert dumps == ["addresses", "routes"] * 2
+    finally:
+        addresses(doc, None)
 
 
 def test_removed_network_and_ipv6_stop_their_daemons(bed: Bed) -> None:

@@ -9,6 +9,7 @@ import pytest
 from astara.appliance.models import ApplianceConfig
 from astara.appliance.netlink import (
     Address,
+    Converged,
     LinkNotFoundError,
     Route,
     desired_addresses,
@@ -156,3 +157,20 @@ def test_garp_only_for_ipv4_added_outside() -> None:
 def test_missing_link_is_named() -> None:
     with pytest.raises(LinkNotFoundError, match=INT):
         desired_addresses(config(), {MGT: "eth0", EXT: "eth1"})
+
+
+def test_the_last_apply_is_trusted_only_under_the_very_document_and_names() -> None:
+    applied = config(floating_ips=[{"floating_ip": "172.24.0.9", "fixed_ip": "10.0.0.9"}])
+    record = Converged(applied, dict(LINKS), frozenset(), frozenset())
+    later = config(generation=2)
+    assert record.covers(later, applied, LINKS)
+    assert record.covers(None, applied, LINKS)
+    # Asked to re-read, another document, other names: the kernel is dumped instead.
+    assert not record.covers(later, None, LINKS)
+    assert not record.covers(later, config(), LINKS)
+    assert not record.covers(later, applied, {**LINKS, INT: "eth9"})
+    # An interface the last document did not manage: its addresses were never read.
+    fewer = applied.model_copy(update={"networks": applied.networks[:2]})
+    narrow = Converged(fewer, dict(LINKS), frozenset(), frozenset())
+    assert narrow.covers(fewer, fewer, LINKS)
+    assert not narrow.covers(later, fewer, LINKS)

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from astara.appliance.models import ApplianceConfig
+from astara.appliance.models import ApplianceConfig, Firewall, FirewallRule
 from astara.appliance.nftables import (
     NftablesSubsystem,
     RuleCounter,
+    firewall_key,
     parse_counters,
     render_delta,
     render_removal,
@@ -409,6 +410,71 @@ def test_a_failed_full_apply_raises_and_forgets_the_applied_state() -> None:
     runner.fail_on = None
     subsystem.apply(document(generation=3), first, LINKS)
     assert runner.scripts[-1].startswith("table inet astara_filter")
+
+
+def test_firewall_key_is_equal_exactly_when_the_sections_are() -> None:
+    base = {
+        "id": "r",
+        "action": "allow",
+        "direction": "ingress",
+        "ip_version": 4,
+        "protocol": "tcp",
+        "source_cidr": "10.0.0.0/24",
+        "destination_cidr": "10.1.0.0/24",
+        "source_ports": {"first": 1000, "last": 2000},
+        "destination_ports": {"first": 22, "last": 22},
+    }
+    # Every field of a rule is set above: a field added to the model must be added to the key.
+    assert set(base) == set(FirewallRule.model_fields)
+    variants = {
+        "id": "s",
+        "action": "deny",
+        "direction": "egress",
+        "ip_version": 6,
+        "protocol": "udp",
+        "source_cidr": "10.0.1.0/24",
+        "destination_cidr": "10.1.0.0/25",
+        "source_ports": {"first": 1000, "last": 2001},
+        "destination_ports": {"first": 23, "last": 23},
+    }
+
+    def key(*rules: dict[str, Any], default: str = "allow") -> list[object]:
+        return firewall_key(Firewall.model_validate({"default_action": default, "rules": rules}))
+
+    assert key(base) == key(dict(base))
+    assert key(base) != key(base, default="deny")
+    assert key(base) != key(base, base)
+    optional = {"id", "source_cidr", "destination_cidr", "source_ports", "destination_ports"}
+    for name, value in variants.items():
+        assert key(base) != key(dict(base, **{name: value})), name
+        if name in optional:
+            assert key(base) != key(dict(base, **{name: None})), name
+    # The same number and prefix length in another family; a rule split across two slots.
+    zero = dict(base, source_cidr="0.0.0.0/0")
+    assert key(zero) != key(dict(base, source_cidr="::/0"))
+    half = {"action": "allow", "source_cidr": "10.0.0.0/24"}
+    assert key(half) != key({"action": "allow", "destination_cidr": "10.0.0.0/24"})
+
+
+def test_the_delta_check_compares_no_firewall_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With thousands of rules, model equality alone took longer than the whole delta may.
+    rules = {"rules": [rule(f"r{n}", "deny", source_cidr=f"10.9.{n}.0/24") for n in range(50)]}
+    runner = RecordingRunner()
+    subsystem = NftablesSubsystem(runner)
+    first = document(firewall=rules)
+    second = document(generation=2, firewall=rules, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    assert first.firewall is not second.firewall
+    subsystem.apply(first, None, LINKS)
+
+    def refuse(self: object, other: object) -> bool:
+        raise AssertionError("firewall models compared")
+
+    monkeypatch.setattr(FirewallRule, "__eq__", refuse)
+    subsystem.apply(second, first, LINKS)
+    assert runner.scripts[-1] == (
+        "add element ip astara_nat fip_dnat { 172.24.0.10 : 10.0.0.5 }\n"
+        "add element ip astara_nat fip_snat { 10.0.0.5 : 172.24.0.10 }\n"
+    )
 
 
 # --- first-match order survives folding, for arbitrary rule lists ---------------------
