@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import openstack
+
 from astara.providers.base import Instance
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
@@ -29,6 +31,7 @@ class RouterBed:
     """One router with a gateway, one workload behind it pinging the outside world."""
 
     cloud: CloudInABox
+    sdk: openstack.connection.Connection
     vm: Workload
     router_id: str
     outside_ip: str
@@ -105,7 +108,7 @@ def build_router_bed(cloud: CloudInABox, neutron_url: str, third_octet: int) -> 
     port = sdk.network.create_port(network_id=net.id, project_id=project)
     vm = cloud.workload(net.id, port.mac_address)
     eventually(lambda: cloud.dhcp(vm, timeout=3), 90, "a DHCP lease")
-    bed = RouterBed(cloud, vm, str(router.id), outside_ip)
+    bed = RouterBed(cloud, sdk, vm, str(router.id), outside_ip)
     eventually(bed.pings_out, 30, "traffic to the outside")
     return bed
 

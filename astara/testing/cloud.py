@@ -46,6 +46,7 @@ class CloudInABox:
     processes: int = 2
     threads: int = 4
     metrics_port: int = 0
+    database_url: str | None = None  # the orchestrator's store; SQLite in state_dir when unset
     # [health] overrides, e.g. a chaos test that kills one router often keeps the breaker shut.
     health: dict[str, str] = field(default_factory=dict)
     _workloads: Topology | None = field(default=None, init=False)
@@ -101,7 +102,10 @@ class CloudInABox:
                 "heartbeat_interval": "1",
                 **self.health,
             },
-            "database": {"connection": f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"},
+            "database": {
+                "connection": self.database_url
+                or f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"
+            },
         }
         parser = configparser.ConfigParser(interpolation=None)
         for section, options in sections.items():

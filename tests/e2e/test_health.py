@@ -8,8 +8,10 @@ generous bound: the real target, 15 s, is what bench/failure.py measures).
 
 from __future__ import annotations
 
+import secrets
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,10 @@ import httpx
 import pytest
 
 from astara.appliance.heartbeat import Heartbeat, encode
+from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.health_loop import BREAKER_FILE, HeartbeatKeys
 from astara.providers.base import Instance
+from astara.testing import services
 from astara.testing.chaos import (
     FAILURES,
     RouterBed,
@@ -30,6 +34,7 @@ from astara.testing.chaos import (
     kill_appliance,
 )
 from astara.testing.cloud import CloudInABox
+from astara.testing.mariadb import create_database, drop_database
 from astara.testing.neutron_bed import NeutronTestbed
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +43,7 @@ PREFIX = "ath"
 STATE = Path("/var/lib/astara/e2e-health")
 METRICS_PORT = 19311
 BOUND = 45.0
+MARIADBD = "/usr/sbin/mariadbd"
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,14 @@ def bed() -> Iterator[RouterBed]:
     neutron = NeutronTestbed(
         state_dir=STATE / "neutron", database="astara_neutron_health", astara_plugin=True
     )
+    # The orchestrator's store on MariaDB here (SQLite elsewhere): the outage test stops it.
+    store_url = create_database("astara_orch_health", "astara_orch_health", secrets.token_hex(8))
     cloud = CloudInABox(
         state_dir=STATE,
         bed=neutron,
         prefix=PREFIX,
         metrics_port=METRICS_PORT,
+        database_url=store_url,
         # One router failing over and over is what this module does on purpose.
         health={"breaker_min_deaths": "1000"},
     )
@@ -59,6 +68,7 @@ def bed() -> Iterator[RouterBed]:
         yield build_router_bed(cloud, endpoint.url, 30)
     finally:
         cloud.down()
+        drop_database("astara_orch_health", "astara_orch_health")
 
 
 @pytest.mark.parametrize("kind", sorted(FAILURES))
@@ -87,20 +97,23 @@ def test_forged_replayed_and_malformed_heartbeats_are_rejected_and_counted(
     instance: Instance = bed.instance()
     target = ("fdca:3ba5:a17a:acda::1", 5555)
     key = HeartbeatKeys(STATE / "orchestrator").key_for(instance.id)
-    beat = Heartbeat(instance.id, 10**18, time.time(), 1, "x")
-    before = rejected()
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.sendto(encode(beat, b"not the key"), target)
-        valid = encode(beat, key)
-        sock.sendto(valid, target)
-        sock.sendto(valid, target)  # the same sequence again: a replay
-        sock.sendto(b"\x00garbage", target)
+    attempt = iter(range(1, 1000))
 
-    def counted() -> bool:
+    def rejected_and_counted() -> bool:
+        # Retried until the receiver knows the instance (it follows the store once a second).
+        before = rejected()
+        beat = Heartbeat(instance.id, 10**18 + next(attempt), time.time(), 1, "x")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.sendto(encode(beat, b"not the key"), target)
+            valid = encode(beat, key)
+            sock.sendto(valid, target)
+            sock.sendto(valid, target)  # the same sequence again: a replay
+            sock.sendto(b"\x00garbage", target)
+        time.sleep(0.5)
         after = rejected()
         return all(after[r] >= before[r] + 1 for r in ("bad_signature", "replay", "malformed"))
 
-    eventually(counted, 10, "the rejections counted")
+    eventually(rejected_and_counted, 20, "forged, replayed and malformed datagrams counted")
 
 
 def rejected() -> dict[str, float]:
@@ -111,3 +124,80 @@ def rejected() -> dict[str, float]:
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
             found[reason] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+def test_orchestrator_killed_while_creating_and_deleting_leaves_one_then_nothing(
+    bed: RouterBed,
+) -> None:
+    sdk, project = bed.sdk, "chaos"
+    net = sdk.network.create_network(name="n2", project_id=project)
+    sub = sdk.network.create_subnet(
+        network_id=net.id, cidr="10.32.0.0/24", ip_version=4, project_id=project
+    )
+    router = sdk.network.create_router(name="r2", project_id=project)
+    sdk.network.add_interface_to_router(router, subnet=sub.id)
+    time.sleep(0.5)
+    bed.cloud.kill_orchestrator(signal.SIGKILL)  # in the middle of booting or configuring
+    bed.cloud.start_orchestrator()
+
+    def configured_once() -> bool:
+        mine = [i for i in bed.instances() if i.router_id == router.id]
+        return len(mine) == 1 and mine[0].state == "running" and applied(bed, mine[0]) > 0
+
+    eventually(configured_once, BOUND, "the new router configured once")
+    sdk.network.remove_interface_from_router(router, subnet=sub.id)
+    sdk.network.delete_router(router)
+    time.sleep(0.3)
+    bed.cloud.kill_orchestrator(signal.SIGKILL)  # in the middle of deleting
+    bed.cloud.start_orchestrator()
+    eventually(lambda: all(i.router_id != router.id for i in bed.instances()), BOUND, "r2 removed")
+    assert len(instance_namespaces(PREFIX)) == 1  # the first router's, nothing of r2's
+
+
+def test_broker_and_database_outage_loses_no_change(bed: RouterBed) -> None:
+    sdk, project = bed.sdk, "chaos"
+    net = sdk.network.find_network("n", project_id=project)
+    ext = sdk.network.find_network("ext", project_id=project)
+    ports = [sdk.network.create_port(network_id=net.id, project_id=project) for _ in range(2)]
+    before = sdk.network.create_ip(
+        floating_network_id=ext.id, port_id=ports[0].id, project_id=project
+    )
+    eventually(lambda: fips(bed) >= {before.floating_ip_address}, 30, "the first FIP applied")
+    # A change whose events race the outage: the broker and the databases go right after it.
+    during = sdk.network.create_ip(
+        floating_network_id=ext.id, port_id=ports[1].id, project_id=project
+    )
+    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+    subprocess.run(
+        ["start-stop-daemon", "--stop", "--oknodo", "--retry", "30", "--exec", MARIADBD],
+        check=True,
+    )
+    try:
+        time.sleep(30)
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+        services.ensure_all()
+    wanted = {before.floating_ip_address, during.floating_ip_address}
+    eventually(lambda: fips(bed) >= wanted, 90, "every FIP applied after the outage")
+    eventually(bed.pings_out, 30, "traffic after the outage")
+
+
+def applied(bed: RouterBed, instance: Instance) -> int:
+    with client(instance) as appliance:
+        return appliance.health().generation or 0
+
+
+def fips(bed: RouterBed) -> set[str]:
+    with client(bed.instance()) as appliance:
+        config = appliance.get_config()
+    return {str(f.floating_ip) for f in config.floating_ips} if config else set()
+
+
+def client(instance: Instance) -> ApplianceClient:
+    creds = STATE / "orchestrator"
+    return ApplianceClient(
+        instance.management_address,
+        ca=creds / "ca" / "ca.pem",
+        cert=creds / "orchestrator-client.pem",
+        key=creds / "orchestrator-client.key",
+    )
