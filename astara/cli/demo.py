@@ -181,16 +181,46 @@ def ask_from(source: Namespace, host: str) -> tuple[str, str]:
     return who, seen_as
 
 
+def vm(network: str) -> int:
+    """A workload on a network of the running demo cloud: a Neutron port, DHCP'd by Astara."""
+    box = cloud()
+    endpoint = box.bed.status()
+    if endpoint is None:
+        print(
+            "error: the demo cloud is not running; start it with: astara-demo up", file=sys.stderr
+        )
+        return 1
+    sdk = connect(endpoint.url)
+    net = sdk.network.find_network(network)
+    if net is None:
+        print(f"error: no network {network!r}; see: openstack network list", file=sys.stderr)
+        return 1
+    port = sdk.network.create_port(network_id=net.id, project_id=net.project_id, name="vm")
+    workload = box.workload(net.id, port.mac_address)
+    address = box.dhcp(workload, timeout=10)
+    print(f"VM {workload.namespace.name}: port {port.id}, {address} by DHCP")
+    print(f"Try: ip netns exec {workload.namespace.name} ping -c1 {UPLINK_IP}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="astara-demo",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    parser.add_argument(
-        "action", nargs="?", default="up", choices=["up", "down"], help="default: up"
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("up", help="(default) bring up the cloud, build the demo, check it")
+    actions.add_parser("down", help="remove everything the demo started")
+    start_vm = actions.add_parser(
+        "vm", help="start one more workload on a network of the running demo (e.g. a, b)"
     )
+    start_vm.add_argument("network", help="Neutron network name or id")
     args = parser.parse_args(argv)
-    return up() if args.action == "up" else down()
+    if args.action == "down":
+        return down()
+    if args.action == "vm":
+        return vm(args.network)
+    return up()
 
 
 if __name__ == "__main__":

@@ -194,13 +194,13 @@ class CloudInABox:
         """Workloads and helper processes: one topology, removed by remove_workloads()."""
         if self._workloads is None:
             self._workloads = Topology(prefix=f"{self.prefix}w")
-            self._workloads.sweep()
         return self._workloads
 
     def remove_workloads(self) -> None:
-        if self._workloads is not None:
-            self._workloads.close()
-            self._workloads = None
+        """Ours, and those an earlier command (a demo, a ``vm``) left running."""
+        self._topology().close()
+        self._topology().sweep()
+        self._workloads = None
 
     def down(self, stop_neutron: bool = True) -> None:
         self.kill_orchestrator(signal.SIGTERM)

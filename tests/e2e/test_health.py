@@ -35,6 +35,7 @@ from astara.testing.chaos import (
 )
 from astara.testing.cloud import CloudInABox
 from astara.testing.mariadb import create_database, drop_database
+from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed
 
 pytestmark = pytest.mark.e2e
@@ -201,3 +202,14 @@ def client(instance: Instance) -> ApplianceClient:
         cert=creds / "orchestrator-client.pem",
         key=creds / "orchestrator-client.key",
     )
+
+
+def test_drift_behind_astaras_back_is_repaired_in_place(bed: RouterBed) -> None:
+    eventually(bed.pings_out, 30, "traffic before the drift")
+    instance = bed.instance()
+    ns = Namespace(bed.cloud.provider().names.instance_ns(instance.id))
+    ns.run(["nft", "flush", "table", "ip", "astara_nat"])  # SNAT gone: nothing goes out
+    assert not bed.pings_out()
+    # The periodic reconcile (every 30 s in this cloud, spread over it) finds and repairs it.
+    eventually(bed.pings_out, 75, "SNAT repaired")
+    assert bed.instance().id == instance.id  # repaired in place, not replaced
