@@ -24,6 +24,7 @@ from pathlib import Path
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.testing.cloud import CloudInABox
 from astara.testing.neutron_bed import NeutronTestbed, connect
+from astara.testing.neutron_objects import external_network, tenant_network
 
 STATE = Path("/var/lib/astara/bench-event")
 CLK = os.sysconf("SC_CLK_TCK")
@@ -85,25 +86,13 @@ def main() -> int:
     sdk = connect(endpoint.url)
     project = "bench"
     try:
-        ext = sdk.network.create_network(
-            name="ext",
-            project_id=project,
-            is_router_external=True,
-            provider_network_type="flat",
-            provider_physical_network="bench",
-        )
-        sdk.network.create_subnet(
-            network_id=ext.id, cidr="172.30.0.0/16", gateway_ip="172.30.0.1", ip_version=4,
-            project_id=project,
-        )  # fmt: skip
+        ext = external_network(sdk, project, "ext", "172.30.0.0/16", "172.30.0.1", "bench")
         box.uplink(ext.id, "172.30.0.1/16")
 
         def router(index: int) -> str:
-            net = sdk.network.create_network(name=f"n{index}", project_id=project)
-            sub = sdk.network.create_subnet(
-                network_id=net.id, cidr=f"10.{index // 250}.{index % 250}.0/24", ip_version=4,
-                project_id=project,
-            )  # fmt: skip
+            _, sub = tenant_network(
+                sdk, project, f"n{index}", f"10.{index // 250}.{index % 250}.0/24"
+            )
             rtr = sdk.network.create_router(
                 name=f"r{index}", project_id=project, external_gateway_info={"network_id": ext.id}
             )

@@ -21,6 +21,7 @@ from astara.testing import services
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed, TestbedError, connect
+from astara.testing.neutron_objects import external_network, tenant_network
 
 T = TypeVar("T")
 STATE = Path("/var/lib/astara/demo")
@@ -91,30 +92,14 @@ def up() -> int:
     project = "demo"
 
     def network(name: str, cidr: str) -> tuple[str, str]:
-        net = sdk.network.create_network(name=name, project_id=project)
-        sub = sdk.network.create_subnet(
-            network_id=net.id, cidr=cidr, ip_version=4, project_id=project, name=name
-        )
+        net, sub = tenant_network(sdk, project, name, cidr)
         return str(net.id), str(sub.id)
 
     net_a, sub_a = timed("tenant network A 10.11.0.0/24", lambda: network("a", "10.11.0.0/24"))
     net_b, sub_b = timed("tenant network B 10.12.0.0/24", lambda: network("b", "10.12.0.0/24"))
 
     def external() -> str:
-        ext = sdk.network.create_network(
-            name="public",
-            project_id=project,
-            is_router_external=True,
-            provider_network_type="flat",
-            provider_physical_network="public",
-        )
-        sdk.network.create_subnet(
-            network_id=ext.id,
-            cidr="172.24.8.0/24",
-            gateway_ip=UPLINK_IP,
-            ip_version=4,
-            project_id=project,
-        )
+        ext = external_network(sdk, project, "public", "172.24.8.0/24", UPLINK_IP, "public")
         return str(ext.id)
 
     public = timed("external network 172.24.8.0/24", external)

@@ -66,6 +66,7 @@ class HealthLoop:
         state_path: Path,
         interval: float,
         flush_every: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._receiver = receiver
@@ -76,6 +77,7 @@ class HealthLoop:
         self._flag = state_path / BREAKER_FILE
         self._interval = interval
         self._flush_every = flush_every
+        self._clock = clock
         self._known: dict[str, InstanceRecord] = {}
         self._stop = threading.Event()
         self._clear = threading.Event()
@@ -128,7 +130,7 @@ class HealthLoop:
         current = {i.id: i for i in self._store.all_instances() if i.management_address}
         for gone in self._known.keys() - current.keys():
             self._receiver.unregister(gone)
-        now = time.time()
+        now = self._clock()
         for instance_id, record in current.items():
             if instance_id not in self._known or (
                 record.ever_reachable and not self._known[instance_id].ever_reachable

@@ -22,6 +22,7 @@ from astara.providers.base import Instance
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import connect
+from astara.testing.neutron_objects import external_network, tenant_network
 
 T = TypeVar("T")
 
@@ -81,25 +82,9 @@ def eventually(check: Callable[[], T], timeout: float, what: str) -> T:
 def build_router_bed(cloud: CloudInABox, neutron_url: str, third_octet: int) -> RouterBed:
     """Networks 10.<n>.0.0/24 and 172.24.<n>.0/24 (outside), a router, one DHCP'd workload."""
     sdk, project, n = connect(neutron_url), "chaos", third_octet
-    net = sdk.network.create_network(name="n", project_id=project)
-    sub = sdk.network.create_subnet(
-        network_id=net.id, cidr=f"10.{n}.0.0/24", ip_version=4, project_id=project
-    )
-    ext = sdk.network.create_network(
-        name="ext",
-        project_id=project,
-        is_router_external=True,
-        provider_network_type="flat",
-        provider_physical_network="chaos",
-    )
+    net, sub = tenant_network(sdk, project, "n", f"10.{n}.0.0/24")
     outside_ip = f"172.24.{n}.1"
-    sdk.network.create_subnet(
-        network_id=ext.id,
-        cidr=f"172.24.{n}.0/24",
-        gateway_ip=outside_ip,
-        ip_version=4,
-        project_id=project,
-    )
+    ext = external_network(sdk, project, "ext", f"172.24.{n}.0/24", outside_ip, "chaos")
     cloud.uplink(ext.id, f"{outside_ip}/24")
     router = sdk.network.create_router(
         name="r", project_id=project, external_gateway_info={"network_id": ext.id}

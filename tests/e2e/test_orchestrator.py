@@ -25,6 +25,7 @@ from astara.testing.chaos import eventually, fresh_state
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed, connect
+from astara.testing.neutron_objects import external_network, tenant_network
 
 pytestmark = pytest.mark.e2e
 
@@ -87,24 +88,8 @@ def world() -> Iterator[World]:
 
 def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
     sdk, project = world.sdk, world.project
-    net_a = sdk.network.create_network(name="a", project_id=project)
-    sub_a = sdk.network.create_subnet(
-        network_id=net_a.id, cidr="10.21.0.0/24", ip_version=4, project_id=project
-    )
-    ext = sdk.network.create_network(
-        name="ext",
-        project_id=project,
-        is_router_external=True,
-        provider_network_type="flat",
-        provider_physical_network="e2e-public",
-    )
-    sdk.network.create_subnet(
-        network_id=ext.id,
-        cidr="172.24.20.0/24",
-        gateway_ip=UPLINK_IP,
-        ip_version=4,
-        project_id=project,
-    )
+    net_a, sub_a = tenant_network(sdk, project, "a", "10.21.0.0/24")
+    ext = external_network(sdk, project, "ext", "172.24.20.0/24", UPLINK_IP, "e2e-public")
     uplink = world.cloud.uplink(ext.id, f"{UPLINK_IP}/24")
     world.cloud.spawn(uplink, [*ECHO, "--name", "uplink", "--port", "7000"])
     router = sdk.network.create_router(
@@ -131,10 +116,7 @@ def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
 
 def test_adding_an_interface_routes_between_networks(world: World) -> None:
     sdk, project = world.sdk, world.project
-    net_b = sdk.network.create_network(name="b", project_id=project)
-    sub_b = sdk.network.create_subnet(
-        network_id=net_b.id, cidr="10.22.0.0/24", ip_version=4, project_id=project
-    )
+    net_b, sub_b = tenant_network(sdk, project, "b", "10.22.0.0/24")
     port_b = sdk.network.create_port(network_id=net_b.id, project_id=project, name="vm-b")
     sdk.network.add_interface_to_router(world.ids["router"], subnet=sub_b.id)
     world.ids.update(net_b=net_b, sub_b=sub_b, port_b=port_b)

@@ -1,0 +1,100 @@
+"""The parent's health loop: store -> receiver registrations, dead -> polls, breaker gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from astara.appliance.heartbeat import Heartbeat, encode
+from astara.orchestrator.breaker import CircuitBreaker
+from astara.orchestrator.events import Event
+from astara.orchestrator.health import HealthMonitor
+from astara.orchestrator.health_loop import (
+    BREAKER_FILE,
+    HealthLoop,
+    HeartbeatKeys,
+    replacement_allowed,
+)
+from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.orchestrator.migrations import upgrade
+from astara.orchestrator.store import Store
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loop_with(
+    tmp_path: Path, routers: int
+) -> tuple[HealthLoop, HeartbeatReceiver, Clock, list[Event]]:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    upgrade(url)
+    store = Store(url)
+    for n in range(routers):
+        store.ensure_router(f"r{n}", "p")
+        store.add_instance(f"i{n}", f"r{n}", "netns", f"i{n}", management_address=f"fd00::{n + 2}")
+        store.update_instance(f"i{n}", ever_reachable=True)
+    clock = Clock()
+    registry = CollectorRegistry()
+    receiver = HeartbeatReceiver(("::1", 0), registry, clock=clock)
+    monitor = HealthMonitor(receiver, lambda iid: False, clock, interval=1.0, miss_threshold=3)
+    breaker = CircuitBreaker(registry, clock, window=60, max_dead_share=0.3, min_deaths=3)
+    sent: list[Event] = []
+    loop = HealthLoop(
+        store,
+        receiver,
+        monitor,
+        breaker,
+        HeartbeatKeys(tmp_path),
+        sent.append,
+        tmp_path,
+        1.0,
+        clock=clock,
+    )
+    return loop, receiver, clock, sent
+
+
+def test_the_silent_instance_has_its_router_polled(tmp_path: Path) -> None:
+    loop, receiver, clock, sent = loop_with(tmp_path, routers=10)
+    keys = HeartbeatKeys(tmp_path)
+    assert loop.tick() == []  # registered from the store, watched from now
+    for second in range(1, 6):
+        clock.now += 1
+        for n in range(9):  # every instance but i9 keeps beating, with signed datagrams
+            beat = Heartbeat(f"i{n}", second, clock.now, 1, "d")
+            assert receiver.handle(encode(beat, keys.key_for(f"i{n}"))) is not None
+        loop.tick()
+    # Level-triggered: polled on every tick while dead (the inbox coalesces repeats).
+    assert {e.resource_id for e in sent} == {"r9"}
+    assert {e.cause for e in sent} == {"health"}
+
+
+def test_mass_death_opens_the_breaker_until_an_operator_clears_it(tmp_path: Path) -> None:
+    loop, _, clock, sent = loop_with(tmp_path, routers=4)
+    allowed = replacement_allowed(tmp_path)
+    loop.tick()
+    clock.now += 5
+    dead = loop.tick()
+    assert dead == ["i0", "i1", "i2", "i3"]
+    assert sent == []  # 4 of 4 dead: a network problem, nothing is replaced
+    assert not allowed()
+    assert "open" in (tmp_path / BREAKER_FILE).read_text()
+    loop.clear_breaker()
+    loop.tick()
+    assert allowed()
+    assert {e.resource_id for e in sent} == {"r0", "r1", "r2", "r3"}
+
+
+def test_keys_are_per_instance_and_stable(tmp_path: Path) -> None:
+    keys = HeartbeatKeys(tmp_path)
+    assert keys.key_for("a") == HeartbeatKeys(tmp_path).key_for("a")
+    assert keys.key_for("a") != keys.key_for("b")
+    assert (tmp_path / "heartbeat.secret").stat().st_mode & 0o777 == 0o600
