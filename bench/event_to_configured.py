@@ -90,11 +90,12 @@ def main() -> int:
         box.uplink(ext.id, "172.30.0.1/16")
 
         def router(index: int) -> str:
+            owner = project if index == 0 else f"{project}-{index}"  # a router quota is per project
             _, sub = tenant_network(
-                sdk, project, f"n{index}", f"10.{index // 250}.{index % 250}.0/24"
+                sdk, owner, f"n{index}", f"10.{index // 250}.{index % 250}.0/24"
             )
             rtr = sdk.network.create_router(
-                name=f"r{index}", project_id=project, external_gateway_info={"network_id": ext.id}
+                name=f"r{index}", project_id=owner, external_gateway_info={"network_id": ext.id}
             )
             sdk.network.add_interface_to_router(rtr, subnet=sub.id)
             return str(rtr.id)
