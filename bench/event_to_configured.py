@@ -80,7 +80,14 @@ def main() -> int:
     args = parser.parse_args()
 
     bed = NeutronTestbed(state_dir=STATE / "neutron", database="astara_neutron_bench")
-    box = CloudInABox(state_dir=STATE, bed=bed, prefix="abn")
+    # Production defaults for what runs at idle: reconcile every 300 s, heartbeats every 2 s.
+    box = CloudInABox(
+        state_dir=STATE,
+        bed=bed,
+        prefix="abn",
+        resync_interval=300.0,
+        health={"heartbeat_interval": "2"},
+    )
     box.down()
     endpoint = box.up()
     sdk = connect(endpoint.url)

@@ -79,7 +79,10 @@ def main() -> int:
         state_dir=STATE / "neutron", database="astara_neutron_failure", astara_plugin=True
     )
     cloud = CloudInABox(
-        state_dir=STATE, bed=neutron, prefix="abf", health={"breaker_min_deaths": "100000"}
+        state_dir=STATE,
+        bed=neutron,
+        prefix="abf",
+        health={"breaker_min_deaths": "100000", "heartbeat_interval": "2"},
     )
     fresh_state(cloud)
     endpoint = cloud.up()

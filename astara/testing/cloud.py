@@ -46,6 +46,7 @@ class CloudInABox:
     processes: int = 2
     threads: int = 4
     metrics_port: int = 0
+    resync_interval: float = 30.0  # short, so tests see the periodic reconcile
     database_url: str | None = None  # the orchestrator's store; SQLite in state_dir when unset
     # [health] overrides, e.g. a chaos test that kills one router often keeps the breaker shut.
     health: dict[str, str] = field(default_factory=dict)
@@ -78,7 +79,7 @@ class CloudInABox:
             "DEFAULT": {
                 "transport_url": RABBIT_URL,
                 "state_path": str(self.state_dir / "orchestrator"),
-                "resync_interval": "30",
+                "resync_interval": str(self.resync_interval),
                 "metrics_port": str(self.metrics_port),
                 "log_file": str(self.orchestrator_log),
                 "debug": "false",
