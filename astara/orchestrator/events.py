@@ -39,6 +39,7 @@ class Event:
     action: EventAction
     cause: str  # the notification's event type, or who asked (e.g. "operator", "health")
     received_at: datetime
+    instance_id: str | None = None  # health: the instance found dead
 
 
 # Ports whose changes no router configuration depends on (FIP ports have their own events;

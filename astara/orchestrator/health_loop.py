@@ -23,6 +23,7 @@ from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.orchestrator.reconciler import HEALTH_CAUSE
 from astara.orchestrator.store import InstanceRecord, Store
 
 LOG = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ class HealthLoop:
                 instance_id,
             )
             self._dispatch(
-                Event(ResourceType.ROUTER, known.router_id, None, EventAction.POLL, "health", now)
+                Event(
+                    ResourceType.ROUTER, known.router_id, None, EventAction.POLL, HEALTH_CAUSE, now
+                )
             )
         return dead
 

@@ -40,6 +40,7 @@ from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
 LOG = logging.getLogger(__name__)
 
 MANAGEMENT_NETWORK = "management"
+HEALTH_CAUSE = "health"  # the cause of the polls the health loop sends for dead instances
 
 
 class RouterSource(Protocol):
@@ -150,7 +151,16 @@ class RouterReconciler:
         instances = self._store.instances(router_id)
         instance = instances[-1] if instances else None
         retiring = instances[:-1]  # older ones: being replaced by the newest
-        view, provided, drifted = self._observe(instance)
+        # The health loop already found this very instance silent and its probe failing: trust
+        # it rather than wait for another probe to time out (a late report about an instance
+        # already replaced is not about the newest one, and is ignored).
+        found_dead = (
+            event is not None
+            and event.cause == HEALTH_CAUSE
+            and instance is not None
+            and event.instance_id == instance.id
+        )
+        view, provided, drifted = self._observe(instance, found_dead)
         now = self._clock()
         decision = decide(self._observation(record, snapshot, view, now), self._settings.policy)
         if decision.state.value != record.state:
@@ -178,14 +188,14 @@ class RouterReconciler:
     # -- observe -----------------------------------------------------------------------
 
     def _observe(
-        self, instance: InstanceRecord | None
+        self, instance: InstanceRecord | None, found_dead: bool = False
     ) -> tuple[InstanceView | None, Instance | None, bool]:
         """The instance as seen now, and whether its running state drifted from its document."""
         if instance is None:
             return None, None, False
         booted_at = instance.created_at.replace(tzinfo=UTC).timestamp()
         provided = self._provider.get(instance.id)
-        if provided is None or provided.state == "missing":
+        if provided is None or provided.state == "missing" or found_dead:
             return InstanceView(booted_at, False, True, None), provided, False
         try:
             with self._clients(provided.management_address) as client:

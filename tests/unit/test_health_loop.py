@@ -74,7 +74,7 @@ def test_the_silent_instance_has_its_router_polled(tmp_path: Path) -> None:
         loop.tick()
     # Level-triggered: polled on every tick while dead (the inbox coalesces repeats).
     assert {e.resource_id for e in sent} == {"r9"}
-    assert {e.cause for e in sent} == {"health"}
+    assert {(e.cause, e.instance_id) for e in sent} == {("health", "i9")}
 
 
 def test_mass_death_opens_the_breaker_until_an_operator_clears_it(tmp_path: Path) -> None:
