@@ -124,7 +124,13 @@ class HealthLoop:
             )
             self._dispatch(
                 Event(
-                    ResourceType.ROUTER, known.router_id, None, EventAction.POLL, HEALTH_CAUSE, now
+                    ResourceType.ROUTER,
+                    known.router_id,
+                    None,
+                    EventAction.POLL,
+                    HEALTH_CAUSE,
+                    now,
+                    instance_id=instance_id,
                 )
             )
         return dead
