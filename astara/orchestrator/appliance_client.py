@@ -9,6 +9,7 @@ count a failure (ApplyFailed).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,10 @@ from astara.appliance.models import ApplianceConfig, Problem
 from astara.common.tls import client_context
 
 DEFAULT_TIMEOUT = 5.0
+
+# One context per credential set: loading the CA and the key pair for every request cost more
+# CPU than the request itself (each router is probed on every step and every reconcile).
+_context = functools.lru_cache(maxsize=8)(client_context)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,7 +95,7 @@ class ApplianceClient:
     ) -> None:
         self.url = base_url(address, port)
         self._http = httpx.Client(
-            base_url=self.url, verify=client_context(cert, key, ca), timeout=timeout
+            base_url=self.url, verify=_context(cert, key, ca), timeout=timeout
         )
 
     def __enter__(self) -> ApplianceClient:
