@@ -165,9 +165,11 @@ def test_sender_beats_on_its_interval_with_current_state(receiver_pair) -> None:
     sender.start()
     time.sleep(0.5)
     sender.stop()
-    seen = receiver.snapshot()[BEAT.instance_id].heartbeat
-    assert 8 <= sender.sent <= 12
-    assert seen.generation == sender.sent - 1
+    assert 5 <= sender.sent <= 12  # about every 50 ms (a loaded machine may lag a little)
+    deadline = time.monotonic() + 3  # the receiver's thread may still be reading the last ones
+    while receiver.snapshot()[BEAT.instance_id].heartbeat.generation != sender.sent - 1:
+        assert time.monotonic() < deadline, "the last heartbeat never arrived"
+        time.sleep(0.01)
     assert receiver_pair[1].get_sample_value("astara_heartbeats_accepted_total") == sender.sent
 
 
