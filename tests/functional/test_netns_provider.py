@@ -435,13 +435,13 @@ def test_heartbeats_drift_and_reapply(
             with client(instance, client_files) as api:
                 wait_healthy(api)
                 assert api.health().drift is None
-                applied = api.put_config(document)
-                assert (applied.drift, applied.config_digest) == (False, config_digest(document))
+                assert api.put_config(document).drift is False
+                # The digest is recorded just after the answer; heartbeats carry it from then.
                 deadline = time.monotonic() + 5
-                while beat.generation != 1:
+                while (beat.generation, beat.digest) != (1, config_digest(document)):
                     assert time.monotonic() < deadline, "no heartbeat reports generation 1"
                     beat = next_beat(sock, key, spec.instance_id, seconds=5)
-                assert beat.digest == config_digest(document)
+                assert api.health().config_digest == config_digest(document)
 
                 started = time.monotonic()
                 assert api.health().drift is False
@@ -458,7 +458,11 @@ def test_heartbeats_drift_and_reapply(
                     assert api.health().drift is True, breakage
                     repaired = api.reapply()
                     assert (repaired.drift, repaired.generation) == (False, 1)
-                    assert api.health().drift is False
+                    deadline = time.monotonic() + 5  # the new fingerprint is recorded just after
+                    while (drift := api.health().drift) is None:
+                        assert time.monotonic() < deadline, "the reapply was never recorded"
+                        time.sleep(0.01)
+                    assert drift is False
                 rules = sh("ip", "netns", "exec", namespace, "nft", "list", "table", "ip",
                            "astara_nat")  # fmt: skip
                 assert "masquerade" in rules or "snat" in rules

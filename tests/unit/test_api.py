@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +253,9 @@ def test_health_reports_drift_and_the_config_digest(
     assert (before["drift"], before["config_digest"]) == (None, None)
     put = client.put("/v1/config", json=body(3)).json()
     assert put["drift"] is False
-    assert put["config_digest"] == config_digest(document(3, proxy_key=PROXY_KEY))
-    assert client.get("/v1/health").json()["drift"] is False
+    health = recorded_health(client)
+    assert health["config_digest"] == config_digest(document(3, proxy_key=PROXY_KEY))
+    assert health["drift"] is False
     probe.state = "rule flushed"
     assert client.get("/v1/health").json()["drift"] is True
     # The same document again changes nothing, so it measures rather than assumes.
@@ -265,7 +267,9 @@ def test_reapply_repairs_drift_through_every_step(
 ) -> None:
     client, journal, probe = probed
     client.put("/v1/config", json=body(3))
+    recorded_health(client)
     probe.state = "address deleted"
+    assert client.get("/v1/health").json()["drift"] is True
     journal.clear()
     response = client.post("/v1/reapply")
     assert response.status_code == 200
@@ -273,7 +277,17 @@ def test_reapply_repairs_drift_through_every_step(
     assert [(name, desired, previous) for name, desired, previous, _ in journal] == [
         (name, 3, None) for name in APPLY_ORDER
     ]
-    assert client.get("/v1/health").json()["drift"] is False
+    assert recorded_health(client)["drift"] is False
+
+
+def recorded_health(client: TestClient) -> dict[str, Any]:
+    """GET /v1/health once the last apply is recorded (saved, digested, fingerprinted): that
+    happens just after the answer, off the apply's path."""
+    deadline = time.monotonic() + 5
+    while (health := client.get("/v1/health").json())["drift"] is None:
+        assert time.monotonic() < deadline, "the apply was never recorded"
+        time.sleep(0.01)
+    return health
 
 
 def test_reapply_before_any_document_is_404(

@@ -21,6 +21,7 @@ from astara.appliance.engine import (
     APPLY_ORDER,
     ApplyFailed,
     Engine,
+    Health,
     NothingApplied,
     StaleGeneration,
     config_digest,
@@ -222,10 +223,17 @@ def test_unresolvable_links_fail_before_any_step(tmp_path: Path) -> None:
     assert journal == []
 
 
+def recorded(engine: Engine, config: ApplianceConfig) -> Health:
+    """Apply, then wait until the document is saved, digested and the live state fingerprinted."""
+    health = engine.apply(config)
+    assert engine.wait_recorded(5)
+    return health
+
+
 def test_good_document_is_persisted_with_secrets_and_private(tmp_path: Path) -> None:
     engine, _ = make_engine(tmp_path)
     key = "top"
-    engine.apply(document(7, proxy_key=key))
+    recorded(engine, document(7, proxy_key=key))
     saved = tmp_path / "config.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert json.loads(saved.read_text())["metadata"]["shared_secret"] == key
@@ -234,7 +242,7 @@ def test_good_document_is_persisted_with_secrets_and_private(tmp_path: Path) -> 
 
 def test_failed_document_is_not_persisted(tmp_path: Path) -> None:
     engine, _ = make_engine(tmp_path, fail={"ra": {2}})
-    engine.apply(document(1))
+    recorded(engine, document(1))
     with pytest.raises(ApplyFailed):
         engine.apply(document(2))
     assert json.loads((tmp_path / "config.json").read_text())["generation"] == 1
@@ -242,7 +250,7 @@ def test_failed_document_is_not_persisted(tmp_path: Path) -> None:
 
 def test_restore_reapplies_the_saved_document_at_startup(tmp_path: Path) -> None:
     first, _ = make_engine(tmp_path)
-    first.apply(document(4, proxy_key="kept"))
+    recorded(first, document(4, proxy_key="kept"))
     rebooted, journal = make_engine(tmp_path)
     restored = rebooted.restore()
     assert restored == document(4, proxy_key="kept")
@@ -324,7 +332,7 @@ def test_drift_is_unknown_before_the_first_apply_and_without_a_probe(tmp_path: P
 
 def test_drift_compares_the_live_state_with_what_the_apply_produced(tmp_path: Path) -> None:
     engine, _, probe = probed_engine(tmp_path)
-    engine.apply(document(1))
+    recorded(engine, document(1))
     assert engine.drift() is False
     probe.state = "table flushed behind our back"
     assert engine.drift() is True
@@ -332,17 +340,19 @@ def test_drift_compares_the_live_state_with_what_the_apply_produced(tmp_path: Pa
 
 def test_unreadable_live_state_counts_as_drift(tmp_path: Path) -> None:
     engine, _, probe = probed_engine(tmp_path)
-    engine.apply(document(1))
+    recorded(engine, document(1))
     probe.broken = True
     assert engine.drift() is True
 
 
 def test_drift_looks_only_at_the_interfaces_of_the_applied_document(tmp_path: Path) -> None:
     engine, _, probe = probed_engine(tmp_path)
-    engine.apply(document(1))
+    recorded(engine, document(1))
     # Generation 2 drops the external interface: it may be unplugged later, which is no drift.
     mgmt_only = document(1).model_dump(mode="json")
-    engine.apply(document(2, interfaces=[{"mac": MAC_MGMT}], networks=mgmt_only["networks"][:1]))
+    recorded(
+        engine, document(2, interfaces=[{"mac": MAC_MGMT}], networks=mgmt_only["networks"][:1])
+    )
     assert probe.seen[-1] == {MAC_MGMT: "eth0"}
     assert engine.drift() is False
 
@@ -351,11 +361,12 @@ def test_reapply_runs_every_step_without_a_previous_document_and_clears_drift(
     tmp_path: Path,
 ) -> None:
     engine, journal, probe = probed_engine(tmp_path)
-    engine.apply(document(1))
+    recorded(engine, document(1))
     probe.state = "address deleted"
     assert engine.drift() is True
     journal.clear()
     health = engine.reapply()
+    assert engine.wait_recorded(5)
     assert steps(journal) == [(name, 1, None) for name in APPLY_ORDER]
     assert (health.generation, health.last_result) == (1, "applied")
     assert engine.drift() is False
@@ -371,7 +382,7 @@ def test_reapply_before_any_document_is_refused(tmp_path: Path) -> None:
 def test_failed_reapply_is_not_rolled_back_and_reports_drift(tmp_path: Path) -> None:
     fail: dict[str, set[int]] = {"dhcp": set()}
     engine, journal, _ = probed_engine(tmp_path, fail)
-    engine.apply(document(1))
+    recorded(engine, document(1))
     fail["dhcp"].add(1)
     journal.clear()
     with pytest.raises(ApplyFailed) as info:
@@ -385,9 +396,9 @@ def test_failed_reapply_is_not_rolled_back_and_reports_drift(tmp_path: Path) -> 
 
 def test_failed_apply_rolled_back_records_the_previous_live_state(tmp_path: Path) -> None:
     engine, _, _ = probed_engine(tmp_path, fail={"ra": {2}})
-    engine.apply(document(1))
+    recorded(engine, document(1))
     with pytest.raises(ApplyFailed):
-        engine.apply(document(2))
+        recorded(engine, document(2))
     assert engine.drift() is False
 
 
@@ -401,6 +412,6 @@ def test_config_digest_follows_the_document_secrets_included(tmp_path: Path) -> 
 def test_running_state_reports_generation_and_document_digest(tmp_path: Path) -> None:
     engine, _, _ = probed_engine(tmp_path)
     assert engine.running_state() == RunningState(generation=None, digest="")
-    engine.apply(document(4))
+    recorded(engine, document(4))
     assert engine.running_state() == RunningState(generation=4, digest=config_digest(document(4)))
     assert engine.health().config_digest == config_digest(document(4))
