@@ -8,7 +8,7 @@ shapes), ``render`` turns it into an ``ApplianceConfig`` without any I/O, and
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -368,13 +368,16 @@ class NeutronRouterSource:
 
     PORT_FORWARDING_EXTENSION = "floating-ip-port-forwarding"
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, owns: Callable[[str], bool] | None = None) -> None:
+        """``owns``: whether a router is Astara's (with the Neutron plugin, routers of other
+        providers exist beside Astara's and must be left alone); None: every router is."""
         self._network = connection.network
+        self._owns = owns
 
     def fetch(self, router_id: str) -> RouterSnapshot | None:
-        """The router as Neutron has it now, or None when it is gone."""
+        """The router as Neutron has it now, or None when it is gone or not Astara's."""
         router = self._get(f"/routers/{router_id}", "router")
-        if router is None:
+        if router is None or (self._owns is not None and not self._owns(router_id)):
             return None
         own = self._list("/ports", "ports", {"device_id": router_id})
         internal_ids = sorted({p["network_id"] for p in own if p["device_owner"] != GATEWAY_OWNER})

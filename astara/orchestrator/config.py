@@ -75,8 +75,9 @@ NEUTRON_OPTS: list[cfg.Opt] = [
         "plugin_events",
         default=False,
         help="Astara's Neutron plugin is loaded: take router, interface, gateway and floating "
-        "IP events from its topic (it also sees changes notifications miss) and ignore "
-        "Neutron's notifications for the same changes.",
+        "IP events from its topic (it also sees changes notifications miss), ignore "
+        "Neutron's notifications for the same changes, and leave the routers of Neutron's "
+        "other providers alone (the plugin says which routers are Astara's).",
     ),
     cfg.BoolOpt(
         "write_status",

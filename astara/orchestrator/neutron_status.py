@@ -42,6 +42,15 @@ class NeutronStatusReporter:
     def __init__(self, connection: Any) -> None:
         self._network = connection.network
 
+    def owns(self, router_id: str) -> bool:
+        """Whether Astara's plugin says the router is Astara's (it answers 404 otherwise)."""
+        response = self._network.get(f"{PATH_PREFIX}/{COLLECTION}/{router_id}")
+        if response.status_code == 404:
+            return False
+        if response.status_code >= 400:
+            raise RuntimeError(f"router {router_id}: status API answered {response.status_code}")
+        return True
+
     def report(self, router_id: str, state: State, port_ids: Sequence[str]) -> None:
         body = status_body(state, port_ids)
         if body is None:

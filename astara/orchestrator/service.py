@@ -111,11 +111,11 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
     )
     prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
     neutron = neutron_connection(conf)
-    status: StatusReporter = (
-        NeutronStatusReporter(neutron) if conf.neutron.write_status else LoggingStatusReporter()
-    )
+    plugin = NeutronStatusReporter(neutron)
+    status: StatusReporter = plugin if conf.neutron.write_status else LoggingStatusReporter()
     reconciler = RouterReconciler(
-        source=NeutronRouterSource(neutron),
+        # With the plugin, routers of Neutron's other providers are left alone.
+        source=NeutronRouterSource(neutron, plugin.owns if conf.neutron.plugin_events else None),
         store=Store(conf.database.connection),
         provider=provider,
         clients=partial(_client, creds, conf.appliance_api_port),

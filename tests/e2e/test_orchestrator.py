@@ -129,6 +129,22 @@ def test_adding_an_interface_routes_between_networks(world: World) -> None:
         world.cloud.spawn(vm.namespace, [*ECHO, "--name", f"vm-{name}", "--port", "7001"])
 
 
+def test_routers_of_other_providers_are_left_alone(world: World) -> None:
+    sdk, project = world.sdk, world.project
+    net_c, sub_c = tenant_network(sdk, project, "c", "10.23.0.0/24")
+    # ha=True: Astara's driver refuses it, so Neutron's built-in "ha" provider owns it.
+    other = sdk.network.create_router(name="not-astara", project_id=project, is_ha=True)
+    sdk.network.add_interface_to_router(other, subnet=sub_c.id)
+    # A VM port: the orchestrator re-reads every router of the project, "other" included.
+    sdk.network.create_port(network_id=net_c.id, project_id=project)
+    time.sleep(8)  # handled by now (Astara's own routers are configured in ~2 s)
+    assert [i.router_id for i in world.cloud.provider().list()] == [world.ids["router"].id]
+    store = Store(f"sqlite:///{STATE / 'orchestrator.sqlite'}")
+    assert store.get_router(other.id) is None
+    sdk.network.remove_interface_from_router(other, subnet=sub_c.id)
+    sdk.network.delete_router(other)
+
+
 def test_floating_ip_reaches_its_port_and_moves_with_it(world: World) -> None:
     sdk = world.sdk
     uplink = Namespace(world.cloud.provider().names.uplink_ns)
