@@ -323,7 +323,9 @@ class RouterReconciler:
         router_id, generation = record.id, record.desired_generation
         try:
             self._release_ports(retiring)
-            provided = self._replug(provided, data_ports(snapshot))
+            # After a failure, plug every port again (idempotent): a crash in the middle of a
+            # plug can leave a port recorded by the provider but not wired.
+            provided = self._replug(provided, data_ports(snapshot), again=record.error_count > 0)
             document = self._document(snapshot, generation, instance, provided)
             with self._clients(provided.management_address) as client:
                 client.put_config(document)
@@ -354,10 +356,10 @@ class RouterReconciler:
                 if port.kind != "management":
                     found = self._provider.unplug(found, port.port_id)
 
-    def _replug(self, provided: Instance, wanted: Sequence[PortSpec]) -> Instance:
+    def _replug(self, provided: Instance, wanted: Sequence[PortSpec], again: bool) -> Instance:
         have = {port.port_id for port in provided.ports if port.kind != "management"}
         for port in wanted:
-            if port.port_id not in have:
+            if again or port.port_id not in have:
                 provided = self._provider.plug(provided, port)
         for port_id in have - {port.port_id for port in wanted}:
             provided = self._provider.unplug(provided, port_id)
