@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from astara.testing import services
+from astara.testing.chaos import fresh_state
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed, TestbedError, connect
@@ -71,6 +72,12 @@ def cloud() -> CloudInABox:
     return CloudInABox(state_dir=STATE, bed=bed)
 
 
+def clear(box: CloudInABox) -> None:
+    """Stop what an earlier demo left and forget its state: every run starts afresh."""
+    box.down()
+    fresh_state(box)
+
+
 def down() -> int:
     box = cloud()
     box.down()
@@ -83,7 +90,7 @@ def up() -> int:
     print("Astara cloud-in-a-box", flush=True)
     try:
         timed("services (RabbitMQ, MariaDB, Redis)", services.ensure_all)
-        timed("clearing an earlier demo", lambda: box.down())
+        timed("clearing an earlier demo", lambda: clear(box))
         endpoint = timed("neutron-server and astara-orchestrator", box.up)
     except (TestbedError, services.ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
