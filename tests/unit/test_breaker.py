@@ -8,21 +8,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from astara.orchestrator.breaker import CircuitBreaker, over_threshold
+from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000.0)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from astara.orchestrator.health import HealthMonitor, Verdict, assess
+from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -29,14 +30,6 @@ NOW = 1_000.0
 )
 def test_assess(silent_for: float, probe: bool | None, verdict: Verdict) -> None:
     assert assess(NOW, NOW - silent_for, 2.0, 4, probe) is verdict
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeSource:
@@ -66,7 +59,7 @@ class FakeProbe:
 class Rig:
     source: FakeSource = field(default_factory=FakeSource)
     probe: FakeProbe = field(default_factory=FakeProbe)
-    clock: FakeClock = field(default_factory=FakeClock)
+    clock: FakeClock = field(default_factory=lambda: FakeClock(NOW))
 
 
 @pytest.fixture

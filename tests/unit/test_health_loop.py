@@ -20,21 +20,14 @@ from astara.orchestrator.health_loop import (
 from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.store import Store
+from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def loop_with(
     tmp_path: Path, routers: int
-) -> tuple[HealthLoop, HeartbeatReceiver, Clock, list[Event]]:
+) -> tuple[HealthLoop, HeartbeatReceiver, FakeClock, list[Event]]:
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     upgrade(url)
     store = Store(url)
@@ -42,7 +35,7 @@ def loop_with(
         store.ensure_router(f"r{n}", "p")
         store.add_instance(f"i{n}", f"r{n}", "netns", f"i{n}", management_address=f"fd00::{n + 2}")
         store.update_instance(f"i{n}", ever_reachable=True)
-    clock = Clock()
+    clock = FakeClock()
     registry = CollectorRegistry()
     receiver = HeartbeatReceiver(("::1", 0), registry, clock=clock)
     monitor = HealthMonitor(receiver, lambda iid: False, clock, interval=1.0, miss_threshold=3)

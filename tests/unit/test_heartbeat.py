@@ -25,6 +25,7 @@ from astara.appliance.heartbeat import (
     next_sequence,
 )
 from astara.orchestrator.heartbeat import HeartbeatReceiver
+from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -45,14 +46,6 @@ def keys(**known: bytes) -> dict[str, bytes]:
 
 def decode_now(datagram: bytes, last: int | None = None, now: float = NOW) -> Heartbeat:
     return decode(datagram, keys().get, now, 30.0, lambda _: last)
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # Wire format
@@ -203,7 +196,7 @@ def receiver_pair():
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture
