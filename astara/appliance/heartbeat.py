@@ -1,19 +1,23 @@
 """Signed UDP heartbeats: the wire format and the appliance-side sender.
 
-A heartbeat tells the orchestrator "this instance is alive, has applied generation G and its
-running state hashes to D". Each datagram is signed with HMAC-SHA256 under the instance's own
-key, and carries a sequence number and a timestamp so that the receiver can refuse forgeries,
-replays and old captures. The format is a fixed binary header (no parser to attack, bounded
-size) followed by the instance id, the digest and the 32-byte tag:
+A heartbeat tells the orchestrator "this instance is alive, has applied generation G, its
+document digests to D, and its live state has (or has not) drifted from what G produced".
+Each datagram is signed with HMAC-SHA256 under the instance's own key, and carries a sequence
+number and a timestamp so that the receiver can refuse forgeries, replays and old captures.
+The format is a fixed binary header (no parser to attack, bounded size) followed by the
+instance id, the digest and the 32-byte tag:
 
     magic "AHB1" | flags u8 | sequence u64 | sent_at f64 | generation u64 |
     id length u8 | digest length u8 | id | digest | HMAC-SHA256(key, everything before)
 
-Flag bit 0 says whether a generation has been applied at all.
+Flag bit 0 says whether a generation has been applied at all; bit 1 that the last drift check
+found the live state changed behind the appliance's back (so that drift is caught without
+the orchestrator polling every appliance).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -34,6 +38,7 @@ MAGIC = b"AHB1"
 _HEADER = struct.Struct("!4sBQdQBB")
 _TAG_SIZE = hashlib.sha256().digest_size
 _HAS_GENERATION = 0x01
+_DRIFTED = 0x02
 MAX_ID_BYTES = 64
 MAX_DIGEST_BYTES = 128
 MAX_DATAGRAM = _HEADER.size + MAX_ID_BYTES + MAX_DIGEST_BYTES + _TAG_SIZE
@@ -46,7 +51,8 @@ class Heartbeat:
     sequence: int
     sent_at: float  # the sender's wall clock, seconds since the epoch
     generation: int | None  # the applied configuration generation, None before the first
-    digest: str  # the appliance's digest of its running state
+    digest: str  # the digest of the applied document
+    drifted: bool = False  # the last drift check found the live state changed
 
 
 class HeartbeatRejected(Exception):
@@ -98,7 +104,9 @@ def encode(beat: Heartbeat, key: bytes) -> bytes:
         raise ValueError("generation must fit in 64 unsigned bits")
     if not math.isfinite(beat.sent_at):
         raise ValueError("sent_at must be finite")
-    flags = _HAS_GENERATION if beat.generation is not None else 0
+    flags = (_HAS_GENERATION if beat.generation is not None else 0) | (
+        _DRIFTED if beat.drifted else 0
+    )
     body = (
         _HEADER.pack(
             MAGIC,
@@ -122,7 +130,7 @@ def _parse(datagram: bytes) -> tuple[Heartbeat, bytes, bytes]:
     magic, flags, sequence, sent_at, generation, id_len, digest_len = _HEADER.unpack_from(datagram)
     if magic != MAGIC:
         raise Malformed("bad magic")
-    if flags & ~_HAS_GENERATION:
+    if flags & ~(_HAS_GENERATION | _DRIFTED):
         raise Malformed(f"unknown flags {flags:#x}")
     if not 0 < id_len <= MAX_ID_BYTES or digest_len > MAX_DIGEST_BYTES:
         raise Malformed("field length out of bounds")
@@ -142,6 +150,7 @@ def _parse(datagram: bytes) -> tuple[Heartbeat, bytes, bytes]:
         sent_at=sent_at,
         generation=generation if flags & _HAS_GENERATION else None,
         digest=digest,
+        drifted=bool(flags & _DRIFTED),
     )
     return beat, datagram[:end], datagram[end:]
 
@@ -182,6 +191,41 @@ class RunningState:
 
     generation: int | None
     digest: str
+    drifted: bool = False
+
+
+DEFAULT_DRIFT_CHECK_INTERVAL = 30.0
+
+
+class DriftWatch:
+    """The running state with a drift verdict, checked at most every ``interval`` seconds.
+
+    A check reads the kernel's state (links, addresses, the ruleset), too much for every
+    beat. An unknown verdict (an apply running, nothing applied yet) keeps the previous one
+    and is asked again at the next beat.
+    """
+
+    def __init__(
+        self,
+        state: Callable[[], RunningState],
+        drift: Callable[[], bool | None],
+        interval: float = DEFAULT_DRIFT_CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._state = state
+        self._drift = drift
+        self._interval = interval
+        self._clock = clock
+        self._drifted = False
+        self._checked_at: float | None = None
+
+    def running_state(self) -> RunningState:
+        now = self._clock()
+        if self._checked_at is None or now - self._checked_at >= self._interval:
+            verdict = self._drift()
+            if verdict is not None:
+                self._drifted, self._checked_at = verdict, now
+        return dataclasses.replace(self._state(), drifted=self._drifted)
 
 
 class HeartbeatSender:
@@ -253,6 +297,7 @@ class HeartbeatSender:
                 sent_at=now,
                 generation=running.generation,
                 digest=running.digest,
+                drifted=running.drifted,
             ),
             self._key,
         )

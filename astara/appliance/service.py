@@ -23,7 +23,12 @@ from astara.appliance.api import create_app
 from astara.appliance.defaults import API_PORT
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
-from astara.appliance.heartbeat import DEFAULT_INTERVAL, MAX_ID_BYTES, HeartbeatSender
+from astara.appliance.heartbeat import (
+    DEFAULT_INTERVAL,
+    MAX_ID_BYTES,
+    DriftWatch,
+    HeartbeatSender,
+)
 from astara.appliance.metadata import MetadataSubsystem
 from astara.appliance.netlink import LinksSubsystem, resolve_links
 from astara.appliance.nftables import TABLES, NftablesSubsystem
@@ -234,8 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if beats is not None:
         # Started after the restore: the first beat already reports what is applied.
+        reported = DriftWatch(engine.running_state, engine.drift)
         HeartbeatSender(
-            beats.instance_id, beats.key, beats.target, engine.running_state, beats.interval
+            beats.instance_id, beats.key, beats.target, reported.running_state, beats.interval
         ).start()
         LOG.info("heartbeats every %.1f s to %s port %d", beats.interval, *beats.target)
 

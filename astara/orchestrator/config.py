@@ -33,6 +33,14 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         help="Listener pool: a queue of its own, so other consumers of Neutron's "
         "notifications (Ceilometer...) keep receiving theirs.",
     ),
+    cfg.IntOpt(
+        "notification_threads",
+        default=2,
+        min=1,
+        help="Threads that turn notifications into router events (used instead of "
+        "executor_thread_pool_size, whose 64 idle threads would each wake every second). "
+        "Handling a notification only queues an event, so a few threads keep up with bursts.",
+    ),
     cfg.PortOpt(
         "appliance_api_port",
         default=API_PORT,

@@ -39,7 +39,9 @@ class Event:
     action: EventAction
     cause: str  # the notification's event type, or who asked (e.g. "operator", "health")
     received_at: datetime
-    instance_id: str | None = None  # health: the instance found dead
+    instance_id: str | None = None  # health: the instance found dead; reconcile: vouched for
+    # reconcile: the generation the instance's latest fresh heartbeat reported as applied
+    reported_generation: int | None = None
 
 
 # Ports whose changes no router configuration depends on (FIP ports have their own events;

@@ -4,7 +4,10 @@ Runs in the parent process. Every tick it (1) follows the store's list of instan
 heartbeat receiver knows every instance's key; (2) asks the HealthMonitor which instances are
 dead (silent past the threshold and not answering a probe); (3) tells the circuit breaker, and
 unless mass failure opened it, (4) sends the dead instances' routers a poll, whose step finds
-the instance dead and replaces it. Last-seen times reach the store in one batch per flush.
+the instance dead and replaces it; (5) sends a poll to the routers whose heartbeat says their
+live state drifted, whose step re-applies. Last-seen times reach the store in one batch per
+flush. ``vouch`` lends the periodic reconcile what the latest heartbeats say, so that it need
+not ask every appliance's API.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from astara.appliance.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL
 from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
-from astara.orchestrator.reconciler import HEALTH_CAUSE
+from astara.orchestrator.reconciler import DRIFT_CAUSE, HEALTH_CAUSE
 from astara.orchestrator.store import InstanceRecord, Store
 
 LOG = logging.getLogger(__name__)
@@ -66,9 +70,14 @@ class HealthLoop:
         dispatch: Callable[[Event], None],
         state_path: Path,
         interval: float,
+        fresh_within: float,
         flush_every: float = 30.0,
+        drift_poll_every: float = DEFAULT_DRIFT_CHECK_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``fresh_within``: how old a heartbeat may be to vouch for its instance;
+        ``drift_poll_every``: how often a router whose heartbeats keep saying "drifted" is
+        polled again (the appliance checks its drift that often)."""
         self._store = store
         self._receiver = receiver
         self._monitor = monitor
@@ -78,8 +87,11 @@ class HealthLoop:
         self._flag = state_path / BREAKER_FILE
         self._interval = interval
         self._flush_every = flush_every
+        self._fresh_within = fresh_within
+        self._drift_poll_every = drift_poll_every
         self._clock = clock
         self._known: dict[str, InstanceRecord] = {}
+        self._drift_polled: dict[str, float] = {}
         self._stop = threading.Event()
         self._clear = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
@@ -98,6 +110,20 @@ class HealthLoop:
         """An operator's go-ahead (SIGUSR1): replacement resumes at the next tick."""
         self._clear.set()
 
+    def vouch(self, router_id: str) -> tuple[str, int] | None:
+        """(instance id, applied generation) when the router has one instance and its latest
+        heartbeat is fresh, reports a generation and no drift; None otherwise."""
+        instances = [i for i in self._known.values() if i.router_id == router_id]
+        if len(instances) != 1:
+            return None
+        sighting = self._receiver.snapshot_of(instances[0].id)
+        if sighting is None or self._clock() - sighting.last_seen > self._fresh_within:
+            return None
+        beat = sighting.heartbeat
+        if beat.generation is None or beat.drifted:
+            return None
+        return beat.instance_id, beat.generation
+
     def probe_address(self, instance_id: str) -> str | None:
         known = self._known.get(instance_id)
         return known.management_address if known else None
@@ -114,6 +140,7 @@ class HealthLoop:
         else:
             self._flag.write_text(self._breaker.status + "\n")
             return dead
+        self._poll_drifted()
         now = datetime.now(UTC)
         for instance_id in dead:
             known = self._known[instance_id]
@@ -134,6 +161,36 @@ class HealthLoop:
                 )
             )
         return dead
+
+    def _poll_drifted(self) -> None:
+        now = self._clock()
+        drifted = {
+            iid
+            for iid, sighting in self._receiver.snapshot().items()
+            if sighting.heartbeat.drifted and iid in self._known
+        }
+        self._drift_polled = {i: t for i, t in self._drift_polled.items() if i in drifted}
+        for instance_id in sorted(drifted):
+            if now - self._drift_polled.get(instance_id, float("-inf")) < self._drift_poll_every:
+                continue
+            self._drift_polled[instance_id] = now
+            known = self._known[instance_id]
+            LOG.warning(
+                "router %s: instance %s reports its live state drifted",
+                known.router_id,
+                instance_id,
+            )
+            self._dispatch(
+                Event(
+                    ResourceType.ROUTER,
+                    known.router_id,
+                    None,
+                    EventAction.POLL,
+                    DRIFT_CAUSE,
+                    datetime.now(UTC),
+                    instance_id=instance_id,
+                )
+            )
 
     def _follow_store(self) -> None:
         current = {i.id: i for i in self._store.all_instances() if i.management_address}

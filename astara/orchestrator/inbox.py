@@ -55,6 +55,14 @@ class Inbox:
 
 
 def _merged(earlier: Event, later: Event, action: EventAction) -> Event:
-    """One event for two: the winning action with its cause, timed by the earlier arrival."""
-    cause = later.cause if later.action is action else earlier.cause
-    return replace(later, action=action, cause=cause, received_at=earlier.received_at)
+    """One event for two: the winning action with its cause (and what that cause says about
+    an instance), timed by the earlier arrival."""
+    winner = later if later.action is action else earlier
+    return replace(
+        later,
+        action=action,
+        cause=winner.cause,
+        instance_id=winner.instance_id,
+        reported_generation=winner.reported_generation,
+        received_at=earlier.received_at,
+    )

@@ -68,7 +68,9 @@ class NotificationListener:
         pool: str,
         targets: list[oslo_messaging.Target],
         plugin_events: bool = False,
+        threads: int = 2,
     ) -> None:
+        self._threads = threads
         self._transport = oslo_messaging.get_notification_transport(conf, url=transport_url)
         self._listener = oslo_messaging.get_notification_listener(
             self._transport,
@@ -79,7 +81,7 @@ class NotificationListener:
         )
 
     def start(self) -> None:
-        self._listener.start()
+        self._listener.start(override_pool_size=self._threads)
 
     def stop(self) -> None:
         self._listener.stop()

@@ -41,6 +41,8 @@ LOG = logging.getLogger(__name__)
 
 MANAGEMENT_NETWORK = "management"
 HEALTH_CAUSE = "health"  # the cause of the polls the health loop sends for dead instances
+DRIFT_CAUSE = "drift"  # ...and for instances whose heartbeat says their live state drifted
+RECONCILE_CAUSE = "reconcile"  # the periodic poll of every router
 
 
 class RouterSource(Protocol):
@@ -160,7 +162,17 @@ class RouterReconciler:
             and instance is not None
             and event.instance_id == instance.id
         )
-        view, provided, drifted = self._observe(instance, found_dead)
+        # A periodic poll of an instance whose fresh heartbeat reports the generation it last
+        # acknowledged, without drift: nothing to ask its API (at 100 routers, these calls
+        # were a third of the orchestrator's idle CPU).
+        vouched = (
+            event is not None
+            and event.cause == RECONCILE_CAUSE
+            and instance is not None
+            and event.instance_id == instance.id
+            and event.reported_generation == instance.acknowledged_generation
+        )
+        view, provided, drifted = self._observe(instance, found_dead, vouched)
         now = self._clock()
         decision = decide(self._observation(record, snapshot, view, now), self._settings.policy)
         if decision.state.value != record.state:
@@ -174,7 +186,7 @@ class RouterReconciler:
                 self._delete_instance(old)
             if drifted and provided is not None:
                 self._repair_drift(router_id, provided)
-        if decision.action is not Action.FORGET:
+        if decision.action is not Action.FORGET and decision.state.value != record.state:
             self._store.set_state(router_id, decision.state)
         if snapshot is not None and known != (decision.state.value, record.desired_generation):
             ports = [p.id for p in snapshot.interface_ports]
@@ -188,7 +200,7 @@ class RouterReconciler:
     # -- observe -----------------------------------------------------------------------
 
     def _observe(
-        self, instance: InstanceRecord | None, found_dead: bool = False
+        self, instance: InstanceRecord | None, found_dead: bool = False, vouched: bool = False
     ) -> tuple[InstanceView | None, Instance | None, bool]:
         """The instance as seen now, and whether its running state drifted from its document."""
         if instance is None:
@@ -197,6 +209,9 @@ class RouterReconciler:
         provided = self._provider.get(instance.id)
         if provided is None or provided.state == "missing" or found_dead:
             return InstanceView(booted_at, False, True, None), provided, False
+        if vouched and instance.ever_reachable:
+            view = InstanceView(booted_at, True, True, instance.acknowledged_generation)
+            return view, provided, False
         try:
             with self._clients(provided.management_address) as client:
                 health = client.health()

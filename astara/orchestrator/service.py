@@ -40,6 +40,7 @@ from astara.orchestrator.listener import BrokerWatch, NotificationListener
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.neutron_status import NeutronStatusReporter
 from astara.orchestrator.reconciler import (
+    RECONCILE_CAUSE,
     LoggingStatusReporter,
     RouterReconciler,
     Settings,
@@ -198,6 +199,8 @@ def build_health_loop(
         dispatch,
         state_path,
         interval=min(1.0, health.heartbeat_interval),
+        # Two intervals: one lost datagram does not cost an appliance API call.
+        fresh_within=2 * health.heartbeat_interval,
     )
     return loop
 
@@ -218,6 +221,7 @@ class Orchestrator:
             pool=conf.notifications_pool,
             targets=listen_targets(conf),
             plugin_events=conf.neutron.plugin_events,
+            threads=conf.notification_threads,
         )
         # The listener's transport registered [DEFAULT] transport_url.
         self._watch = BrokerWatch.for_url(conf, conf.transport_url, self.resync)
@@ -252,14 +256,17 @@ class Orchestrator:
         for router_id, project in routers:
             if self._stop.wait(gap):
                 return
+            instance_id, generation = self.health.vouch(router_id) or (None, None)
             self._dispatcher.dispatch(
                 Event(
                     ResourceType.ROUTER,
                     router_id,
                     project,
                     EventAction.POLL,
-                    "reconcile",
+                    RECONCILE_CAUSE,
                     datetime.now(UTC),
+                    instance_id=instance_id,
+                    reported_generation=generation,
                 )
             )
 

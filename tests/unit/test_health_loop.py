@@ -50,6 +50,8 @@ def loop_with(
         sent.append,
         tmp_path,
         1.0,
+        fresh_within=2.0,
+        drift_poll_every=30.0,
         clock=clock,
     )
     return loop, receiver, clock, sent
@@ -68,6 +70,50 @@ def test_the_silent_instance_has_its_router_polled(tmp_path: Path) -> None:
     # Level-triggered: polled on every tick while dead (the inbox coalesces repeats).
     assert {e.resource_id for e in sent} == {"r9"}
     assert {(e.cause, e.instance_id) for e in sent} == {("health", "i9")}
+
+
+def test_a_fresh_heartbeat_vouches_for_its_instance(tmp_path: Path) -> None:
+    loop, receiver, clock, _ = loop_with(tmp_path, routers=3)
+    keys = HeartbeatKeys(tmp_path)
+    loop.tick()
+    beats = {
+        "i0": Heartbeat("i0", 1, clock.now, 4, "d"),
+        "i1": Heartbeat("i1", 1, clock.now, None, "d"),  # nothing applied yet
+        "i2": Heartbeat("i2", 1, clock.now, 4, "d", drifted=True),
+    }
+    for iid, beat in beats.items():
+        assert receiver.handle(encode(beat, keys.key_for(iid))) is not None
+    assert loop.vouch("r0") == ("i0", 4)
+    assert loop.vouch("r1") is None
+    assert loop.vouch("r2") is None
+    assert loop.vouch("r-unknown") is None
+    clock.now += 2.5  # older than fresh_within
+    assert loop.vouch("r0") is None
+
+
+def test_a_router_being_replaced_is_not_vouched_for(tmp_path: Path) -> None:
+    loop, receiver, clock, _ = loop_with(tmp_path, routers=1)
+    Store(f"sqlite:///{tmp_path / 'store.sqlite'}").add_instance(
+        "i-new", "r0", "netns", "i-new", management_address="fd00::99"
+    )
+    keys = HeartbeatKeys(tmp_path)
+    loop.tick()
+    assert receiver.handle(encode(Heartbeat("i0", 1, clock.now, 4, "d"), keys.key_for("i0")))
+    assert loop.vouch("r0") is None  # two instances: the API must say which one is current
+
+
+def test_drift_reported_by_heartbeat_polls_the_router_now_and_then(tmp_path: Path) -> None:
+    loop, receiver, clock, sent = loop_with(tmp_path, routers=2)
+    keys = HeartbeatKeys(tmp_path)
+    loop.tick()
+    for second in range(1, 41):
+        clock.now += 1
+        for n in range(2):
+            beat = Heartbeat(f"i{n}", second, clock.now, 4, "d", drifted=n == 1)
+            assert receiver.handle(encode(beat, keys.key_for(f"i{n}"))) is not None
+        loop.tick()
+    # Polled at once, then again after drift_poll_every while the appliance still says so.
+    assert [(e.resource_id, e.cause, e.instance_id) for e in sent] == [("r1", "drift", "i1")] * 2
 
 
 def test_mass_death_opens_the_breaker_until_an_operator_clears_it(tmp_path: Path) -> None:

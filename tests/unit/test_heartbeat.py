@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import struct
 import time
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from astara.appliance.heartbeat import (
     MAX_DATAGRAM,
     BadSignature,
+    DriftWatch,
     Heartbeat,
     HeartbeatSender,
     Malformed,
@@ -53,6 +55,32 @@ def decode_now(datagram: bytes, last: int | None = None, now: float = NOW) -> He
 
 def test_round_trip_keeps_every_field() -> None:
     assert decode_now(encode(BEAT, KEY)) == BEAT
+
+
+def test_drift_flag_round_trips() -> None:
+    beat = dataclasses.replace(BEAT, drifted=True)
+    assert decode_now(encode(beat, KEY)) == beat
+    assert decode_now(encode(BEAT, KEY)).drifted is False
+
+
+def test_drift_watch_checks_now_and_then_and_keeps_a_verdict_through_unknowns() -> None:
+    clock = FakeClock(0.0)
+    verdicts = iter([True, None, False])
+    checks: list[float] = []
+
+    def drift() -> bool | None:
+        checks.append(clock.now)
+        return next(verdicts)
+
+    watch = DriftWatch(lambda: RunningState(3, "d"), drift, interval=30.0, clock=clock)
+    assert watch.running_state() == RunningState(3, "d", drifted=True)
+    clock.now = 29.0
+    assert watch.running_state().drifted is True  # not checked again within the interval
+    clock.now = 30.0
+    assert watch.running_state().drifted is True  # an apply runs: unknown keeps the verdict
+    clock.now = 31.0
+    assert watch.running_state().drifted is False  # ...and is asked again at the next beat
+    assert checks == [0.0, 30.0, 31.0]
 
 
 def test_no_generation_yet_round_trips_as_none() -> None:
@@ -287,3 +315,55 @@ def test_flush_hands_over_one_batch_and_keeps_it_on_failure(
     assert batches == [{BEAT.instance_id: NOW + 1, "other": NOW}]
     assert receiver.flush(batches.append) == 0
     assert len(batches) == 1
+
+
+def test_receiver_reads_in_batches_and_stops_promptly(monkeypatch) -> None:
+    """Datagrams arriving within the batch window are read in one wake-up; stop does not
+    wait for the window to end."""
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), batch_window=0.4)
+    receiver.register(BEAT.instance_id, KEY)
+    batches: list[tuple[float, int]] = []
+    drain = receiver._drain
+    monkeypatch.setattr(
+        receiver, "_drain", lambda sock: batches.append((time.monotonic(), drain(sock))) or 0
+    )
+    receiver.start()
+    try:
+        now = time.time()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(beat(1, sent_at=now), receiver.address)
+            deadline = time.monotonic() + 3
+            while not batches:
+                assert time.monotonic() < deadline, "the first heartbeat was never read"
+                time.sleep(0.01)
+            for seq in range(2, 7):
+                out.sendto(beat(seq, sent_at=now), receiver.address)
+        while len(batches) < 2:
+            assert time.monotonic() < deadline, "the batch was never read"
+            time.sleep(0.01)
+        assert [count for _, count in batches] == [1, 5]
+        assert batches[1][0] - batches[0][0] >= 0.35  # read after the window, not on arrival
+        assert receiver.snapshot()[BEAT.instance_id].heartbeat.sequence == 6
+    finally:
+        started = time.monotonic()
+        receiver.stop()
+    assert time.monotonic() - started < 0.3
+
+
+def test_receiver_reads_on_without_sleeping_under_load(monkeypatch) -> None:
+    monkeypatch.setattr("astara.orchestrator.heartbeat.BUSY_BATCH", 1)  # every batch is busy
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), batch_window=5.0)
+    receiver.register(BEAT.instance_id, KEY)
+    receiver.start()
+    try:
+        now = time.time()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(beat(1, sent_at=now), receiver.address)  # a busy batch: no window...
+            time.sleep(0.3)
+            out.sendto(beat(10, sent_at=now), receiver.address)  # ...so this is read at once
+        deadline = time.monotonic() + 2
+        while receiver.snapshot()[BEAT.instance_id].heartbeat.sequence != 10:
+            assert time.monotonic() < deadline, "read only after the window: slept when busy"
+            time.sleep(0.01)
+    finally:
+        receiver.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -80,6 +81,20 @@ def test_merged_event_keeps_the_first_arrival_and_the_winning_cause() -> None:
     assert taken is not None
     assert (taken.action, taken.cause) == (CREATE, "router.create.end")
     assert taken.received_at == T0 + timedelta(seconds=1)
+
+
+def test_what_a_cause_says_of_an_instance_stays_with_that_cause() -> None:
+    inbox = Inbox()
+    inbox.put(replace(event(POLL, 1, "health"), instance_id="dead-one"))
+    inbox.put(replace(event(UPDATE, 2, "router.update.end")))
+    inbox.put(replace(event(POLL, 3, "reconcile"), instance_id="i1", reported_generation=4))
+    taken = inbox.take()
+    assert taken is not None
+    assert (taken.cause, taken.instance_id, taken.reported_generation) == (
+        "router.update.end",
+        None,
+        None,
+    )
 
 
 def test_take_runs_what_is_queued_then_new_arrivals_start_afresh() -> None:

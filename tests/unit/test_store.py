@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,11 @@ def check_repository(store: Store) -> None:
     )
     store.add_instance("i2", "r1", "netns", "tDns-2")
     assert [i.id for i in store.instances("r1")] == ["i1", "i2"]
+    assert store.all_instances() == store.instances("r1")
+    seen_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    # One batch; an instance deleted since its last heartbeat is skipped, not an error.
+    store.record_last_seen({"i2": seen_at.timestamp(), "gone": seen_at.timestamp()})
+    assert [i.last_seen_at for i in store.all_instances()] == [None, seen_at.replace(tzinfo=None)]
     store.remove_instance("i2")
     assert [i.id for i in store.instances("r1")] == ["i1"]
 
