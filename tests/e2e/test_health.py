@@ -210,6 +210,7 @@ def test_drift_behind_astaras_back_is_repaired_in_place(bed: RouterBed) -> None:
     ns = Namespace(bed.cloud.provider().names.instance_ns(instance.id))
     ns.run(["nft", "flush", "table", "ip", "astara_nat"])  # SNAT gone: nothing goes out
     assert not bed.pings_out()
-    # The periodic reconcile (every 30 s in this cloud, spread over it) finds and repairs it.
+    # The appliance's drift check (every 30 s) flags it in its heartbeats; the orchestrator
+    # polls the router, whose step re-applies the document.
     eventually(bed.pings_out, 75, "SNAT repaired")
     assert bed.instance().id == instance.id  # repaired in place, not replaced

@@ -114,7 +114,8 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def receiver(namespaces: None, registry: CollectorRegistry) -> Iterator[HeartbeatReceiver]:
-    receiver = HeartbeatReceiver((ORCHESTRATOR_IP, 0), registry)
+    # No batch window: each datagram is stamped on arrival, to time the sender's rhythm.
+    receiver = HeartbeatReceiver((ORCHESTRATOR_IP, 0), registry, batch_window=0.0)
     receiver.register(INSTANCE, KEY)
     with netns(ORCHESTRATOR_NS):
         receiver.start()
