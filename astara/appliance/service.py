@@ -24,6 +24,7 @@ from astara.appliance.defaults import API_PORT
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
 from astara.appliance.heartbeat import (
+    DEFAULT_DRIFT_CHECK_INTERVAL,
     DEFAULT_INTERVAL,
     MAX_ID_BYTES,
     DriftWatch,
@@ -106,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="(default: %(default)s)",
     )
+    beats.add_argument(
+        "--drift-check-interval",
+        type=float,
+        default=DEFAULT_DRIFT_CHECK_INTERVAL,
+        metavar="SECONDS",
+        help="how often the live state is compared with what the last apply produced; "
+        "heartbeats carry the verdict (default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -157,6 +166,7 @@ class HeartbeatSettings:
     target: tuple[str, int]
     key: bytes
     interval: float
+    drift_check_interval: float
 
 
 def heartbeat_settings(
@@ -179,13 +189,17 @@ def heartbeat_settings(
         parser.error(f"--instance-id must be 1 to {MAX_ID_BYTES} bytes")
     if not args.heartbeat_interval > 0:
         parser.error("--heartbeat-interval must be positive")
+    if not args.drift_check_interval > 0:
+        parser.error("--drift-check-interval must be positive")
     try:
         key = read_key(args.heartbeat_key_file)
     except OSError as exc:
         parser.error(f"cannot read --heartbeat-key-file: {exc}")
     if not key:
         parser.error(f"--heartbeat-key-file {args.heartbeat_key_file} is empty")
-    return HeartbeatSettings(args.instance_id, args.heartbeat, key, args.heartbeat_interval)
+    return HeartbeatSettings(
+        args.instance_id, args.heartbeat, key, args.heartbeat_interval, args.drift_check_interval
+    )
 
 
 class RouterIdFilter(logging.Filter):
@@ -239,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if beats is not None:
         # Started after the restore: the first beat already reports what is applied.
-        reported = DriftWatch(engine.running_state, engine.drift)
+        reported = DriftWatch(engine.running_state, engine.drift, beats.drift_check_interval)
         HeartbeatSender(
             beats.instance_id, beats.key, beats.target, reported.running_state, beats.interval
         ).start()

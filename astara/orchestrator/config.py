@@ -35,11 +35,12 @@ DEFAULT_OPTS: list[cfg.Opt] = [
     ),
     cfg.IntOpt(
         "notification_threads",
-        default=2,
+        default=1,
         min=1,
         help="Threads that turn notifications into router events (used instead of "
         "executor_thread_pool_size, whose 64 idle threads would each wake every second). "
-        "Handling a notification only queues an event, so a few threads keep up with bursts.",
+        "Handling a notification only queues an event, so one thread keeps up with bursts "
+        "and keeps them in order.",
     ),
     cfg.PortOpt(
         "appliance_api_port",

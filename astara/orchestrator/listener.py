@@ -68,7 +68,7 @@ class NotificationListener:
         pool: str,
         targets: list[oslo_messaging.Target],
         plugin_events: bool = False,
-        threads: int = 2,
+        threads: int = 1,
     ) -> None:
         self._threads = threads
         self._transport = oslo_messaging.get_notification_transport(conf, url=transport_url)

@@ -2,7 +2,9 @@
 
 Everything a step needs is re-read each time (Neutron, the store, the provider, the appliance),
 so a step interrupted by a crash is simply run again after a restart. Every action is
-idempotent; the only memory between steps is the store.
+idempotent; the only memory between steps is the store. The one shortcut: the periodic poll
+of a router whose appliance's fresh heartbeat reports the acknowledged generation and no
+drift takes the heartbeat's word instead of calling the appliance's API.
 """
 
 from __future__ import annotations

@@ -325,6 +325,19 @@ def tls_files(tmp_path: Path) -> list[str]:
         (["--heartbeat", "fdca::1:5555"], "in brackets"),
         (["--heartbeat", "10.0.0.1"], "not HOST:PORT"),
         (["--heartbeat", "10.0.0.1:70000"], "not HOST:PORT"),
+        (
+            [
+                "--heartbeat",
+                "10.0.0.1:1",
+                "--instance-id",
+                "i1",
+                "--heartbeat-key-file",
+                "k",
+                "--drift-check-interval",
+                "0",
+            ],
+            "--drift-check-interval must be positive",
+        ),
     ],
 )
 def test_heartbeat_flags_are_checked_at_startup(
@@ -364,10 +377,15 @@ def test_heartbeat_settings_from_valid_flags(tmp_path: Path) -> None:
             "--instance-id", "i1",
             "--heartbeat-key-file", str(key_file),
             "--heartbeat-interval", "0.5",
+            "--drift-check-interval", "12",
         ]
     )  # fmt: skip
     assert service.heartbeat_settings(parser, args) == service.HeartbeatSettings(
-        instance_id="i1", target=("fdca:3ba5::1", 5555), key=b"\x00\xff\x10", interval=0.5
+        instance_id="i1",
+        target=("fdca:3ba5::1", 5555),
+        key=b"\x00\xff\x10",
+        interval=0.5,
+        drift_check_interval=12.0,
     )
     assert service.heartbeat_settings(parser, parser.parse_args([])) is None
 
