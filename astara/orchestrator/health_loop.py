@@ -91,6 +91,7 @@ class HealthLoop:
         self._drift_poll_every = drift_poll_every
         self._clock = clock
         self._known: dict[str, InstanceRecord] = {}
+        self._by_router: dict[str, list[str]] = {}  # router id -> its instances' ids
         self._drift_polled: dict[str, float] = {}
         self._stop = threading.Event()
         self._clear = threading.Event()
@@ -113,10 +114,10 @@ class HealthLoop:
     def vouch(self, router_id: str) -> tuple[str, int] | None:
         """(instance id, applied generation) when the router has one instance and its latest
         heartbeat is fresh, reports a generation and no drift; None otherwise."""
-        instances = [i for i in self._known.values() if i.router_id == router_id]
+        instances = self._by_router.get(router_id, [])
         if len(instances) != 1:
             return None
-        sighting = self._receiver.snapshot_of(instances[0].id)
+        sighting = self._receiver.snapshot_of(instances[0])
         if sighting is None or self._clock() - sighting.last_seen > self._fresh_within:
             return None
         beat = sighting.heartbeat
@@ -141,26 +142,25 @@ class HealthLoop:
             self._flag.write_text(self._breaker.status + "\n")
             return dead
         self._poll_drifted()
-        now = datetime.now(UTC)
         for instance_id in dead:
-            known = self._known[instance_id]
-            LOG.warning(
-                "router %s: instance %s missed its heartbeats and its probe: replacing",
-                known.router_id,
-                instance_id,
-            )
-            self._dispatch(
-                Event(
-                    ResourceType.ROUTER,
-                    known.router_id,
-                    None,
-                    EventAction.POLL,
-                    HEALTH_CAUSE,
-                    now,
-                    instance_id=instance_id,
-                )
-            )
+            self._poll(instance_id, HEALTH_CAUSE, "missed its heartbeats and its probe: replacing")
         return dead
+
+    def _poll(self, instance_id: str, cause: str, why: str) -> None:
+        """Ask the step of the instance's router to look at it now."""
+        router_id = self._known[instance_id].router_id
+        LOG.warning("router %s: instance %s %s", router_id, instance_id, why)
+        self._dispatch(
+            Event(
+                ResourceType.ROUTER,
+                router_id,
+                None,
+                EventAction.POLL,
+                cause,
+                datetime.now(UTC),
+                instance_id=instance_id,
+            )
+        )
 
     def _poll_drifted(self) -> None:
         now = self._clock()
@@ -174,23 +174,7 @@ class HealthLoop:
             if now - self._drift_polled.get(instance_id, float("-inf")) < self._drift_poll_every:
                 continue
             self._drift_polled[instance_id] = now
-            known = self._known[instance_id]
-            LOG.warning(
-                "router %s: instance %s reports its live state drifted",
-                known.router_id,
-                instance_id,
-            )
-            self._dispatch(
-                Event(
-                    ResourceType.ROUTER,
-                    known.router_id,
-                    None,
-                    EventAction.POLL,
-                    DRIFT_CAUSE,
-                    datetime.now(UTC),
-                    instance_id=instance_id,
-                )
-            )
+            self._poll(instance_id, DRIFT_CAUSE, "reports its live state drifted")
 
     def _follow_store(self) -> None:
         current = {i.id: i for i in self._store.all_instances() if i.management_address}
@@ -205,7 +189,10 @@ class HealthLoop:
                 # the boot timeout's business, not the heartbeat's.
                 alive_at = now if record.ever_reachable else None
                 self._receiver.register(instance_id, self._keys.key_for(instance_id), alive_at)
-        self._known = current
+        by_router: dict[str, list[str]] = {}
+        for record in current.values():
+            by_router.setdefault(record.router_id, []).append(record.id)
+        self._known, self._by_router = current, by_router
 
     def _run(self) -> None:
         last_flush = time.monotonic()

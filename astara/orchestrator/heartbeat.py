@@ -142,9 +142,8 @@ class HeartbeatReceiver:
     # Reading what was seen.
 
     def last_seen(self, instance_id: str) -> float | None:
-        with self._lock:
-            peer = self._peers.get(instance_id)
-            return peer.sighting.last_seen if peer and peer.sighting else None
+        sighting = self.snapshot_of(instance_id)
+        return sighting.last_seen if sighting else None
 
     def snapshot_of(self, instance_id: str) -> Sighting | None:
         """The last accepted heartbeat of one instance, if any."""

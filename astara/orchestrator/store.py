@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -126,6 +127,9 @@ class EventRecord:
     message: str
 
 
+R = TypeVar("R", RouterRecord, InstanceRecord, EventRecord)
+
+
 class NotFound(LookupError):
     """No row with that id."""
 
@@ -152,19 +156,19 @@ class Store:
                 row = RouterRow(id=router_id, project_id=project_id)
                 session.add(row)
                 session.flush()
-            return _router(row)
+            return _record(RouterRecord, row)
 
     def get_router(self, router_id: str) -> RouterRecord | None:
         with self._session() as session:
             row = session.get(RouterRow, router_id)
-            return _router(row) if row is not None else None
+            return _record(RouterRecord, row) if row is not None else None
 
     def list_routers(self, project_id: str | None = None) -> list[RouterRecord]:
         query = select(RouterRow).order_by(RouterRow.id)
         if project_id is not None:
             query = query.where(RouterRow.project_id == project_id)
         with self._session() as session:
-            return [_router(row) for row in session.scalars(query)]
+            return [_record(RouterRecord, row) for row in session.scalars(query)]
 
     def set_state(self, router_id: str, state: str) -> None:
         self._update_router(router_id, state=state)
@@ -216,7 +220,7 @@ class Store:
             if row.snapshot_digest != digest:
                 row.snapshot_digest = digest
                 row.desired_generation += 1
-            return _router(row)
+            return _record(RouterRecord, row)
 
     def raise_generation(self, router_id: str, at_least: int) -> None:
         with self._session() as session:
@@ -266,7 +270,7 @@ class Store:
             )
             session.add(row)
             session.flush()
-            return _instance(row)
+            return _record(InstanceRecord, row)
 
     def instances(self, router_id: str) -> list[InstanceRecord]:
         query = (
@@ -275,7 +279,7 @@ class Store:
             .order_by(InstanceRow.created_at, InstanceRow.id)
         )
         with self._session() as session:
-            return [_instance(row) for row in session.scalars(query)]
+            return [_record(InstanceRecord, row) for row in session.scalars(query)]
 
     def update_instance(
         self,
@@ -299,14 +303,14 @@ class Store:
                 row.health = health
             if ever_reachable is not None:
                 row.ever_reachable = ever_reachable
-            return _instance(row)
+            return _record(InstanceRecord, row)
 
     def all_instances(self) -> list[InstanceRecord]:
         """Every instance. Read as plain rows, not ORM objects: the health loop asks every
         second, and building ORM objects doubled its cost."""
         columns = [getattr(InstanceRow, field.name) for field in fields(InstanceRecord)]
         with self.engine.connect() as connection:
-            return [InstanceRecord(*row) for row in connection.execute(select(*columns))]
+            return [_record(InstanceRecord, row) for row in connection.execute(select(*columns))]
 
     def record_last_seen(self, seen: Mapping[str, float]) -> None:
         """One batch of heartbeat times (epoch seconds): one statement, one transaction."""
@@ -349,10 +353,7 @@ class Store:
         if router_id is not None:
             query = query.where(EventLogRow.router_id == router_id)
         with self._session() as session:
-            return [
-                EventRecord(row.id, row.time, row.router_id, row.instance_id, row.message)
-                for row in session.scalars(query)
-            ]
+            return [_record(EventRecord, row) for row in session.scalars(query)]
 
 
 def _required(session: Session, router_id: str, lock: bool = False) -> RouterRow:
@@ -362,34 +363,6 @@ def _required(session: Session, router_id: str, lock: bool = False) -> RouterRow
     return row
 
 
-def _router(row: RouterRow) -> RouterRecord:
-    return RouterRecord(
-        id=row.id,
-        project_id=row.project_id,
-        state=row.state,
-        desired_generation=row.desired_generation,
-        error_count=row.error_count,
-        last_error=row.last_error,
-        last_failure_at=row.last_failure_at,
-        error_generation=row.error_generation,
-        snapshot_digest=row.snapshot_digest,
-        rebuild_requested=row.rebuild_requested,
-        managed=row.managed,
-        debug=row.debug,
-        updated_at=row.updated_at,
-    )
-
-
-def _instance(row: InstanceRow) -> InstanceRecord:
-    return InstanceRecord(
-        id=row.id,
-        router_id=row.router_id,
-        provider=row.provider,
-        provider_ref=row.provider_ref,
-        management_address=row.management_address,
-        acknowledged_generation=row.acknowledged_generation,
-        health=row.health,
-        ever_reachable=row.ever_reachable,
-        last_seen_at=row.last_seen_at,
-        created_at=row.created_at,
-    )
+def _record(kind: type[R], row: Any) -> R:
+    """The record of a row (an ORM object or a plain result row): its fields, by name."""
+    return kind(**{field.name: getattr(row, field.name) for field in fields(kind)})

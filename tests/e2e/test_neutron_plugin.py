@@ -157,6 +157,22 @@ def _network(api: Api, cidr: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return net, subnet
 
 
+def _astara_flavor(api: Api) -> dict[str, Any]:
+    """A router flavor whose service profile is Astara's provider driver."""
+    profile = api.ok("POST", "/service_profiles", {"service_profile": {"driver": DRIVER}})
+    flavor: dict[str, Any] = api.ok(
+        "POST",
+        "/flavors",
+        {"flavor": {"name": "astara-" + api.project_id[:6], "service_type": "L3_ROUTER_NAT"}},
+    )["flavor"]
+    api.ok(
+        "POST",
+        f"/flavors/{flavor['id']}/service_profiles",
+        {"service_profile": {"id": profile["service_profile"]["id"]}},
+    )
+    return flavor
+
+
 def _external_network(api: Api) -> dict[str, Any]:
     physnet = "public-" + api.project_id[:6]
     public = api.create(
@@ -234,17 +250,7 @@ def test_flavor_router_is_astara_and_other_provider_is_left_alone(
     assert api.call("GET", f"/astara/router_statuses/{plain['id']}").status_code == 404
     api.ok("PUT", f"/routers/{plain['id']}/add_router_interface", {"subnet_id": subnet_a["id"]})
 
-    profile = api.ok("POST", "/service_profiles", {"service_profile": {"driver": DRIVER}})
-    flavor = api.ok(
-        "POST",
-        "/flavors",
-        {"flavor": {"name": "astara-" + project_id[:6], "service_type": "L3_ROUTER_NAT"}},
-    )["flavor"]
-    api.ok(
-        "POST",
-        f"/flavors/{flavor['id']}/service_profiles",
-        {"service_profile": {"id": profile["service_profile"]["id"]}},
-    )
+    flavor = _astara_flavor(api)
     astara = api.create("routers", name="astara", flavor_id=flavor["id"])
     assert astara["flavor_id"] == flavor["id"]
     assert _refuses_scheduling(api, astara["id"])
@@ -262,17 +268,7 @@ def test_interface_is_forwarded_with_neutron_notifications_off(
     recorder = NotificationRecorder().start()
     try:
         api = Api(flavor_bed, project_id)
-        profile = api.ok("POST", "/service_profiles", {"service_profile": {"driver": DRIVER}})
-        flavor = api.ok(
-            "POST",
-            "/flavors",
-            {"flavor": {"name": "astara-" + project_id[:6], "service_type": "L3_ROUTER_NAT"}},
-        )["flavor"]
-        api.ok(
-            "POST",
-            f"/flavors/{flavor['id']}/service_profiles",
-            {"service_profile": {"id": profile["service_profile"]["id"]}},
-        )
+        flavor = _astara_flavor(api)
         _, subnet = _network(api, "10.40.0.0/24")
         router = api.create("routers", name="astara", flavor_id=flavor["id"])
         iface = api.ok(
