@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from astara.appliance.models import ApplianceConfig, FirewallRule
+from astara.wire.document import ApplianceConfig, FirewallRule
 
 ROUTER, OUTSIDE, INSIDE, PEER = "tA-br", "tA-bo", "tA-bi", "tA-bn"
 NAMESPACES = (ROUTER, OUTSIDE, INSIDE, PEER)

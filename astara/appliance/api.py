@@ -2,58 +2,24 @@
 
 Served over mutual TLS by ``astara.appliance.service``; this module only maps HTTP to the
 engine and the status readers. Every refusal says precisely why: a 422 lists each problem with
-its path in the document, whether pydantic or ``models.problems()`` found it.
+its path in the document, whether pydantic or ``problems()`` (astara.wire.document) found it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from astara.appliance.engine import ApplyFailed, Engine, Health, NothingApplied, StaleGeneration
-from astara.appliance.models import ApplianceConfig, Problem, problems
+from astara.appliance.engine import ApplyFailed, Engine, NothingApplied, StaleGeneration
 from astara.appliance.status import Counters, InterfaceStatus, StatusReader
+from astara.wire.api import Conflict, Failure, Health, Message, Problems, ServiceHealth
+from astara.wire.document import ApplianceConfig, Problem, problems
 
 JSON_TYPE = "application/json"
-
-
-class ServiceHealth(Health):
-    status: Literal["up"] = "up"
-    uptime_s: float
-    router_id: str | None = None
-    # Whether the live state still is what the last apply produced; null before the first
-    # apply (or while one runs). False right after an apply or a re-apply answer.
-    drift: bool | None = None
-
-
-class Problems(BaseModel):
-    """422: every reason the document was refused; nothing was applied."""
-
-    detail: list[Problem]
-
-
-class Conflict(BaseModel):
-    """409: the document is older than (or conflicts with) the applied one."""
-
-    detail: str
-    applied_generation: int
-    requested_generation: int
-
-
-class Failure(BaseModel):
-    """500: a step of the apply failed; the previous configuration has been restored."""
-
-    step: str
-    detail: str
-
-
-class Message(BaseModel):
-    detail: str
 
 
 def _pydantic_problems(exc: RequestValidationError) -> list[Problem]:

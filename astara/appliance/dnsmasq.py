@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from astara.appliance.models import ApplianceConfig, Network, Subnet
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.appliance.supervisor import Daemon, write_config
+from astara.wire.document import ApplianceConfig, Network, Subnet
 
 DEFAULT_LEASE_SECONDS = 86400
 DHCPV6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")

@@ -14,23 +14,19 @@ address, a killed daemon) shows as drift, which ``reapply`` repairs.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn
-
-from pydantic import BaseModel, SecretStr
-from pydantic_core import to_jsonable_python
+from typing import NoReturn
 
 from astara.appliance.heartbeat import RunningState
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.status import LiveStateProbe
 from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
+from astara.wire.api import Health
+from astara.wire.document import ApplianceConfig, config_digest, dump_with_secrets
 
 LOG = logging.getLogger(__name__)
 
@@ -39,7 +35,6 @@ STATE_FILE = "config.json"
 LINKS_STEP = "links"
 
 ResolveLinks = Callable[[Iterable[str]], LinkMap]
-ApplyResult = Literal["none", "applied", "unchanged", "failed"]
 
 
 class StaleGeneration(Exception):
@@ -68,45 +63,10 @@ class NothingApplied(Exception):
 RECORD_DELAY = 0.05  # seconds between an apply's answer and recording it (see _record)
 
 
-class Health(BaseModel):
-    """What the engine last did, for GET /v1/health and the PUT answer."""
-
-    generation: int | None = None
-    config_digest: str | None = None
-    last_result: ApplyResult = "none"
-    last_apply_duration_s: float | None = None
-    last_error: str | None = None
-    last_failed_step: str | None = None
-
-
 def order_subsystems(subsystems: Iterable[Subsystem]) -> list[Subsystem]:
     """Known subsystems in APPLY_ORDER, any others after them in the order given."""
     rank = {name: index for index, name in enumerate(APPLY_ORDER)}
     return sorted(subsystems, key=lambda sub: rank.get(sub.name, len(rank)))
-
-
-def _reveal(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, dict):
-        return {key: _reveal(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_reveal(item) for item in value]
-    return value
-
-
-def dump_with_secrets(config: ApplianceConfig) -> str:
-    """JSON of a document with its secrets in clear (pydantic masks them by default)."""
-    return json.dumps(to_jsonable_python(_reveal(config.model_dump(mode="python"))), indent=1)
-
-
-def config_digest(config: ApplianceConfig) -> str:
-    """SHA-256 (hex) of a document, secrets included (a changed secret is a change); the
-    orchestrator computes it over the document it pushed to compare with heartbeats."""
-    canonical = json.dumps(
-        to_jsonable_python(_reveal(config.model_dump(mode="python"))), sort_keys=True
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ConfigStore:

@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from astara.appliance.defaults import METADATA_PORT
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.wire.defaults import METADATA_PORT
+from astara.wire.document import ApplianceConfig
 
 LOG = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any, Generic, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from astara.appliance.models import ApplianceConfig, Network
 from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.wire.document import ApplianceConfig, Network
 
 # Our mark on routes (RTA_PROTOCOL); unassigned in the kernel's rtnetlink.h list.
 ROUTE_PROTO = 78

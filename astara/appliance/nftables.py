@@ -25,15 +25,15 @@ from itertools import groupby
 from socket import inet_ntoa
 from typing import Any, Protocol
 
-from astara.appliance.defaults import API_PORT, METADATA_ADDRESS, METADATA_PORT
-from astara.appliance.models import (
+from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.wire.defaults import API_PORT, METADATA_ADDRESS, METADATA_PORT
+from astara.wire.document import (
     ApplianceConfig,
     Firewall,
     FirewallRule,
     PortForward,
     PortRange,
 )
-from astara.appliance.subsystem import ApplyStepError, LinkMap
 
 FILTER_TABLE = "inet astara_filter"
 NAT_TABLE = "ip astara_nat"

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from astara.appliance.models import ApplianceConfig, Ipv6Mode
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.appliance.supervisor import Daemon, write_config
+from astara.wire.document import ApplianceConfig, Ipv6Mode
 
 MIN_INTERVAL = 10
 MAX_INTERVAL = 30

@@ -20,22 +20,17 @@ from pathlib import Path
 import uvicorn
 
 from astara.appliance.api import create_app
-from astara.appliance.defaults import API_PORT
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
-from astara.appliance.heartbeat import (
-    DEFAULT_DRIFT_CHECK_INTERVAL,
-    DEFAULT_INTERVAL,
-    MAX_ID_BYTES,
-    DriftWatch,
-    HeartbeatSender,
-)
+from astara.appliance.heartbeat import DriftWatch, HeartbeatSender
 from astara.appliance.metadata import MetadataSubsystem
 from astara.appliance.netlink import LinksSubsystem, resolve_links
 from astara.appliance.nftables import TABLES, NftablesSubsystem
 from astara.appliance.radvd import RadvdSubsystem
 from astara.appliance.status import KernelLiveState, KernelStatus
 from astara.appliance.subsystem import Subsystem
+from astara.wire.defaults import API_PORT
+from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL, DEFAULT_INTERVAL, MAX_ID_BYTES
 
 LOG = logging.getLogger("astara.appliance")
 

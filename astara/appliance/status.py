@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from astara.appliance.netlink import MAIN_TABLE, KernelDump
 from astara.appliance.subsystem import LinkMap
-from astara.appliance.supervisor import is_alive
+from astara.common.processes import is_alive
 
 CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
 

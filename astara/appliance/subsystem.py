@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from astara.appliance.models import ApplianceConfig
+from astara.wire.document import ApplianceConfig
 
 # MAC address (lower case) -> kernel interface name, resolved by the engine before each apply.
 LinkMap = Mapping[str, str]

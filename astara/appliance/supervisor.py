@@ -17,30 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from astara.common.processes import is_alive, process_argv
+
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter from /proc/PID/stat (``R``, ``S``, ``Z``...), None when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name is in parentheses and may itself contain spaces or ')'.
-    return stat[stat.rindex(")") + 2]
-
-
-def process_argv(pid: int) -> tuple[str, ...] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return tuple(part.decode() for part in raw.split(b"\0")[:-1])
-
-
-def is_alive(pid: int) -> bool:
-    state = process_state(pid)
-    return state is not None and state not in ("Z", "X")
 
 
 def process_children(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from astara.appliance.models import (
+from astara.wire.document import (
     Allocation,
     ApplianceConfig,
     FloatingIP,

@@ -18,11 +18,10 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from astara.appliance.api import Conflict, Failure, Problems, ServiceHealth
-from astara.appliance.defaults import API_PORT
-from astara.appliance.engine import dump_with_secrets
-from astara.appliance.models import ApplianceConfig, Problem
 from astara.common.tls import client_context
+from astara.wire.api import Conflict, Failure, Problems, ServiceHealth
+from astara.wire.defaults import API_PORT
+from astara.wire.document import ApplianceConfig, Problem, dump_with_secrets
 
 DEFAULT_TIMEOUT = 5.0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-from astara.appliance.defaults import API_PORT
+from astara.wire.defaults import API_PORT
 
 DEFAULT_OPTS: list[cfg.Opt] = [
     cfg.StrOpt(

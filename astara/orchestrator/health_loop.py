@@ -22,13 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from astara.appliance.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL
 from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.orchestrator.reconciler import DRIFT_CAUSE, HEALTH_CAUSE
 from astara.orchestrator.store import InstanceRecord, Store
+from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL
 
 LOG = logging.getLogger(__name__)
 

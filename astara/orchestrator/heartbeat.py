@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from astara.appliance.heartbeat import (
+from astara.wire.heartbeat import (
     MAX_DATAGRAM,
     REJECTION_REASONS,
     Heartbeat,

@@ -19,7 +19,6 @@ from datetime import UTC
 from ipaddress import ip_interface
 from typing import Protocol
 
-from astara.appliance.models import ApplianceConfig
 from astara.drivers.router import ManagementPort, RouterSnapshot, plugged_ports, render
 from astara.orchestrator.appliance_client import (
     ApplianceClient,
@@ -38,6 +37,7 @@ from astara.orchestrator.state import (
 )
 from astara.orchestrator.store import InstanceRecord, RouterRecord, Store
 from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
+from astara.wire.document import ApplianceConfig
 
 LOG = logging.getLogger(__name__)
 

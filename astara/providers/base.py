@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from stevedore import driver
 
-from astara.appliance.models import Identifier, MacAddress, NetworkKind
+from astara.wire.document import Identifier, MacAddress, NetworkKind
 
 ENTRY_POINT_NAMESPACE = "astara.providers"
 

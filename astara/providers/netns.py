@@ -43,8 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from astara.appliance.defaults import API_PORT
-from astara.appliance.supervisor import is_alive, process_argv
+from astara.common.processes import is_alive, process_argv
 from astara.common.tls import CertificateAuthority
 from astara.providers.base import (
     Instance,
@@ -54,6 +53,7 @@ from astara.providers.base import (
     Provider,
     ProviderError,
 )
+from astara.wire.defaults import API_PORT
 
 DEFAULT_PREFIX = "ast"
 DEFAULT_MANAGEMENT_SUBNET = "fdca:3ba5:a17a:acda::/64"

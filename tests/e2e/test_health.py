@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from astara.appliance.heartbeat import Heartbeat, encode
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.health_loop import BREAKER_FILE, HeartbeatKeys
 from astara.providers.base import Instance
@@ -37,6 +36,7 @@ from astara.testing.cloud import CloudInABox
 from astara.testing.mariadb import create_database, drop_database
 from astara.testing.netns import Namespace
 from astara.testing.neutron_bed import NeutronTestbed
+from astara.wire.heartbeat import Heartbeat, encode
 
 pytestmark = pytest.mark.e2e
 

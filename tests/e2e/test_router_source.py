@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import openstack
 import pytest
 
-from astara.appliance.models import problems
 from astara.drivers.router import ManagementPort, NeutronRouterSource, plugged_ports, render
+from astara.wire.document import problems
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ from schemathesis.checks import not_a_server_error
 from astara.appliance import dnsmasq, metadata, netlink, nftables, radvd
 from astara.appliance.api import create_app
 from astara.appliance.engine import Engine
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.status import KernelStatus
 from astara.appliance.subsystem import LinkMap
+from astara.wire.document import ApplianceConfig
 
 pytestmark = pytest.mark.functional
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.defaults import API_PORT
 from astara.appliance.metadata import instance_signature
 from astara.common.tls import CertificateAuthority
 from astara.testing.netns import Namespace, Process, Topology, wait_for
+from astara.wire.defaults import API_PORT
 
 pytestmark = pytest.mark.functional
 

@@ -28,15 +28,15 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.defaults import METADATA_PORT
 from astara.appliance.dnsmasq import DnsmasqPaths, DnsmasqSubsystem
 from astara.appliance.metadata import MetadataSubsystem
-from astara.appliance.models import ApplianceConfig, FloatingIP
 from astara.appliance.netlink import ROUTE_PROTO, LinksSubsystem, resolve_links
 from astara.appliance.radvd import RadvdSubsystem
 from astara.appliance.subsystem import ApplyStepError
-from astara.appliance.supervisor import is_alive
+from astara.common.processes import is_alive
 from astara.testing.netns import Namespace, Topology, wait_for
+from astara.wire.defaults import METADATA_PORT
+from astara.wire.document import ApplianceConfig, FloatingIP
 
 pytestmark = pytest.mark.functional
 

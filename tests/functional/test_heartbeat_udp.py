@@ -23,10 +23,10 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client import CollectorRegistry
 
-from astara.appliance.defaults import API_PORT
-from astara.appliance.heartbeat import Heartbeat, encode
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.wire.defaults import API_PORT
+from astara.wire.heartbeat import Heartbeat, encode
 
 pytestmark = pytest.mark.functional
 

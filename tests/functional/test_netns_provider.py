@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from astara.appliance.engine import config_digest
-from astara.appliance.heartbeat import BadSignature, Heartbeat, decode
-from astara.appliance.models import ApplianceConfig
 from astara.common.tls import CertificateAuthority
 from astara.orchestrator.appliance_client import (
     ApplianceClient,
@@ -26,6 +23,8 @@ from astara.orchestrator.appliance_client import (
 )
 from astara.providers.base import Instance, InstanceSpec, PortSpec, load_provider
 from astara.providers.netns import NETNS_DIR, NetnsProvider, host_management_address
+from astara.wire.document import ApplianceConfig, config_digest
+from astara.wire.heartbeat import BadSignature, Heartbeat, decode
 
 pytestmark = pytest.mark.functional
 

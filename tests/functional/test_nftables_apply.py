@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.nftables import NftablesSubsystem, NftCli, render_ruleset
 from astara.appliance.subsystem import ApplyStepError
+from astara.wire.document import ApplianceConfig
 
 pytestmark = pytest.mark.functional
 
@@ -359,7 +359,7 @@ def test_large_rendered_ruleset_is_valid_nft(bed: Path) -> None:
 IN_NAMESPACE = textwrap.dedent(
     """
     import json, sys
-    from astara.appliance.models import ApplianceConfig
+    from astara.wire.document import ApplianceConfig
     from astara.appliance.nftables import LibNftables, NftablesSubsystem
     from astara.appliance.subsystem import ApplyStepError
     links, first, second = json.load(sys.stdin)

@@ -12,13 +12,14 @@ from fastapi.testclient import TestClient
 
 from astara.appliance import service
 from astara.appliance.api import create_app
-from astara.appliance.engine import APPLY_ORDER, Engine, config_digest, dump_with_secrets
+from astara.appliance.engine import APPLY_ORDER, Engine
 from astara.appliance.status import (
     Counters,
     InterfaceCounters,
     InterfaceStatus,
     RuleCounter,
 )
+from astara.wire.document import config_digest, dump_with_secrets
 from tests.unit.test_engine import (
     Call,
     FakeProbe,

@@ -15,7 +15,7 @@ from astara.appliance.dnsmasq import (
     render_hosts,
     render_opts,
 )
-from astara.appliance.models import ApplianceConfig, Network
+from astara.wire.document import ApplianceConfig, Network
 
 pytestmark = pytest.mark.unit
 

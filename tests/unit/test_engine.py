@@ -21,14 +21,13 @@ from astara.appliance.engine import (
     APPLY_ORDER,
     ApplyFailed,
     Engine,
-    Health,
     NothingApplied,
     StaleGeneration,
-    config_digest,
 )
 from astara.appliance.heartbeat import RunningState
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.wire.api import Health
+from astara.wire.document import ApplianceConfig, config_digest
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from astara.appliance.heartbeat import Heartbeat, encode
 from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.events import Event
 from astara.orchestrator.health import HealthMonitor
@@ -20,6 +19,7 @@ from astara.orchestrator.health_loop import (
 from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.store import Store
+from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit

@@ -11,22 +11,20 @@ from collections.abc import Mapping
 import pytest
 from prometheus_client import CollectorRegistry
 
-from astara.appliance.heartbeat import (
+from astara.appliance.heartbeat import DriftWatch, HeartbeatSender, RunningState
+from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.wire.heartbeat import (
     MAX_DATAGRAM,
     BadSignature,
-    DriftWatch,
     Heartbeat,
-    HeartbeatSender,
     Malformed,
     Replay,
-    RunningState,
     Stale,
     UnknownInstance,
     decode,
     encode,
     next_sequence,
 )
-from astara.orchestrator.heartbeat import HeartbeatReceiver
 from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit

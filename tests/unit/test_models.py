@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from astara.appliance.models import ApplianceConfig, problems
+from astara.wire.document import ApplianceConfig, problems
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.netlink import (
     Address,
     Converged,
@@ -19,6 +18,7 @@ from astara.appliance.netlink import (
     garp_targets,
     owned_address,
 )
+from astara.wire.document import ApplianceConfig
 
 pytestmark = pytest.mark.unit
 

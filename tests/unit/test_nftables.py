@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from astara.appliance.models import ApplianceConfig, Firewall, FirewallRule
 from astara.appliance.nftables import (
     NftablesSubsystem,
     RuleCounter,
@@ -21,6 +20,7 @@ from astara.appliance.nftables import (
     render_ruleset,
 )
 from astara.appliance.subsystem import ApplyStepError
+from astara.wire.document import ApplianceConfig, Firewall, FirewallRule
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.models import ApplianceConfig
 from astara.appliance.radvd import (
     RadvdSubsystem,
     RaInterface,
@@ -17,6 +16,7 @@ from astara.appliance.radvd import (
     ra_interfaces,
     render_conf,
 )
+from astara.wire.document import ApplianceConfig
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from astara.appliance.api import ServiceHealth
-from astara.appliance.models import ApplianceConfig
 from astara.drivers.router import RouterSnapshot
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.migrations import upgrade
@@ -24,6 +22,8 @@ from astara.orchestrator.reconciler import (
 from astara.orchestrator.state import State
 from astara.orchestrator.store import Store
 from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
+from astara.wire.api import ServiceHealth
+from astara.wire.document import ApplianceConfig
 from tests.unit.test_router_driver import ROUTER_ID, recorded, snapshot_of
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.models import ApplianceConfig, problems
 from astara.drivers.router import (
     ManagementPort,
     RouterSnapshot,
@@ -18,6 +17,7 @@ from astara.drivers.router import (
     render,
     snapshot_from_api,
 )
+from astara.wire.document import ApplianceConfig, problems
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,12 @@ violation with its path); rules that relate several parts of the document live i
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,6 +27,7 @@ from pydantic import (
     SecretStr,
     field_validator,
 )
+from pydantic_core import to_jsonable_python
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
@@ -328,3 +331,27 @@ def _inside(
 
 def _overlap(a: PortRange, b: PortRange) -> bool:
     return a.first <= b.last and b.first <= a.last
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_reveal(item) for item in value]
+    return value
+
+
+def dump_with_secrets(model: BaseModel) -> str:
+    """JSON of a document with its secrets in clear (pydantic masks them by default)."""
+    return json.dumps(to_jsonable_python(_reveal(model.model_dump(mode="python"))), indent=1)
+
+
+def config_digest(config: ApplianceConfig) -> str:
+    """SHA-256 (hex) of a document, secrets included (a changed secret is a change); the
+    orchestrator computes it over the document it pushed to compare with heartbeats."""
+    canonical = json.dumps(
+        to_jsonable_python(_reveal(config.model_dump(mode="python"))), sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

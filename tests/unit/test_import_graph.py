@@ -1,0 +1,28 @@
+"""The orchestrator speaks to appliances through astara.wire only: loading it must not pull in
+the appliance's web framework or netlink library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["astara.orchestrator.service", "astara.providers.netns", "astara.drivers.router"],
+)
+def test_orchestrator_side_loads_no_appliance_internals(module: str) -> None:
+    probe = (
+        f"import sys, {module}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', "
+        "'pyroute2') or (m.startswith('astara.appliance.') ))\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == ""
