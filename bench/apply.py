@@ -193,13 +193,15 @@ class NoAnnouncements:
 
 def worker(fips: int, rules: int, runs: int) -> None:
     from astara.appliance.engine import Engine
+    from astara.appliance.management import ManagementDomain
     from astara.appliance.netlink import LinksSubsystem
     from astara.appliance.nftables import TABLES, NftablesSubsystem, render_ruleset
     from astara.appliance.status import KernelLiveState
 
     base = build_document(fips, rules)
     plus_one = build_document(fips, rules, generation=2, extra_fip=True)
-    links = LinksSubsystem(garp=NoAnnouncements())  # type: ignore[arg-type]
+    # As the appliance runs it: management in its own routing domain.
+    links = LinksSubsystem(garp=NoAnnouncements(), management=ManagementDomain())  # type: ignore[arg-type]
     firewall = NftablesSubsystem()
 
     def say(message: dict[str, Any]) -> None:

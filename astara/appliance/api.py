@@ -8,18 +8,26 @@ its path in the document, whether pydantic or ``problems()`` (astara.wire.docume
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from astara.appliance.bodylimit import BodyLimit
 from astara.appliance.engine import ApplyFailed, Engine, NothingApplied, StaleGeneration
 from astara.appliance.status import Counters, InterfaceStatus, StatusReader
 from astara.wire.api import Conflict, Failure, Health, Message, Problems, ServiceHealth
 from astara.wire.document import ApplianceConfig, Problem, problems
 
 JSON_TYPE = "application/json"
+# 1,000 floating IPs and 5,000 firewall rules make a 1.5 MB document: five times that fits.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Requests are served by a pool of threads (the endpoints block on the engine's lock).
+DEFAULT_API_THREADS = 8
 
 
 def _pydantic_problems(exc: RequestValidationError) -> list[Problem]:
@@ -39,14 +47,29 @@ def _require_json(request: Request) -> None:
         raise HTTPException(415, f"Content-Type must be {JSON_TYPE}")
 
 
-def create_app(engine: Engine, status: StatusReader) -> FastAPI:
-    """The API over one engine; ``status`` reads interfaces and counters."""
+def create_app(
+    engine: Engine,
+    status: StatusReader,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    threads: int = DEFAULT_API_THREADS,
+) -> FastAPI:
+    """The API over one engine; ``status`` reads interfaces and counters. Bodies over
+    ``max_body_bytes`` get 413; at most ``threads`` requests are served at once."""
     started = time.monotonic()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The pool blocking endpoints run in (anyio's default: 40 threads per event loop).
+        to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
     app = FastAPI(
         title="astara-appliance",
         version="1",
         description="Configuration and status of one Astara router appliance.",
+        lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,6 +126,7 @@ def create_app(engine: Engine, status: StatusReader) -> FastAPI:
         dependencies=[Depends(_require_json)],
         responses={
             409: {"model": Conflict},
+            413: {"model": Message, "description": "The body is larger than the limit"},
             415: {"model": Message},
             422: {"model": Problems},
             500: {"model": Failure},

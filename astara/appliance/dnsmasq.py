@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from astara.appliance.files import PRIVATE_DIR, account_uid, ensure_dir, write_private
 from astara.appliance.subsystem import ApplyStepError, LinkMap
-from astara.appliance.supervisor import Daemon, write_config
+from astara.appliance.supervisor import Daemon
 from astara.wire.document import ApplianceConfig, Network, Subnet
 
 DEFAULT_LEASE_SECONDS = 86400
+# dnsmasq drops root after start-up and re-reads its hosts and options files as this account
+# on SIGHUP: they are its own (0600 in a 0700 directory), out of every other user's reach.
+DEFAULT_USER = "dnsmasq"
 DHCPV6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
 
 
@@ -76,11 +80,16 @@ def dhcp_subnets(network: Network) -> list[tuple[str, Subnet]]:
 
 
 def render_argv(
-    network: Network, ifname: str, paths: DnsmasqPaths, lease_seconds: int = DEFAULT_LEASE_SECONDS
+    network: Network,
+    ifname: str,
+    paths: DnsmasqPaths,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    user: str = DEFAULT_USER,
 ) -> tuple[str, ...]:
     argv = [
         "dnsmasq",
         "--keep-in-foreground",
+        f"--user={user}",
         "--conf-file=/dev/null",
         "--no-hosts",
         "--no-resolv",
@@ -158,7 +167,11 @@ def render_opts(network: Network) -> str:
 
 
 def render(
-    network: Network, ifname: str, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS
+    network: Network,
+    ifname: str,
+    state_dir: Path,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    user: str = DEFAULT_USER,
 ) -> DnsmasqInstance | None:
     """Everything one network's dnsmasq needs, or None when the network serves no DHCP."""
     if not dhcp_subnets(network):
@@ -166,7 +179,7 @@ def render(
     paths = DnsmasqPaths(state_dir, network.id)
     return DnsmasqInstance(
         network_id=network.id,
-        argv=render_argv(network, ifname, paths, lease_seconds),
+        argv=render_argv(network, ifname, paths, lease_seconds, user),
         hosts=render_hosts(network),
         opts=render_opts(network),
     )
@@ -177,12 +190,13 @@ def desired_instances(
     links: LinkMap,
     state_dir: Path,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    user: str = DEFAULT_USER,
 ) -> dict[str, DnsmasqInstance]:
     if config is None:
         return {}
     found = {}
     for net in config.internal_networks():
-        instance = render(net, links[net.interface_mac], state_dir, lease_seconds)
+        instance = render(net, links[net.interface_mac], state_dir, lease_seconds, user)
         if instance is not None:
             found[net.id] = instance
     return found
@@ -191,9 +205,12 @@ def desired_instances(
 class DnsmasqSubsystem:
     name = "dhcp"
 
-    def __init__(self, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS, user: str = DEFAULT_USER
+    ) -> None:
         self.state_dir = state_dir
         self.lease_seconds = lease_seconds
+        self.user = user
         self._daemons: dict[str, Daemon] = {}
 
     def daemon(self, network_id: str) -> Daemon:
@@ -207,12 +224,13 @@ class DnsmasqSubsystem:
     ) -> None:
         try:
             self._apply(desired, links)
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, LookupError, ValueError) as exc:
             raise ApplyStepError(self.name, str(exc)) from exc
 
     def _apply(self, desired: ApplianceConfig | None, links: LinkMap) -> None:
-        self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        wanted = desired_instances(desired, links, self.state_dir, self.lease_seconds)
+        uid = account_uid(self.user)
+        ensure_dir(self.state_dir, PRIVATE_DIR, uid)
+        wanted = desired_instances(desired, links, self.state_dir, self.lease_seconds, self.user)
         for network_id in self._running_ids() - wanted.keys():
             self.daemon(network_id).stop()
             paths = DnsmasqPaths(self.state_dir, network_id)
@@ -220,8 +238,8 @@ class DnsmasqSubsystem:
                 stale.unlink(missing_ok=True)
         for network_id, instance in wanted.items():
             paths = DnsmasqPaths(self.state_dir, network_id)
-            changed = write_config(paths.hosts, instance.hosts)
-            changed = write_config(paths.opts, instance.opts) or changed
+            changed = write_private(paths.hosts, instance.hosts, uid)
+            changed = write_private(paths.opts, instance.opts, uid) or changed
             daemon = self.daemon(network_id)
             if not daemon.ensure(instance.argv) and changed:
                 daemon.signal(signal.SIGHUP)

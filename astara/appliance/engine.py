@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import ValidationError
+
 from astara.appliance.heartbeat import RunningState
 from astara.appliance.status import LiveStateProbe
 from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
 from astara.wire.api import Health
-from astara.wire.document import ApplianceConfig, config_digest, dump_with_secrets
+from astara.wire.document import ApplianceConfig, config_digest, dump_with_secrets, problems
 
 LOG = logging.getLogger(__name__)
 
@@ -87,9 +89,40 @@ class ConfigStore:
         os.replace(tmp, self.path)
 
     def load(self) -> ApplianceConfig | None:
-        if not self.path.exists():
+        """The saved document; None when there is none. InvalidSaved when it is unreadable
+        or no longer valid (a newer appliance may refuse what an older one accepted)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
             return None
-        return ApplianceConfig.model_validate_json(self.path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidSaved(f"unreadable: {exc}") from exc
+        try:
+            config = ApplianceConfig.model_validate_json(text)
+        except ValidationError as exc:
+            raise InvalidSaved(
+                "; ".join(f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+            ) from exc
+        found = problems(config)
+        if found:
+            raise InvalidSaved("; ".join(f"{_path(p.loc)}: {p.msg}" for p in found))
+        return config
+
+    def set_aside(self) -> Path:
+        """Move the saved document out of the way, kept for the operator (root only)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}.invalid-{stamp}")
+        os.chmod(self.path, 0o600)
+        os.replace(self.path, kept)
+        return kept
+
+
+class InvalidSaved(Exception):
+    """The saved document cannot be re-applied; the message says why."""
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in loc) or "document"
 
 
 def _macs(*configs: ApplianceConfig | None) -> set[str]:
@@ -196,7 +229,19 @@ class Engine:
     def restore(self) -> ApplianceConfig | None:
         """Re-apply the document saved by the last good apply (at startup); None if none."""
         with self._lock:
-            saved = self.store.load()
+            try:
+                saved = self.store.load()
+            except InvalidSaved as exc:
+                # Starting unconfigured beats not starting: the orchestrator sees no
+                # generation and pushes a new document.
+                kept = self.store.set_aside()
+                LOG.error(
+                    "saved configuration refused (%s); moved to %s; waiting for a new one",
+                    exc,
+                    kept,
+                )
+                self._health = Health(last_error=f"saved configuration refused: {exc}")
+                return None
             if saved is None:
                 return None
             LOG.info("re-applying saved generation %d", saved.generation)

@@ -126,17 +126,20 @@ class HeartbeatSender:
             return False
         now = self._clock()
         self._sequence = next_sequence(self._sequence, now)
-        datagram = encode(
-            Heartbeat(
-                instance_id=self.instance_id,
-                sequence=self._sequence,
-                sent_at=now,
-                generation=running.generation,
-                digest=running.digest,
-                drifted=running.drifted,
-            ),
-            self._key,
+        beat = Heartbeat(
+            instance_id=self.instance_id,
+            sequence=self._sequence,
+            sent_at=now,
+            generation=running.generation,
+            digest=running.digest,
+            drifted=running.drifted,
         )
+        try:
+            datagram = encode(beat, self._key)
+        except ValueError:
+            # A state the wire cannot carry must not end the thread: later beats may fit.
+            LOG.exception("heartbeat skipped: the running state does not fit a datagram")
+            return False
         try:
             self._sock.sendto(datagram, self._address)
         except OSError as exc:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,6 +32,19 @@ from astara.wire.document import ApplianceConfig, Network
 ROUTE_PROTO = 78
 MAIN_TABLE = 254
 GARP_CONCURRENCY = 32
+
+
+class ManagementRouting(Protocol):
+    """Keeps the management NIC's traffic out of the main table (ManagementDomain)."""
+
+    def ensure(
+        self,
+        ifname: str,
+        addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+        trust_last: bool = False,
+    ) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class LinkNotFoundError(LookupError):
@@ -223,7 +236,7 @@ IFF_UP = 1
 IFLA_IFNAME, IFLA_MTU = 3, 4
 NLM_F_REQUEST_DUMP = 0x301
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
@@ -256,6 +269,8 @@ class KernelRoute:
     dst: str | None
     gateway: str | None
     oif: int | None
+    kind: int = 1  # rtm_type: RTN_UNICAST, RTN_UNREACHABLE (7)...
+    prefsrc: str | None = None
 
 
 class KernelDump:
@@ -303,10 +318,11 @@ class KernelDump:
         found = []
         request = _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
         for body, attrs in self._dump(RTM_GETROUTE, request, _RTMSG):
-            family, dst_len, _, _, table, proto, _, _, _ = body
+            family, dst_len, _, _, table, proto, _, kind, _ = body
             if RTA_TABLE in attrs:
                 table = struct.unpack("=I", attrs[RTA_TABLE])[0]
             dst, gateway, oif = attrs.get(RTA_DST), attrs.get(RTA_GATEWAY), attrs.get(RTA_OIF)
+            prefsrc = attrs.get(RTA_PREFSRC)
             found.append(
                 KernelRoute(
                     family=family,
@@ -316,6 +332,8 @@ class KernelDump:
                     dst=socket.inet_ntop(family, dst) if dst else None,
                     gateway=socket.inet_ntop(family, gateway) if gateway else None,
                     oif=struct.unpack("=i", oif)[0] if oif else None,
+                    kind=kind,
+                    prefsrc=socket.inet_ntop(family, prefsrc) if prefsrc else None,
                 )
             )
         return found
@@ -395,9 +413,13 @@ class LinksSubsystem:
         ipr: IPRoute | None = None,
         garp: GratuitousArp | None = None,
         sysctl_root: Path = Path("/proc/sys"),
+        management: ManagementRouting | None = None,
     ) -> None:
+        """``management`` keeps the management network in its own routing domain
+        (astara.appliance.management); None leaves routing of management to the main table."""
         self.ipr = ipr if ipr is not None else IPRoute()
         self.dump = KernelDump()
+        self.management = management
         self.garp = garp if garp is not None else GratuitousArp()
         self.sysctl_root = sysctl_root
         self.last_change: tuple[Change[Address], Change[Route]] | None = None
@@ -406,6 +428,8 @@ class LinksSubsystem:
     def close(self) -> None:
         self.ipr.close()
         self.dump.close()
+        if self.management is not None:
+            self.management.close()
 
     def apply(
         self, desired: ApplianceConfig | None, previous: ApplianceConfig | None, links: LinkMap
@@ -429,7 +453,8 @@ class LinksSubsystem:
             )
         else:
             want_addrs, want_routes = self._kept_on_removal(previous, links), set()
-        if converged is not None and converged.covers(desired, previous, links):
+        fast = converged is not None and converged.covers(desired, previous, links)
+        if fast and converged is not None:
             # An interface unplugged since then took its addresses and routes along.
             have_addrs = [a for a in converged.addresses if a.ifname in kernel]
             have_routes = [r for r in converged.routes if r.ifname in kernel]
@@ -448,6 +473,14 @@ class LinksSubsystem:
             self._route("del", route, kernel, ignore=errno.ESRCH)
         for route in routes.to_add:
             self._route("add", route, kernel, ignore=errno.EEXIST)
+        management = desired.network("management") if desired is not None else None
+        if management is not None and self.management is not None:
+            # After the addresses: the domain's routes name them as sources.
+            self.management.ensure(
+                _ifname(links, management),
+                list(management.addresses),
+                trust_last=fast,
+            )
         if desired is not None:
             self.garp.announce(garp_targets(addrs.to_add, desired, links))
             self._converged = Converged(

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from astara.appliance.files import PRIVATE_DIR, ensure_dir, write_private
 from astara.appliance.subsystem import ApplyStepError, LinkMap
-from astara.appliance.supervisor import Daemon, write_config
+from astara.appliance.supervisor import Daemon
 from astara.wire.document import ApplianceConfig, Ipv6Mode
 
 MIN_INTERVAL = 10
@@ -191,8 +192,9 @@ class RadvdSubsystem:
             self.daemon.stop()
             self._withdrawn.clear()
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        changed = write_config(
+        # radvd keeps root (it is started without -u): its files are root's alone.
+        ensure_dir(self.state_dir, PRIVATE_DIR)
+        changed = write_private(
             self.conf_file, render_conf(ra_interfaces(desired, links, self._withdrawn))
         )
         if not self.daemon.ensure(self.argv()) and changed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -18,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from pyroute2.netlink.exceptions import NetlinkError
 
-from astara.appliance.api import create_app
+from astara.appliance.api import DEFAULT_API_THREADS, DEFAULT_MAX_BODY_BYTES, create_app
+from astara.appliance.dnsmasq import DEFAULT_USER as DNSMASQ_USER
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
+from astara.appliance.files import TRAVERSABLE_DIR, ensure_dir
 from astara.appliance.heartbeat import DriftWatch, HeartbeatSender
+from astara.appliance.management import MANAGEMENT_TABLE, IpAddress, ManagementDomain
 from astara.appliance.metadata import MetadataSubsystem
 from astara.appliance.netlink import LinksSubsystem, resolve_links
 from astara.appliance.nftables import TABLES, NftablesSubsystem
@@ -109,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often the live state is compared with what the last apply produced; "
         "heartbeats carry the verdict (default: %(default)s)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="BYTES",
+        help="larger request bodies are refused with 413 before they are read "
+        "(default: %(default)s; a document with 1,000 floating IPs and 5,000 firewall rules "
+        "is about 1.5 MB)",
+    )
+    limits.add_argument(
+        "--api-threads",
+        type=int,
+        default=DEFAULT_API_THREADS,
+        metavar="N",
+        help="requests served at once; others wait (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dnsmasq-user",
+        default=DNSMASQ_USER,
+        metavar="USER",
+        help="the account dnsmasq drops to; its files are readable by it alone "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -209,26 +238,67 @@ class RouterIdFilter(logging.Filter):
         return True
 
 
-def build_subsystems(state_dir: Path, firewall: NftablesSubsystem) -> list[Subsystem]:
+def build_subsystems(
+    state_dir: Path,
+    firewall: NftablesSubsystem,
+    management: ManagementDomain,
+    dnsmasq_user: str = DNSMASQ_USER,
+) -> list[Subsystem]:
     """The real data plane, each daemon with its own files under ``state_dir``."""
     return [
-        LinksSubsystem(),
+        LinksSubsystem(management=management),
         firewall,
-        DnsmasqSubsystem(state_dir / "dhcp"),
+        DnsmasqSubsystem(state_dir / "dhcp", user=dnsmasq_user),
         RadvdSubsystem(state_dir / "ra"),
         MetadataSubsystem(),
     ]
+
+
+def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_body_bytes < 1:
+        parser.error("--max-body-bytes must be positive")
+    if args.api_threads < 1:
+        parser.error("--api-threads must be positive")
+
+
+def management_destinations(beats: HeartbeatSettings | None) -> list[IpAddress]:
+    """Hosts only reached over management: the heartbeat target (when given as an address)."""
+    if beats is None:
+        return []
+    try:
+        return [ipaddress.ip_address(beats.target[0].split("%")[0])]
+    except ValueError:
+        return []
+
+
+def set_up_management(domain: ManagementDomain, listen: str) -> None:
+    """The management routing domain, before anything listens or sends: from the interface
+    that holds the --listen address (the provider or first boot configured it)."""
+    if ipaddress.ip_address(listen).is_unspecified:
+        LOG.warning("--listen %s: the management domain waits for the first document", listen)
+        return
+    ifname = domain.interface_holding(listen)
+    if ifname is None:
+        LOG.warning("no interface holds %s: the management domain waits for a document", listen)
+        return
+    domain.ensure(ifname, domain.addresses(ifname))
+    LOG.info("management routing domain on %s (table %d)", ifname, MANAGEMENT_TABLE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_tls_arguments(parser, args)
+    check_limits(parser, args)
     beats = heartbeat_settings(parser, args)
+    # Everything written from now on (ours and our daemons') is private unless made otherwise.
+    os.umask(0o077)
+    ensure_dir(args.state_dir, TRAVERSABLE_DIR)
 
     firewall = NftablesSubsystem()
+    management = ManagementDomain(management_destinations(beats))
     engine = Engine(
-        build_subsystems(args.state_dir, firewall),
+        build_subsystems(args.state_dir, firewall, management, args.dnsmasq_user),
         args.state_dir,
         resolve_links,
         KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir),
@@ -242,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pyroute2").setLevel(logging.INFO)
 
     try:
+        set_up_management(management, args.listen)
+    except (OSError, LookupError, NetlinkError) as exc:
+        LOG.error("management routing domain not set up: %s", exc)
+    try:
         engine.restore()
     except ApplyFailed as exc:
         LOG.error("saved configuration could not be re-applied: %s", exc)
@@ -254,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).start()
         LOG.info("heartbeats every %.1f s to %s port %d", beats.interval, *beats.target)
 
-    app = create_app(engine, KernelStatus(firewall.read_counters))
+    app = create_app(
+        engine,
+        KernelStatus(firewall.read_counters),
+        max_body_bytes=args.max_body_bytes,
+        threads=args.api_threads,
+    )
     LOG.info("serving on [%s]:%d with mutual TLS", args.listen, args.port)
     uvicorn.run(
         app,

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from pyroute2 import IPRoute
 
+from astara.appliance.management import MANAGEMENT_TABLE
 from astara.appliance.netlink import MAIN_TABLE, KernelDump
 from astara.appliance.subsystem import LinkMap
 from astara.common.processes import is_alive
@@ -262,9 +263,9 @@ class KernelLiveState:
             ]
             routes = [
                 f"{r.dst or 'default'}/{r.dst_len} via {r.gateway} dev {by_index[r.oif]} "
-                f"proto {r.proto}"
+                f"proto {r.proto} table {r.table}"
                 for r in dump.routes()
-                if r.table == MAIN_TABLE
+                if r.table in (MAIN_TABLE, MANAGEMENT_TABLE)
                 and r.oif is not None
                 and by_index.get(r.oif) in managed
                 and not (r.dst or "").startswith("fe80:")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from astara.appliance.files import open_private_log
 from astara.common.processes import is_alive, process_argv
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -47,20 +48,6 @@ def reap_orphan(pid: int, timeout: float) -> None:
         if done:
             return
         time.sleep(0.01)
-
-
-def write_config(path: Path, text: str) -> bool:
-    """Replace a file's content in one rename; False (and no write) when it is unchanged."""
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)  # daemons may re-read it after dropping root
-    os.replace(tmp, path)
-    return True
 
 
 class Daemon:
@@ -103,7 +90,7 @@ class Daemon:
         self.stop()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         become_subreaper()
-        with self.log_file.open("ab") as log:
+        with os.fdopen(open_private_log(self.log_file), "ab") as log:
             self._child = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ shapes), ``render`` turns it into an ``ApplianceConfig`` without any I/O, and
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,15 @@ from astara.wire.document import (
     PortRange,
     StaticRoute,
     Subnet,
+    management_overlap,
+    route_into_management,
 )
+
+LOG = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GATEWAY_OWNER = "network:router_gateway"
 # Every owner Neutron gives a port that belongs to a router rather than to a workload.
@@ -184,7 +190,20 @@ def render(
 ) -> ApplianceConfig:
     """The appliance document for a router: pure, deterministic for the same snapshot."""
     router = snapshot.router
-    subnets = {subnet.id: subnet for subnet in snapshot.subnets}
+    # Tenant data that overlaps the management network is left out (and logged): the
+    # appliance would refuse the whole document for it.
+    reserved = [address.network for address in management.addresses]
+    subnets = {
+        subnet.id: subnet.model_copy(
+            update={
+                "host_routes": [
+                    r for r in subnet.host_routes if _route_allowed(router.id, r, reserved)
+                ]
+            }
+        )
+        for subnet in snapshot.subnets
+        if _clear_of_management(router.id, subnet, reserved)
+    }
     mtus = {net.id: net.mtu for net in snapshot.networks}
     nics = plugged_ports(snapshot)
 
@@ -197,13 +216,20 @@ def render(
         )
     ]
     gateway = snapshot.gateway_port
-    if gateway is not None and gateway.fixed_ips:
-        networks.append(_network("external", gateway, [gateway], subnets, []))
+    external = (
+        _network("external", gateway, [gateway], subnets, [])
+        if gateway is not None and gateway.fixed_ips
+        else None
+    )
+    if external is not None:
+        networks.append(external)
     for nic in nics:
         if nic is gateway:
             continue
         owned = [port for port in snapshot.interface_ports if port.network_id == nic.network_id]
-        networks.append(_network("internal", nic, owned, subnets, snapshot.network_ports))
+        internal = _network("internal", nic, owned, subnets, snapshot.network_ports)
+        if internal is not None:
+            networks.append(internal)
 
     interfaces = [Interface(mac=management.mac)] + [
         Interface(mac=port.mac_address, mtu=_mtu(mtus.get(port.network_id))) for port in nics
@@ -221,6 +247,7 @@ def render(
                 router.routes,
                 key=lambda r: (r.destination.version, str(r.destination), str(r.nexthop)),
             )
+            if _route_allowed(router.id, r, reserved)
         ],
         snat_enabled=gateway_info is not None and gateway_info.enable_snat,
         floating_ips=list(_floating_ips(snapshot.floating_ips)),
@@ -250,17 +277,47 @@ def hostname_for(ips: Iterable[IPAddress]) -> str:
     return "host-" + str(first).replace(".", "-").replace(":", "-")
 
 
+def _clear_of_management(router_id: str, subnet: NeutronSubnet, reserved: list[IPNetwork]) -> bool:
+    found = management_overlap(subnet.cidr, reserved)
+    if found is not None:
+        LOG.warning(
+            "router %s: subnet %s (%s) skipped: overlaps the management network %s",
+            router_id,
+            subnet.id,
+            subnet.cidr,
+            found,
+        )
+    return found is None
+
+
+def _route_allowed(router_id: str, route: NeutronRoute, reserved: list[IPNetwork]) -> bool:
+    refused = route_into_management(route.destination, route.nexthop, reserved)
+    if refused is not None:
+        LOG.warning(
+            "router %s: route %s via %s skipped: %s %s",
+            router_id,
+            route.destination,
+            route.nexthop,
+            refused[0],
+            refused[1],
+        )
+    return refused is None
+
+
 def _network(
     kind: NetworkKind,
     nic: NeutronPort,
     owned: list[NeutronPort],
     subnets: dict[str, NeutronSubnet],
     network_ports: list[NeutronPort],
-) -> Network:
+) -> Network | None:
+    """The network a NIC serves; None when none of its subnets is left to serve."""
     fixed = sorted(
         (fip for port in owned for fip in port.fixed_ips if fip.subnet_id in subnets),
         key=lambda fip: (fip.ip_address.version, fip.ip_address),
     )
+    if not fixed:
+        return None
     served = _unique(subnets[fip.subnet_id] for fip in fixed)
     return Network(
         id=nic.network_id,

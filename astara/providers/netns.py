@@ -66,7 +66,7 @@ LOG_FILE = "appliance.log"
 HEARTBEAT_KEY_FILE = "heartbeat.key"
 PROC = Path("/proc")
 STOP_TIMEOUT = 3.0
-PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,5}$")
+PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,5}")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -85,7 +85,7 @@ class Names:
 
     def __post_init__(self) -> None:
         # 6 characters leave 8 hex digits of hash in a 15-character interface name.
-        if not PREFIX_RE.match(self.prefix):
+        if not PREFIX_RE.fullmatch(self.prefix):
             raise ValueError("prefix must be 1-6 letters or digits, starting with a letter")
 
     def _link(self, kind: str, key: str) -> str:
@@ -196,8 +196,9 @@ def _traversable_dir(path: Path) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename; root only (records name ports, MACs and addresses)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -269,7 +270,10 @@ class ApplianceProcesses:
         self._child_ns: dict[int, str] = {}
 
     def start(self, ns: str, argv: Sequence[str], pid_file: Path, log_file: Path) -> int:
-        with log_file.open("ab") as log:
+        # The appliance logs tenants' addresses and names: root only, whatever the umask.
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(log_fd, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             child = subprocess.Popen(
                 ["ip", "netns", "exec", ns, *argv],
                 stdin=subprocess.DEVNULL,

@@ -29,20 +29,25 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+# Matched with fullmatch: "$" also matches before a trailing newline, which would then reach
+# the dnsmasq hosts file as a line break.
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+HOSTNAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+# The narrowest consumer of a generation: the orchestrator's store keeps it in an SQL INTEGER
+# column (signed 32 bits on MariaDB and PostgreSQL); heartbeats carry an unsigned 64-bit one.
+MAX_GENERATION = 2**31 - 1
 
 
 def _mac(value: str) -> str:
     value = value.lower()
-    if not MAC_RE.match(value):
+    if not MAC_RE.fullmatch(value):
         raise ValueError("must be a MAC address like fa:16:3e:00:00:01")
     return value
 
 
 def _hostname(value: str) -> str:
     value = value.lower()
-    if len(value) > 253 or not HOSTNAME_RE.match(value):
+    if len(value) > 253 or not HOSTNAME_RE.fullmatch(value):
         raise ValueError("must be a DNS name: labels of letters, digits and '-'")
     return value
 
@@ -179,13 +184,15 @@ class Metadata(Strict):
     """Where the appliance's metadata proxy forwards instances' 169.254.169.254 requests."""
 
     upstream_url: HttpUrl
-    shared_secret: SecretStr | None = None
+    shared_secret: SecretStr | None = Field(None, max_length=1024)
 
 
 class ApplianceConfig(Strict):
     """The whole desired state of one router appliance."""
 
-    generation: int = Field(ge=1, description="Increases with every change; older ones get 409")
+    generation: int = Field(
+        ge=1, le=MAX_GENERATION, description="Increases with every change; older ones get 409"
+    )
     router_id: Identifier
     hostname: Hostname
     interfaces: list[Interface] = Field(max_length=64)
@@ -288,6 +295,74 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
 
     for r, rule in enumerate(config.firewall.rules):
         yield from _rule_problems(rule, ("firewall", "rules", r))
+
+    yield from _management_problems(config)
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def management_prefixes(config: ApplianceConfig) -> list[IpNetwork]:
+    """The prefixes of the management network's addresses: the orchestrator's ground."""
+    management = config.network("management")
+    return [address.network for address in management.addresses] if management else []
+
+
+def management_overlap(cidr: IpNetwork, management: Sequence[IpNetwork]) -> IpNetwork | None:
+    """The management prefix that ``cidr`` shares addresses with, if any."""
+    return next((m for m in management if m.version == cidr.version and m.overlaps(cidr)), None)
+
+
+def route_into_management(
+    destination: IpNetwork, nexthop: IpAddress, management: Sequence[IpNetwork]
+) -> tuple[str, str] | None:
+    """(field, reason) when a tenant route would lead into the management network.
+
+    A destination inside a management prefix could only be meant to divert management
+    traffic; a wider one (a default route, 10.0.0.0/8 around 10.255.0.0/24) is a tenant's
+    business and cannot touch management, which the appliance routes in its own table.
+    """
+    for prefix in management:
+        if destination.version == prefix.version and destination.subnet_of(prefix):  # type: ignore[arg-type]
+            return "destination", f"inside the management network {prefix}"
+        if nexthop.version == prefix.version and nexthop in prefix:
+            return "nexthop", f"on the management network {prefix}"
+    return None
+
+
+def _management_problems(config: ApplianceConfig) -> Iterator[Problem]:
+    """Tenant subnets, addresses and routes must stay clear of the management network."""
+    management = management_prefixes(config)
+    if not management:
+        return
+    for n, net in enumerate(config.networks):
+        if net.kind == "management":
+            continue
+        where: tuple[str | int, ...] = ("networks", n)
+        for a, address in enumerate(net.addresses):
+            found = management_overlap(address.network, management)
+            if found is not None:
+                yield Problem(
+                    loc=(*where, "addresses", a), msg=f"overlaps the management network {found}"
+                )
+        for s, subnet in enumerate(net.subnets):
+            found = management_overlap(subnet.cidr, management)
+            if found is not None:
+                yield Problem(
+                    loc=(*where, "subnets", s, "cidr"),
+                    msg=f"overlaps the management network {found}",
+                )
+            for h, hop in enumerate(subnet.host_routes):
+                refused = route_into_management(hop.destination, hop.nexthop, management)
+                if refused is not None:
+                    yield Problem(
+                        loc=(*where, "subnets", s, "host_routes", h, refused[0]), msg=refused[1]
+                    )
+    for r, route in enumerate(config.routes):
+        refused = route_into_management(route.destination, route.nexthop, management)
+        if refused is not None:
+            yield Problem(loc=("routes", r, refused[0]), msg=refused[1])
 
 
 def _network_problems(net: Network, where: tuple[str | int, ...]) -> Iterator[Problem]:
