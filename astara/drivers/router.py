@@ -250,8 +250,18 @@ def render(
             if _route_allowed(router.id, r, reserved)
         ],
         snat_enabled=gateway_info is not None and gateway_info.enable_snat,
-        floating_ips=list(_floating_ips(snapshot.floating_ips)),
-        port_forwards=list(_port_forwards(snapshot)),
+        floating_ips=[
+            fip
+            for fip in _floating_ips(snapshot.floating_ips)
+            if _behind_router(router.id, f"floating IP {fip.floating_ip}", fip.fixed_ip, reserved)
+        ],
+        port_forwards=[
+            forward
+            for forward in _port_forwards(snapshot)
+            if _behind_router(
+                router.id, f"port forwarding {forward.id}", forward.internal_ip, reserved
+            )
+        ],
         metadata=Metadata(upstream_url=metadata_url) if metadata_url else None,
     )
 
@@ -285,6 +295,21 @@ def _clear_of_management(router_id: str, subnet: NeutronSubnet, reserved: list[I
             router_id,
             subnet.id,
             subnet.cidr,
+            found,
+        )
+    return found is None
+
+
+def _behind_router(router_id: str, what: str, inside: IPAddress, reserved: list[IPNetwork]) -> bool:
+    """False (logged) for a NAT to an address of the management network: its subnet is
+    left out."""
+    found = next((m for m in reserved if inside.version == m.version and inside in m), None)
+    if found is not None:
+        LOG.warning(
+            "router %s: %s skipped: %s is on the management network %s",
+            router_id,
+            what,
+            inside,
             found,
         )
     return found is None

@@ -10,7 +10,9 @@ only) of the namespace the test runs in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,14 @@ from astara.appliance.status import KernelStatus
 from astara.appliance.subsystem import LinkMap
 from astara.wire.document import ApplianceConfig
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.functional, pytest.mark.security]
+
+# The API's pool of request threads in this app (the appliance's --api-threads).
+API_THREADS = 4
+# Beside them: the test client's event-loop thread and the engine's record-apply timer.
+OTHER_THREADS = 2
+# Each example must answer within this (a hang fails the example, not the whole run).
+EXAMPLE_DEADLINE = timedelta(seconds=10)
 
 Render = Callable[[ApplianceConfig, LinkMap], object]
 
@@ -75,7 +84,7 @@ def numbered_links(macs: Iterable[str]) -> LinkMap:
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     state_dir = tmp_path_factory.mktemp("fuzz")
     engine = Engine(renderers(state_dir), state_dir, numbered_links)
-    return create_app(engine, KernelStatus(lambda: []))
+    return create_app(engine, KernelStatus(lambda: []), threads=API_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +117,25 @@ CASES = [(method, path, GenerationMode.POSITIVE) for method, path in OPERATIONS]
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)
-def test_no_input_causes_a_server_error(
+def test_no_input_causes_a_server_error_a_hang_or_thread_growth(
     api_schema: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode
 ) -> None:
     operation = api_schema[path][method]
+    baseline = threading.active_count()
+    peak = [baseline]
 
+    # derandomize: the same examples on every run, so a CI failure replays here.
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=40 if method == "PUT" else 5,
-        deadline=None,
+        max_examples=80 if method == "PUT" else 10,
+        deadline=EXAMPLE_DEADLINE,
+        derandomize=True,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
     def check(case: schemathesis.Case) -> None:
         case.call_and_validate(checks=[not_a_server_error])
+        peak[0] = max(peak[0], threading.active_count())
 
     check()
+    assert peak[0] <= baseline + API_THREADS + OTHER_THREADS, (baseline, peak[0])
