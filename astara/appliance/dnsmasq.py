@@ -99,7 +99,8 @@ def render_argv(
         "--dhcp-authoritative",
         f"--pid-file={paths.pid}",
         f"--dhcp-leasefile={paths.leases}",
-        f"--log-facility={paths.log}",
+        # To stderr, which is our 0600 log file: dnsmasq would make a file of its own 0660.
+        "--log-facility=-",
         "--log-dhcp",
         f"--dhcp-hostsfile={paths.hosts}",
         f"--dhcp-optsfile={paths.opts}",

@@ -74,22 +74,39 @@ sock.sendall(
     f"PUT /v1/config HTTP/1.1\r\nHost: [{host}]\r\nContent-Type: application/json\r\n"
     f"{framing}\r\n\r\n".encode()
 )
+answer = b""
+def answered():
+    # Readable may only mean TLS records (session tickets): an answer is application data.
+    global answer
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    sock.setblocking(False)
+    try:
+        answer += sock.recv(65536)
+    except ssl.SSLWantReadError:
+        pass
+    finally:
+        sock.settimeout(30)
+    return bool(answer)
 piece, sent = b" " * 65536, 0
 try:
-    while sent < size and not select.select([sock], [], [], 0)[0]:
+    while sent < size and not answered():
         sock.sendall(piece if mode == "declared" else b"%x\r\n%s\r\n" % (len(piece), piece))
         sent += len(piece)
     if mode == "chunked" and sent >= size:
         sock.sendall(b"0\r\n\r\n")
 except OSError:
     pass
-answer = b""
-while b"\r\n\r\n" not in answer:
+while True:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = [int(l.split(b":")[1]) for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")]
+    if length and len(body) >= length[0]:
+        break
     more = sock.recv(65536)
     if not more:
         break
     answer += more
-print(json.dumps({"status": int(answer.split()[1]), "sent": sent, "head": answer[:400].decode()}))
+print(json.dumps({"status": int(answer.split()[1]), "sent": sent, "answer": answer.decode()}))
 """
 
 
@@ -374,7 +391,7 @@ def test_a_60_mb_body_is_refused_with_413_before_it_is_held_in_memory(bed: Bed, 
     before = peak_rss_kib(bed.appliance.pid)
     answer = bed.put_big(mode, 60 * 1024 * 1024)
     assert answer["status"] == 413, answer
-    assert "request body larger than" in answer["head"]
+    assert "request body larger than 8388608 bytes" in answer["answer"]
     grown_mib = (peak_rss_kib(bed.appliance.pid) - before) / 1024
     # The limit (8 MiB by default) bounds what is held; parsing 60 MB took ~650 MB.
     assert grown_mib < 40, f"peak RSS grew by {grown_mib:.0f} MiB"

@@ -89,7 +89,8 @@ def test_argv_binds_one_interface_with_per_network_files() -> None:
         "--except-interface=lo",
         f"--pid-file={STATE}/dnsmasq-net-1.pid",
         f"--dhcp-leasefile={STATE}/dnsmasq-net-1.leases",
-        f"--log-facility={STATE}/dnsmasq-net-1.log",
+        "--log-facility=-",
+        "--user=dnsmasq",
         f"--dhcp-hostsfile={STATE}/dnsmasq-net-1.hosts",
         f"--dhcp-optsfile={STATE}/dnsmasq-net-1.opts",
     ):
