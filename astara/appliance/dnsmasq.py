@@ -16,7 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from astara.appliance.files import PRIVATE_DIR, account_uid, ensure_dir, write_private
+from astara.appliance.files import (
+    PRIVATE_DIR,
+    account_uid,
+    ensure_dir,
+    make_private,
+    write_private,
+)
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.appliance.supervisor import Daemon
 from astara.wire.document import ApplianceConfig, Network, Subnet
@@ -241,6 +247,7 @@ class DnsmasqSubsystem:
             paths = DnsmasqPaths(self.state_dir, network_id)
             changed = write_private(paths.hosts, instance.hosts, uid)
             changed = write_private(paths.opts, instance.opts, uid) or changed
+            make_private(paths.leases)  # opened by dnsmasq before it drops root
             daemon = self.daemon(network_id)
             if not daemon.ensure(instance.argv) and changed:
                 daemon.signal(signal.SIGHUP)

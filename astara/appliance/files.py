@@ -54,6 +54,13 @@ def write_private(path: Path, text: str, uid: int | None = None) -> bool:
     return True
 
 
+def make_private(path: Path) -> None:
+    """Create ``path`` empty when absent; either way leave it 0600. For files a daemon opens
+    as root but creates with its own umask (dnsmasq's leases: 0644)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE))
+    os.chmod(path, PRIVATE_FILE)
+
+
 def open_private_log(path: Path) -> int:
     """A file descriptor appending to ``path``, created 0600 when absent."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
