@@ -99,8 +99,8 @@ except OSError:
     pass
 while True:
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = [int(l.split(b":")[1]) for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")]
-    if length and len(body) >= length[0]:
+    fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+    if b"content-length" in fields and len(body) >= int(fields[b"content-length"]):
         break
     more = sock.recv(65536)
     if not more:
