@@ -40,6 +40,10 @@ from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL, DEFAULT_INTERVAL
 LOG = logging.getLogger("astara.appliance")
 
 DEFAULT_STATE_DIR = Path("/var/lib/astara-appliance")
+MAX_PORT = 65535
+MAX_API_THREADS = 256
+MAX_HEARTBEAT_INTERVAL = 60.0
+MAX_DRIFT_CHECK_INTERVAL = 3600.0
 LOG_FORMAT = "%(asctime)s %(levelname)s [router %(router_id)s] %(name)s: %(message)s"
 
 
@@ -211,10 +215,13 @@ def heartbeat_settings(
         parser.error(f"--heartbeat needs {' and '.join(missing)}")
     if not 0 < len(args.instance_id.encode()) <= MAX_ID_BYTES:
         parser.error(f"--instance-id must be 1 to {MAX_ID_BYTES} bytes")
-    if not args.heartbeat_interval > 0:
-        parser.error("--heartbeat-interval must be positive")
-    if not args.drift_check_interval > 0:
-        parser.error("--drift-check-interval must be positive")
+    # Upper bounds as the first-boot document has them: a sleep of 1e308 s ends the thread.
+    if not 0 < args.heartbeat_interval <= MAX_HEARTBEAT_INTERVAL:
+        parser.error(f"--heartbeat-interval must be above 0 and at most {MAX_HEARTBEAT_INTERVAL}")
+    if not 0 < args.drift_check_interval <= MAX_DRIFT_CHECK_INTERVAL:
+        parser.error(
+            f"--drift-check-interval must be above 0 and at most {MAX_DRIFT_CHECK_INTERVAL}"
+        )
     try:
         key = read_key(args.heartbeat_key_file)
     except OSError as exc:
@@ -255,10 +262,12 @@ def build_subsystems(
 
 
 def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 < args.port <= MAX_PORT:
+        parser.error(f"--port must be 1 to {MAX_PORT}")
     if args.max_body_bytes < 1:
         parser.error("--max-body-bytes must be positive")
-    if args.api_threads < 1:
-        parser.error("--api-threads must be positive")
+    if not 0 < args.api_threads <= MAX_API_THREADS:
+        parser.error(f"--api-threads must be 1 to {MAX_API_THREADS}")
 
 
 def management_destinations(beats: HeartbeatSettings | None) -> list[IpAddress]:

@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from astara.appliance import service
 from astara.appliance.api import create_app
 from astara.appliance.engine import APPLY_ORDER, Engine
 from astara.appliance.files import write_private
@@ -315,3 +316,27 @@ def test_daemon_files_are_written_private_whatever_the_umask(tmp_path: Path) -> 
         assert not write_private(target, "fa:16:3e:00:00:05,10.0.0.5,vm\n")
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--heartbeat-interval", "1e308"], "--heartbeat-interval must be above 0 and at most 60"),
+        (["--drift-check-interval", "1e9"], "--drift-check-interval must be above 0 and at most"),
+        (["--port", "70000"], "--port must be 1 to 65535"),
+        (["--api-threads", "0"], "--api-threads must be 1 to 256"),
+        (["--max-body-bytes", "0"], "--max-body-bytes must be positive"),
+    ],
+)
+def test_appliance_flags_are_bounded_by_what_uses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], complaint: str
+) -> None:
+    key_file = tmp_path / "hb.key"
+    key_file.write_text("00ff10\n")
+    parser = service.build_parser()
+    beats = ["--heartbeat", "[fdca::1]:5555", "--instance-id", "i1"]
+    args = parser.parse_args([*beats, "--heartbeat-key-file", str(key_file), *flags])
+    with pytest.raises(SystemExit):
+        service.check_limits(parser, args)
+        service.heartbeat_settings(parser, args)
+    assert complaint in capsys.readouterr().err
