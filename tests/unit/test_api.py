@@ -337,7 +337,7 @@ def tls_files(tmp_path: Path) -> list[str]:
                 "--drift-check-interval",
                 "0",
             ],
-            "--drift-check-interval must be positive",
+            "--drift-check-interval must be above 0",
         ),
     ],
 )
