@@ -343,11 +343,12 @@ def test_management_keeps_working_whatever_the_main_table_holds(bed: Bed) -> Non
 # Fuzz companion: the request threads are bounded in the real server too.
 
 
-def threads_of(pid: int) -> int:
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/PID/status (Threads, VmHWM in KiB, Uid...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no thread count for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def test_a_burst_of_requests_does_not_grow_threads_beyond_the_bound(bed: Bed) -> None:
@@ -367,7 +368,7 @@ def test_a_burst_of_requests_does_not_grow_threads_beyond_the_bound(bed: Bed) ->
     client.stdin.close()
     peak = 0
     while client.poll() is None:
-        peak = max(peak, threads_of(pid))
+        peak = max(peak, proc_status(pid, "Threads"))
     assert client.stdout is not None
     statuses = json.loads(client.stdout.read())
     assert statuses == [200] * count
@@ -378,21 +379,14 @@ def test_a_burst_of_requests_does_not_grow_threads_beyond_the_bound(bed: Bed) ->
 # Item 11: request bodies are bounded; a stored document that no longer validates.
 
 
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 @pytest.mark.parametrize("mode", ["declared", "chunked"])
 def test_a_60_mb_body_is_refused_with_413_before_it_is_held_in_memory(bed: Bed, mode: str) -> None:
     assert bed.appliance is not None
-    before = peak_rss_kib(bed.appliance.pid)
+    before = proc_status(bed.appliance.pid, "VmHWM")
     answer = bed.put_big(mode, 60 * 1024 * 1024)
     assert answer["status"] == 413, answer
     assert "request body larger than 8388608 bytes" in answer["answer"]
-    grown_mib = (peak_rss_kib(bed.appliance.pid) - before) / 1024
+    grown_mib = (proc_status(bed.appliance.pid, "VmHWM") - before) / 1024
     # The limit (8 MiB by default) bounds what is held; parsing 60 MB took ~650 MB.
     assert grown_mib < 40, f"peak RSS grew by {grown_mib:.0f} MiB"
     assert answer["sent"] < 60 * 1024 * 1024
@@ -450,12 +444,7 @@ def test_files_holding_tenant_data_are_private_and_dhcp_still_reads_them(bed: Be
     assert int(dhcp.pid.read_text()) == pid
     wait_for(lambda: "10.61.0.6" in dhcp.hosts.read_text(), 5, "the new hosts file")
     assert str(bed.topo.dhcp(bed.ns["a"], "sA-a0").ip) == "10.61.0.6"
-    dnsmasq_uid = next(
-        line.split()[1]
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("Uid:")
-    )
-    assert int(dnsmasq_uid) == _uid("dnsmasq")
+    assert proc_status(pid, "Uid") == _uid("dnsmasq")
 
     assert mode_of(state) == 0o711
     assert (mode_of(state / "dhcp"), (state / "dhcp").stat().st_uid) == (0o700, _uid("dnsmasq"))
