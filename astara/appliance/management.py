@@ -98,11 +98,14 @@ def plan_domain(
     routes = {
         DomainRoute(_family(v), "0.0.0.0/0" if v == 4 else "::/0", None, None) for v in (4, 6)
     }
+    prefixes: set[str] = set()
     for address in addresses:
-        family = _family(address.version)
-        rules.add(DomainRule(family, "to", str(address.network)))
+        family, prefix = _family(address.version), str(address.network)
+        rules.add(DomainRule(family, "to", prefix))
         rules.add(DomainRule(family, "from", str(ipaddress.ip_network(address.ip))))
-        routes.add(DomainRoute(family, str(address.network), None, ifname, str(address.ip)))
+        if prefix not in prefixes:  # one route per prefix, from its first address
+            prefixes.add(prefix)
+            routes.add(DomainRoute(family, prefix, None, ifname, str(address.ip)))
     for host in destinations:
         if not any(host.version == a.version and host in a.network for a in addresses):
             rules.add(DomainRule(_family(host.version), "to", str(ipaddress.ip_network(host))))
