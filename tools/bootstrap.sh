@@ -8,11 +8,13 @@ ASTARA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ASTARA_ROOT/.venv"
 
 # Debian packages: the appliance's data plane (nftables, dnsmasq, radvd...), the tools the
-# tests use as workloads (udhcpc, ping, arping), and what building the venv needs.
+# tests use as workloads (udhcpc, ping, arping), what building the venv needs, and the
+# browser the dashboard's browser tests drive (headless Chromium and its WebDriver).
 DEBIAN_PACKAGES=(
     python3 python3-venv python3-dev gcc
     iproute2 nftables iptables conntrack dnsmasq-base radvd
     udhcpc isc-dhcp-client ndisc6 iputils-ping iputils-arping socat procps psmisc
+    chromium chromium-driver
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -60,7 +62,7 @@ make_venv() {
     step "Virtual environment: installing Astara and its test tools into $VENV"
     [ -x "$VENV/bin/python" ] || "$(python_for_venv)" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e "$ASTARA_ROOT[test]"
+    "$VENV/bin/pip" install -q -e "$ASTARA_ROOT[test,osc]"
     echo "$want" > "$stamp"
 }
 

@@ -33,6 +33,18 @@ def over_threshold(deaths: int, managed: int, max_dead_share: float, min_deaths:
     return deaths >= min_deaths and deaths > max_dead_share * managed
 
 
+@dataclass(frozen=True)
+class BreakerView:
+    """The breaker as an operator sees it."""
+
+    open: bool
+    reason: str | None  # why it opened, while open
+    recent_deaths: int  # deaths within the window that still count
+    window: float
+    max_dead_share: float
+    min_deaths: int
+
+
 @dataclass
 class _Death:
     at: float
@@ -49,12 +61,8 @@ class CircuitBreaker:
         max_dead_share: float = DEFAULT_MAX_DEAD_SHARE,
         min_deaths: int = DEFAULT_MIN_DEATHS,
     ) -> None:
-        if not 0 < max_dead_share < 1:
-            raise ValueError("max_dead_share must be between 0 and 1")
         self._clock = clock
-        self._window = window
-        self._max_dead_share = max_dead_share
-        self._min_deaths = min_deaths
+        self.configure(window=window, max_dead_share=max_dead_share, min_deaths=min_deaths)
         self._deaths: dict[str, _Death] = {}
         self._opened: str | None = None  # why it is open, None while closed
         self._gauge = Gauge(
@@ -63,6 +71,14 @@ class CircuitBreaker:
             registry=registry,
         )
         self._gauge.set(0)
+
+    def configure(self, *, window: float, max_dead_share: float, min_deaths: int) -> None:
+        """Thresholds; changed at run time by a configuration reload."""
+        if not 0 < max_dead_share < 1:
+            raise ValueError("max_dead_share must be between 0 and 1")
+        self._window = window
+        self._max_dead_share = max_dead_share
+        self._min_deaths = min_deaths
 
     def observe(self, managed: int, dead: Iterable[str]) -> None:
         """Report the fleet: how many instances are managed and which are dead right now."""
@@ -99,6 +115,18 @@ class CircuitBreaker:
     @property
     def status(self) -> str:
         return "closed" if self._opened is None else f"open: {self._opened}"
+
+    def view(self) -> BreakerView:
+        now = self._clock()
+        deaths = list(self._deaths.values())  # one atomic copy: the health thread writes it
+        return BreakerView(
+            open=self._opened is not None,
+            reason=self._opened,
+            recent_deaths=sum(1 for d in deaths if self._recent(d, now) and not d.forgiven),
+            window=self._window,
+            max_dead_share=self._max_dead_share,
+            min_deaths=self._min_deaths,
+        )
 
     def _recent(self, death: _Death, now: float) -> bool:
         return now - death.at <= self._window

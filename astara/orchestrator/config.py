@@ -51,6 +51,7 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         "resync_interval",
         default=300.0,
         min=1.0,
+        mutable=True,
         help="Seconds between full re-reads of every router from Neutron, which catch what "
         "notifications missed. A resync also follows every start and broker outage.",
     ),
@@ -174,6 +175,7 @@ HEALTH_OPTS: list[cfg.Opt] = [
         default=0.3,
         min=0.01,
         max=0.99,
+        mutable=True,
         help="Circuit breaker: when more than this share of the appliances dies within "
         "breaker_window, replacement stops and an alarm is raised (that is a network or "
         "control-plane problem, not an appliance problem). It closes when health returns, or "
@@ -183,12 +185,14 @@ HEALTH_OPTS: list[cfg.Opt] = [
         "breaker_window",
         default=120.0,
         min=1.0,
+        mutable=True,
         help="Circuit breaker: the window, in seconds, deaths are counted over.",
     ),
     cfg.IntOpt(
         "breaker_min_deaths",
         default=3,
         min=1,
+        mutable=True,
         help="Circuit breaker: fewer deaths than this never open it (small fleets).",
     ),
     cfg.IntOpt(
@@ -212,6 +216,46 @@ HEALTH_OPTS: list[cfg.Opt] = [
     ),
 ]
 
+API_OPTS: list[cfg.Opt] = [
+    cfg.HostAddressOpt(
+        "bind_host",
+        default="127.0.0.1",
+        help="Address the management API listens on ('::' or '0.0.0.0' for every one).",
+    ),
+    cfg.PortOpt(
+        "port",
+        default=44250,
+        help="TCP port of the management API (0: any free port, logged at start).",
+    ),
+    cfg.StrOpt(
+        "auth_strategy",
+        default="keystone",
+        choices=[
+            ("keystone", "Keystone tokens, checked by keystonemiddleware ([keystone_authtoken])"),
+            ("noauth", "no authentication: every caller is an admin (logged as a warning)"),
+        ],
+        help="How callers of the management API are authenticated.",
+    ),
+    cfg.IntOpt(
+        "threads",
+        default=4,
+        min=1,
+        help="Threads serving management API requests.",
+    ),
+    cfg.IntOpt(
+        "connection_limit",
+        default=100,
+        min=1,
+        help="Connections the management API accepts at once.",
+    ),
+    cfg.IntOpt(
+        "max_body_size",
+        default=65536,
+        min=1024,
+        help="Largest request body accepted, in bytes (larger ones get 413).",
+    ),
+]
+
 DATABASE_OPTS: list[cfg.Opt] = [
     cfg.StrOpt(
         "connection",
@@ -228,6 +272,7 @@ GROUPS: dict[str, list[cfg.Opt]] = {
     "workers": WORKERS_OPTS,
     "provider": PROVIDER_OPTS,
     "health": HEALTH_OPTS,
+    "api": API_OPTS,
     "database": DATABASE_OPTS,
 }
 

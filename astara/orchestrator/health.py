@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import StrEnum
 from typing import Protocol
 
@@ -90,9 +90,10 @@ class HealthMonitor:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def tick(self) -> list[str]:
+    def tick(self, ignore: Collection[str] = ()) -> list[str]:
+        """``ignore``: instances left alone (of unmanaged routers): neither judged nor probed."""
         now = self._clock()
-        watched = self._source.liveness()
+        watched = {i: at for i, at in self._source.liveness().items() if i not in ignore}
         for table in (self._vouched, self._dead_since):
             for gone in table.keys() - watched.keys():
                 del table[gone]

@@ -1,13 +1,13 @@
 """The orchestrator's watch over its appliances: heartbeats, probes, replacement, breaker.
 
 Runs in the parent process. Every tick it (1) follows the store's list of instances, so the
-heartbeat receiver knows every instance's key; (2) asks the HealthMonitor which instances are
-dead (silent past the threshold and not answering a probe); (3) tells the circuit breaker, and
-unless mass failure opened it, (4) sends the dead instances' routers a poll, whose step finds
-the instance dead and replaces it; (5) sends a poll to the routers whose heartbeat says their
-live state drifted, whose step re-applies. Last-seen times reach the store in one batch per
-flush. ``vouch`` lends the periodic reconcile what the latest heartbeats say, so that it need
-not ask every appliance's API.
+heartbeat receiver knows every instance's key; (2) asks the HealthMonitor which instances of
+managed routers are dead (silent past the threshold and not answering a probe); (3) tells the
+circuit breaker, and unless mass failure opened it, (4) sends the dead instances' routers a
+poll, whose step finds the instance dead and replaces it; (5) sends a poll to the routers whose
+heartbeat says their live state drifted, whose step re-applies. Last-seen times reach the store
+in one batch per flush. ``vouch`` lends the periodic reconcile what the latest heartbeats say,
+so that it need not ask every appliance's API.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
-from astara.orchestrator.breaker import CircuitBreaker
+from astara.orchestrator.breaker import BreakerView, CircuitBreaker
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
@@ -51,6 +54,24 @@ class HeartbeatKeys:
 
     def key_for(self, instance_id: str) -> bytes:
         return hmac.new(self._secret, instance_id.encode(), hashlib.sha256).digest()
+
+
+class InstanceHealth(StrEnum):
+    """What the health loop makes of an instance right now."""
+
+    ALIVE = "alive"  # a fresh heartbeat
+    SILENT = "silent"  # no fresh heartbeat; probed once past the miss threshold
+    DEAD = "dead"  # silent and its probe failed: its router is told to replace it
+    BOOTING = "booting"  # its API never answered yet (the boot timeout's business)
+    UNWATCHED = "unwatched"  # its router is unmanaged, or it has no management address yet
+
+
+@dataclass(frozen=True)
+class HealthView:
+    status: InstanceHealth
+    last_heartbeat_at: float | None  # epoch seconds
+    reported_generation: int | None  # the generation its latest heartbeat says it applied
+    drifted: bool
 
 
 def replacement_allowed(state_path: Path) -> Callable[[], bool]:
@@ -92,6 +113,8 @@ class HealthLoop:
         self._clock = clock
         self._known: dict[str, InstanceRecord] = {}
         self._by_router: dict[str, list[str]] = {}  # router id -> its instances' ids
+        self._dead: frozenset[str] = frozenset()
+        self._unmanaged: frozenset[str] = frozenset()
         self._drift_polled: dict[str, float] = {}
         self._stop = threading.Event()
         self._clear = threading.Event()
@@ -115,7 +138,7 @@ class HealthLoop:
         """(instance id, applied generation) when the router has one instance and its latest
         heartbeat is fresh, reports a generation and no drift; None otherwise."""
         instances = self._by_router.get(router_id, [])
-        if len(instances) != 1:
+        if len(instances) != 1 or instances[0] in self._unmanaged:
             return None
         sighting = self._receiver.snapshot_of(instances[0])
         if sighting is None or self._clock() - sighting.last_seen > self._fresh_within:
@@ -124,6 +147,40 @@ class HealthLoop:
         if beat.generation is None or beat.drifted:
             return None
         return beat.instance_id, beat.generation
+
+    def health_of(self, instance_id: str) -> HealthView:
+        known = self._known.get(instance_id)
+        sighting = self._receiver.snapshot_of(instance_id)
+        beat = sighting.heartbeat if sighting else None
+        last = sighting.last_seen if sighting else None
+        if known is None or instance_id in self._unmanaged:
+            status = InstanceHealth.UNWATCHED
+        elif instance_id in self._dead:
+            status = InstanceHealth.DEAD
+        elif last is not None and self._clock() - last <= self._fresh_within:
+            status = InstanceHealth.ALIVE
+        elif not known.ever_reachable:
+            status = InstanceHealth.BOOTING
+        else:
+            status = InstanceHealth.SILENT
+        return HealthView(
+            status, last, beat.generation if beat else None, bool(beat and beat.drifted)
+        )
+
+    def health_counts(self) -> dict[InstanceHealth, int]:
+        """Instances with a management address, by health (for the metrics)."""
+        counts = Counter(self.health_of(iid).status for iid in list(self._known))
+        return {status: counts.get(status, 0) for status in InstanceHealth}
+
+    def watched(self) -> int:
+        """Instances watched for failure (those of managed routers)."""
+        return len(self._known) - len(self._unmanaged)
+
+    def breaker_view(self) -> BreakerView:
+        return self._breaker.view()
+
+    def configure_breaker(self, *, window: float, max_dead_share: float, min_deaths: int) -> None:
+        self._breaker.configure(window=window, max_dead_share=max_dead_share, min_deaths=min_deaths)
 
     def probe_address(self, instance_id: str) -> str | None:
         known = self._known.get(instance_id)
@@ -134,8 +191,9 @@ class HealthLoop:
         if self._clear.is_set():
             self._clear.clear()
             self._breaker.clear("operator")
-        dead = self._monitor.tick()
-        self._breaker.observe(len(self._known), dead)
+        dead = self._monitor.tick(ignore=self._unmanaged)
+        self._dead = frozenset(dead)
+        self._breaker.observe(self.watched(), dead)
         if self._breaker.allow_replacement():
             self._flag.unlink(missing_ok=True)
         else:
@@ -167,7 +225,7 @@ class HealthLoop:
         drifted = {
             iid
             for iid, sighting in self._receiver.snapshot().items()
-            if sighting.heartbeat.drifted and iid in self._known
+            if sighting.heartbeat.drifted and iid in self._known and iid not in self._unmanaged
         }
         self._drift_polled = {i: t for i, t in self._drift_polled.items() if i in drifted}
         for instance_id in sorted(drifted):
@@ -192,6 +250,9 @@ class HealthLoop:
         by_router: dict[str, list[str]] = {}
         for record in current.values():
             by_router.setdefault(record.router_id, []).append(record.id)
+        # An unmanaged router's instances are left alone: their heartbeats are still
+        # accepted (and shown), but they are not judged, probed, counted or replaced.
+        self._unmanaged = frozenset(self._store.unmanaged_instance_ids() & current.keys())
         self._known, self._by_router = current, by_router
 
     def _run(self) -> None:

@@ -15,15 +15,18 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from ipaddress import ip_interface
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from astara.drivers.router import ManagementPort, RouterSnapshot, plugged_ports, render
 from astara.orchestrator.appliance_client import (
     ApplianceClient,
     ApplianceError,
+    ApplyFailed,
+    InvalidConfig,
     StaleGeneration,
+    Unreachable,
 )
 from astara.orchestrator.events import Event, EventAction
 from astara.orchestrator.state import (
@@ -36,6 +39,7 @@ from astara.orchestrator.state import (
     decide,
 )
 from astara.orchestrator.store import InstanceRecord, RouterRecord, Store
+from astara.orchestrator.telemetry import NoTelemetry, Telemetry
 from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
 from astara.wire.document import ApplianceConfig
 
@@ -65,6 +69,7 @@ class LoggingStatusReporter:
 
 
 ClientFactory = Callable[[str], ApplianceClient]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,13 @@ def management_mac(instance_id: str) -> str:
 
 
 def instance_spec(
-    instance_id: str, snapshot: RouterSnapshot, with_data_ports: bool = True
+    instance_id: str,
+    snapshot: RouterSnapshot,
+    with_data_ports: bool = True,
+    image: str | None = None,
 ) -> InstanceSpec:
-    """A replacement boots with its management port only: it gets the data ports on takeover."""
+    """A replacement boots with its management port only: it gets the data ports on takeover.
+    ``image``: an operator's choice instead of the configured one."""
     management = PortSpec(
         port_id=f"mgmt-{instance_id[:8]}",
         network_id=MANAGEMENT_NETWORK,
@@ -99,6 +108,7 @@ def instance_spec(
         instance_id=instance_id,
         router_id=snapshot.router.id,
         ports=(management, *(data_ports(snapshot) if with_data_ports else ())),
+        image=image,
     )
 
 
@@ -117,6 +127,26 @@ def data_ports(snapshot: RouterSnapshot) -> list[PortSpec]:
     ]
 
 
+def replacement_cause(obs: Observation) -> str:
+    """The metric label of why a REPLACE was decided (a small, fixed set)."""
+    if obs.rebuild_requested:
+        return "rebuild"
+    if obs.instance is not None and not obs.instance.ever_reachable:
+        return "boot_timeout"
+    return "unreachable"
+
+
+def failed_step(exc: Exception) -> str:
+    """The metric label of where a configuration push failed."""
+    if isinstance(exc, ApplyFailed):
+        return exc.step
+    if isinstance(exc, InvalidConfig):
+        return "rejected"
+    if isinstance(exc, Unreachable):
+        return "unreachable"
+    return "plug" if isinstance(exc, RuntimeError) else "appliance"
+
+
 class RouterReconciler:
     def __init__(
         self,
@@ -128,6 +158,7 @@ class RouterReconciler:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         replacement_allowed: Callable[[], bool] = lambda: True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._source = source
         self._store = store
@@ -137,10 +168,13 @@ class RouterReconciler:
         self._settings = settings
         self._clock = clock
         self._replacement_allowed = replacement_allowed
+        self._telemetry = telemetry or NoTelemetry()
+        # router id -> (action, arrival) of the oldest Neutron change not configured yet
+        self._unconfigured: dict[str, tuple[str, datetime]] = {}
 
     def step(self, router_id: str, event: Event | None) -> float | None:
         """Run one step; return the monotonic time to run again, or None."""
-        snapshot = self._source.fetch(router_id)
+        snapshot = self._timed("fetch_router", lambda: self._source.fetch(router_id))
         record = self._store.get_router(router_id)
         if record is None:
             if snapshot is None:
@@ -174,15 +208,28 @@ class RouterReconciler:
             and event.instance_id == instance.id
             and event.reported_generation == instance.acknowledged_generation
         )
-        view, provided, drifted = self._observe(instance, found_dead, vouched)
+        if event is not None and event.action in (EventAction.CREATE, EventAction.UPDATE):
+            self._unconfigured.setdefault(router_id, (event.action.value, event.received_at))
+        # An unmanaged router is left alone: its instance is not even asked how it is.
+        view, provided, drifted = (
+            self._observe(instance, found_dead, vouched) if record.managed else (None, None, False)
+        )
         now = self._clock()
-        decision = decide(self._observation(record, snapshot, view, now), self._settings.policy)
+        observation = self._observation(record, snapshot, view, now)
+        decision = decide(observation, self._settings.policy)
+        if record.debug:
+            LOG.info("router %s: debug: %s -> %s", router_id, observation, decision)
+            if decision.action is not Action.NOTHING:
+                self._store.log(f"debug: {decision.action} ({decision.reason})", router_id)
+        if decision.action is Action.REPLACE:
+            self._telemetry.replaced(replacement_cause(observation))
         if decision.state.value != record.state:
             LOG.info(
                 "router %s: %s -> %s (%s)", router_id, record.state, decision.state, decision.reason
             )
         retry = self._act(decision, record, snapshot, instance, provided, retiring)
         if decision.state is State.ACTIVE:
+            self._configured(router_id)
             # A replacement that took over: what it replaced can go (also after a crash).
             for old in retiring:
                 self._delete_instance(old)
@@ -194,10 +241,31 @@ class RouterReconciler:
             ports = [p.id for p in snapshot.interface_ports]
             if snapshot.gateway_port is not None:
                 ports.append(snapshot.gateway_port.id)
-            self._status.report(router_id, decision.state, ports)
+            self._timed(
+                "write_status", lambda: self._status.report(router_id, decision.state, ports)
+            )
+        if decision.action is Action.FORGET:
+            self._unconfigured.pop(router_id, None)
         if retry is None and decision.retry_at is not None:
             retry = decision.retry_at - now
         return None if retry is None else time.monotonic() + retry
+
+    def _timed(self, operation: str, call: Callable[[], T]) -> T:
+        """A call to Neutron, timed for the metrics."""
+        started = time.monotonic()
+        failed = True
+        try:
+            result = call()
+            failed = False
+            return result
+        finally:
+            self._telemetry.neutron_call(operation, time.monotonic() - started, failed)
+
+    def _configured(self, router_id: str) -> None:
+        pending = self._unconfigured.pop(router_id, None)
+        if pending is not None:
+            action, arrived = pending
+            self._telemetry.configured(action, (datetime.now(UTC) - arrived).total_seconds())
 
     # -- observe -----------------------------------------------------------------------
 
@@ -270,13 +338,13 @@ class RouterReconciler:
     ) -> float | None:
         router_id = record.id
         if decision.action is Action.BOOT and snapshot is not None:
-            self._boot(router_id, snapshot, with_data_ports=True)
+            self._boot(record, snapshot, with_data_ports=True)
             return self._settings.policy.boot_poll_interval
         if decision.action is Action.REPLACE and snapshot is not None:
             if not (record.rebuild_requested or self._replacement_allowed()):
                 LOG.warning("router %s: not replaced: the circuit breaker is open", router_id)
                 return 5.0
-            self._replace(router_id, snapshot, instance, retiring, decision.reason)
+            self._replace(record, snapshot, instance, retiring, decision.reason)
             return self._settings.policy.boot_poll_interval
         if decision.action is Action.PUSH_CONFIG and snapshot and instance and provided:
             return self._push(record, snapshot, instance, provided, retiring)
@@ -296,26 +364,28 @@ class RouterReconciler:
 
     def _replace(
         self,
-        router_id: str,
+        record: RouterRecord,
         snapshot: RouterSnapshot,
         instance: InstanceRecord | None,
         retiring: Sequence[InstanceRecord],
         reason: str,
     ) -> None:
         """Build the replacement first; the old instance keeps its ports until it takes over."""
+        router_id = record.id
         if instance is not None:
             self._store.log(f"replacing instance: {reason}", router_id, instance.id)
             if retiring:
                 # The newest is a replacement that never took over: it holds no data port.
                 self._delete_instance(instance)
         self._store.request_rebuild(router_id, False)
-        self._boot(router_id, snapshot, with_data_ports=instance is None and not retiring)
+        self._boot(record, snapshot, with_data_ports=instance is None and not retiring)
 
-    def _boot(self, router_id: str, snapshot: RouterSnapshot, with_data_ports: bool) -> None:
+    def _boot(self, record: RouterRecord, snapshot: RouterSnapshot, with_data_ports: bool) -> None:
+        router_id = record.id
         instance_id = str(uuid.uuid4())
         # Recorded first: a crash during boot leaves a record the next step cleans up.
         self._store.add_instance(instance_id, router_id, self._provider.name, instance_id)
-        spec = instance_spec(instance_id, snapshot, with_data_ports)
+        spec = instance_spec(instance_id, snapshot, with_data_ports, image=record.image)
         booted = self._provider.boot(spec)
         self._store.update_instance(instance_id, management_address=booted.management_address)
         self._store.log("instance booted", router_id, instance_id)
@@ -351,6 +421,7 @@ class RouterReconciler:
             self._store.raise_generation(router_id, (exc.applied_generation or 0) + 1)
             return 0.0
         except (ApplianceError, RuntimeError) as exc:
+            self._telemetry.apply_failed(failed_step(exc))
             count = self._store.record_error(router_id, f"configure: {exc}")
             self._store.log(f"configuration failed ({count}): {exc}", router_id, instance.id)
             LOG.warning(

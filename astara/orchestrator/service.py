@@ -12,7 +12,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -23,20 +24,27 @@ import oslo_messaging
 import prometheus_client
 from oslo_config import cfg
 from oslo_log import log as oslo_logging
+from oslo_policy import policy as oslo_policy
 from prometheus_client import CollectorRegistry
 
 from astara.common.tls import CertificateAuthority
 from astara.drivers.router import NeutronRouterSource
 from astara.neutron import protocol
 from astara.orchestrator import config
+from astara.orchestrator.api import models as api_models
+from astara.orchestrator.api import policies
+from astara.orchestrator.api.app import create_app
+from astara.orchestrator.api.server import ApiServer, pipeline, www_authenticate
 from astara.orchestrator.appliance_client import ApplianceClient, ApplianceError
 from astara.orchestrator.breaker import CircuitBreaker
+from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.health_loop import HealthLoop, HeartbeatKeys, replacement_allowed
 from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
+from astara.orchestrator.metrics import FleetCollector, Metrics
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.neutron_status import NeutronStatusReporter
 from astara.orchestrator.reconciler import (
@@ -48,6 +56,7 @@ from astara.orchestrator.reconciler import (
 )
 from astara.orchestrator.state import Policy
 from astara.orchestrator.store import Store
+from astara.orchestrator.telemetry import Board, Telemetry
 from astara.orchestrator.worker import Worker
 from astara.providers.base import load_provider
 
@@ -97,7 +106,7 @@ def policy_from(conf: cfg.ConfigOpts) -> Policy:
     )
 
 
-def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
+def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Worker:
     """Everything one worker process needs, built inside that process."""
     ca, creds = load_credentials(Path(conf.state_path))
     provider = load_provider(
@@ -127,6 +136,7 @@ def build_worker(conf: cfg.ConfigOpts, index: int) -> Worker:
             policy=policy_from(conf),
         ),
         replacement_allowed=replacement_allowed(Path(conf.state_path)),
+        telemetry=telemetry,
     )
     return Worker(reconciler.step, threads=conf.workers.threads, name=f"worker{index}")
 
@@ -213,7 +223,31 @@ class Orchestrator:
         self._dispatcher = Dispatcher(conf.workers.processes, partial(build_worker, conf))
         self._stop = threading.Event()
         self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
         self.health = build_health_loop(conf, self._store, self._dispatcher.dispatch, self.registry)
+        self._board = Board(self._dispatcher.channel, self.metrics)
+        self.registry.register(
+            FleetCollector(
+                self._store.count_routers_by_state,
+                self.health.health_counts,
+                self._board.latest,
+                self._dispatcher.queue_sizes,
+            )
+        )
+        self._changes: list[api_models.OptionChange] = []
+        conf.register_mutate_hook(self._mutated)
+        self.control = Control(
+            self._store,
+            self._dispatcher.dispatch,
+            self.health,
+            self._dispatcher,
+            self._board.latest,
+            self.reload_config,
+        )
+        enforcer = oslo_policy.Enforcer(conf)
+        enforcer.register_defaults(policies.list_rules())
+        app = create_app(self.control, enforcer, lambda: www_authenticate(conf))
+        self.api = ApiServer(pipeline(app, conf), conf)
         self._listener = NotificationListener(
             conf,
             None,
@@ -228,6 +262,8 @@ class Orchestrator:
 
     def run(self) -> None:
         self._dispatcher.start()  # fork before any thread of ours exists
+        self._board.start()
+        self.api.start()
         self._listener.start()
         self._watch.start()
         self.health.start()
@@ -239,10 +275,12 @@ class Orchestrator:
         self.resync()
         while not self._stop.is_set():
             self._reconcile_spread()
+        self.api.stop()
         self.health.stop()
         self._watch.stop()
         self._listener.stop()
         self._dispatcher.stop()
+        self._board.stop()
         LOG.info("orchestrator stopped")
 
     def _reconcile_spread(self) -> None:
@@ -276,11 +314,14 @@ class Orchestrator:
     def _known_routers(self, project_id: str | None = None) -> list[tuple[str, str]]:
         """Every router Neutron or the store knows of (of one project, if given)."""
         query = {"project_id": project_id} if project_id else {}
+        started = time.monotonic()
         try:
             known = {(r.id, r.project_id) for r in self._neutron.network.routers(**query)}
         except Exception:
+            self.metrics.neutron_call("list_routers", time.monotonic() - started, True)
             LOG.exception("could not list routers from Neutron; will try again")
             return []
+        self.metrics.neutron_call("list_routers", time.monotonic() - started, False)
         known |= {(r.id, r.project_id) for r in self._store.list_routers(project_id)}
         return sorted(known)
 
@@ -297,6 +338,32 @@ class Orchestrator:
             f" of project {project_id}" if project_id else "",
             len(known),
         )
+
+    def reload_config(self) -> list[api_models.OptionChange]:
+        """Re-read the configuration files; the options marked mutable take effect."""
+        self._changes = []
+        self._conf.mutate_config_files()
+        return self._changes
+
+    def _mutated(
+        self, conf: cfg.ConfigOpts, fresh: Mapping[tuple[str | None, str], tuple[object, object]]
+    ) -> None:
+        health = conf.health
+        self.health.configure_breaker(
+            window=health.breaker_window,
+            max_dead_share=health.breaker_max_dead_share,
+            min_deaths=health.breaker_min_deaths,
+        )
+        for (group, name), (old, new) in sorted(fresh.items(), key=str):
+            option = name if group in (None, "DEFAULT") else f"{group}.{name}"
+            self._changes.append(
+                api_models.OptionChange(
+                    option=option,
+                    old=None if old is None else str(old),
+                    new=None if new is None else str(new),
+                )
+            )
+            LOG.warning("configuration reloaded: %s is now %s (was %s)", option, new, old)
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
+    func,
     select,
     update,
 )
@@ -57,6 +58,19 @@ class RouterRow(Base):
     managed: Mapped[bool] = mapped_column(Boolean, default=True)
     debug: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # An operator's rebuild chose these instead of the configured image and flavor; every
+    # later boot of the router keeps them.
+    image: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    flavor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class ProjectRow(Base):
+    """Operator flags of a whole project (its routers, also those created later)."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    debug: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class InstanceRow(Base):
@@ -85,6 +99,8 @@ class EventLogRow(Base):
     router_id: Mapped[str | None] = mapped_column(ID, nullable=True, index=True)
     instance_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     message: Mapped[str] = mapped_column(Text)
+    # Who asked, for what an operator did (None: the orchestrator's own doing).
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,8 @@ class RouterRecord:
     managed: bool
     debug: bool
     updated_at: datetime
+    image: str | None = None
+    flavor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ class EventRecord:
     router_id: str | None
     instance_id: str | None
     message: str
+    actor: str | None = None
 
 
 R = TypeVar("R", RouterRecord, InstanceRecord, EventRecord)
@@ -149,11 +168,15 @@ class Store:
     # Routers
 
     def ensure_router(self, router_id: str, project_id: str) -> RouterRecord:
-        """The router's row, created (state "new") the first time it is seen."""
+        """The router's row, created (state "new") the first time it is seen; it starts in
+        debug when its project is."""
         with self._session() as session:
             row = session.get(RouterRow, router_id)
             if row is None:
-                row = RouterRow(id=router_id, project_id=project_id)
+                project = session.get(ProjectRow, project_id)
+                row = RouterRow(
+                    id=router_id, project_id=project_id, debug=bool(project and project.debug)
+                )
                 session.add(row)
                 session.flush()
             return _record(RouterRecord, row)
@@ -163,12 +186,29 @@ class Store:
             row = session.get(RouterRow, router_id)
             return _record(RouterRecord, row) if row is not None else None
 
-    def list_routers(self, project_id: str | None = None) -> list[RouterRecord]:
+    def list_routers(
+        self,
+        project_id: str | None = None,
+        *,
+        state: str | None = None,
+        failing: bool | None = None,
+    ) -> list[RouterRecord]:
+        """Routers, by id; of one project, in one state, with (or without) a last error."""
         query = select(RouterRow).order_by(RouterRow.id)
         if project_id is not None:
             query = query.where(RouterRow.project_id == project_id)
+        if state is not None:
+            query = query.where(RouterRow.state == state)
+        if failing is not None:
+            error = RouterRow.last_error
+            query = query.where(error.is_not(None) if failing else error.is_(None))
         with self._session() as session:
             return [_record(RouterRecord, row) for row in session.scalars(query)]
+
+    def count_routers_by_state(self) -> dict[str, int]:
+        query = select(RouterRow.state, func.count()).group_by(RouterRow.state)
+        with self.engine.connect() as connection:
+            return {state: count for state, count in connection.execute(query)}
 
     def set_state(self, router_id: str, state: str) -> None:
         self._update_router(router_id, state=state)
@@ -232,6 +272,30 @@ class Store:
 
     def set_debug(self, router_id: str, debug: bool) -> None:
         self._update_router(router_id, debug=debug)
+
+    def set_boot_overrides(self, router_id: str, image: str | None, flavor: str | None) -> None:
+        """The image and flavor the router's next boots use (None: the configured one)."""
+        self._update_router(router_id, image=image, flavor=flavor)
+
+    def project_debug(self, project_id: str) -> bool:
+        with self._session() as session:
+            row = session.get(ProjectRow, project_id)
+            return bool(row and row.debug)
+
+    def set_project_debug(self, project_id: str, debug: bool) -> int:
+        """Debug for the project's routers, now and later; return how many it has now."""
+        with self._session() as session:
+            row = session.get(ProjectRow, project_id)
+            if row is None:
+                session.add(ProjectRow(id=project_id, debug=debug))
+            else:
+                row.debug = debug
+            changed = session.execute(
+                update(RouterRow)
+                .where(RouterRow.project_id == project_id)
+                .values(debug=debug, updated_at=utcnow())
+            )
+            return int(changed.rowcount)  # type: ignore[attr-defined]
 
     def forget_router(self, router_id: str) -> None:
         """Drop the router and its instances (the event log keeps its history)."""
@@ -312,6 +376,16 @@ class Store:
         with self.engine.connect() as connection:
             return [_record(InstanceRecord, row) for row in connection.execute(select(*columns))]
 
+    def unmanaged_instance_ids(self) -> set[str]:
+        """The instances of routers an operator unmanaged."""
+        query = (
+            select(InstanceRow.id)
+            .join(RouterRow, RouterRow.id == InstanceRow.router_id)
+            .where(RouterRow.managed.is_(False))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.scalars(query))
+
     def record_last_seen(self, seen: Mapping[str, float]) -> None:
         """One batch of heartbeat times (epoch seconds): one statement, one transaction."""
         if not seen:
@@ -342,10 +416,18 @@ class Store:
     # Event log
 
     def log(
-        self, message: str, router_id: str | None = None, instance_id: str | None = None
+        self,
+        message: str,
+        router_id: str | None = None,
+        instance_id: str | None = None,
+        actor: str | None = None,
     ) -> None:
         with self._session() as session:
-            session.add(EventLogRow(router_id=router_id, instance_id=instance_id, message=message))
+            session.add(
+                EventLogRow(
+                    router_id=router_id, instance_id=instance_id, message=message, actor=actor
+                )
+            )
 
     def events(self, router_id: str | None = None, limit: int = 100) -> list[EventRecord]:
         """The newest ``limit`` log entries, newest first."""

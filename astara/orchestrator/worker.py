@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from astara.orchestrator.events import Event
 from astara.orchestrator.inbox import Inbox
@@ -24,6 +25,24 @@ LOG = logging.getLogger(__name__)
 # Runs one step of a router: (router id, coalesced event or None for a timed wake-up) ->
 # the monotonic time at which to run it again, or None.
 Stepper = Callable[[str, Event | None], float | None]
+
+
+@dataclass(frozen=True)
+class ThreadStatus:
+    name: str
+    router_id: str | None  # the router it is stepping now
+    since: float | None  # since when (epoch seconds)
+
+
+@dataclass(frozen=True)
+class SchedulerStatus:
+    """A worker's load, in a size that does not grow with its routers."""
+
+    threads: tuple[ThreadStatus, ...]
+    routers: int  # routers with an inbox (events queued, or a wake-up scheduled)
+    ready: int  # routers waiting for a thread
+    scheduled: int  # timed wake-ups pending
+    queued_events: int  # events waiting in inboxes
 
 
 class Worker:
@@ -43,6 +62,7 @@ class Worker:
         self._queued: set[str] = set()
         self._busy: set[str] = set()
         self._timers: list[tuple[float, str]] = []
+        self._stepping: dict[str, tuple[str, float]] = {}  # thread name -> (router, since)
         self._stopping = False
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
@@ -76,6 +96,20 @@ class Worker:
         with self._cond:
             return len(self._ready) + len(self._busy)
 
+    def status(self) -> SchedulerStatus:
+        with self._cond:
+            threads = tuple(
+                ThreadStatus(t.name, *self._stepping.get(t.name, (None, None)))
+                for t in self._threads
+            )
+            return SchedulerStatus(
+                threads=threads,
+                routers=len(self._inboxes),
+                ready=len(self._ready),
+                scheduled=len(self._timers),
+                queued_events=sum(inbox.pending() for inbox in self._inboxes.values()),
+            )
+
     def _mark_ready(self, router_id: str) -> None:
         if router_id not in self._queued and router_id not in self._busy:
             self._queued.add(router_id)
@@ -100,9 +134,11 @@ class Worker:
             return None
 
     def _run(self) -> None:
+        me = threading.current_thread().name
         while (router_id := self._next()) is not None:
             with self._cond:
                 inbox = self._inboxes.get(router_id)
+                self._stepping[me] = (router_id, time.time())
             event = inbox.take() if inbox is not None else None
             retry_at: float | None = None
             try:
@@ -112,6 +148,7 @@ class Worker:
                 retry_at = self._clock() + 5.0
             with self._cond:
                 self._busy.discard(router_id)
+                del self._stepping[me]
                 if inbox is not None and inbox.pending():
                     self._mark_ready(router_id)
                 elif inbox is not None and retry_at is None:

@@ -1,0 +1,1 @@
+"""The orchestrator's management API: versioned REST and JSON for operators (``[api]``)."""
