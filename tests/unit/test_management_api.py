@@ -142,7 +142,7 @@ def test_without_a_token_everything_else_is_401(api: Api) -> None:
         for method, path in [("GET", "/v1/routers"), ("POST", "/v1/routers/r0/rebuild")]:
             answer = client.request(method, path)
             assert answer.status_code == 401, path
-            assert "token" in answer.json()["detail"]
+            assert "token" in answer.json()["message"]
             assert answer.headers["WWW-Authenticate"] == "Keystone uri='http://keystone/v3'"
     assert api.sent == []
 
@@ -174,7 +174,7 @@ def test_a_router_shows_its_instances_worker_and_events(api: Api) -> None:
     assert worker["index"] in (0, 1)
     assert worker["thread"] == ("worker0-0" if worker["index"] == 0 else None)
     assert missing.status_code == 404
-    assert missing.json()["detail"] == "router nope is not known to Astara"
+    assert missing.json()["message"] == "router nope is not known to Astara"
 
 
 def test_a_project_reader_sees_its_own_routers_only(api: Api) -> None:
@@ -211,7 +211,7 @@ def test_members_and_readers_may_not_act(
     with api.client(who) as client:
         answer = client.request(method, path, json=body)
     assert answer.status_code == 403
-    assert answer.json()["detail"].startswith("policy does not allow astara:")
+    assert answer.json()["message"].startswith("policy does not allow astara:")
     assert api.store.get_router("r-p1") == before
     assert not api.store.project_debug("p1")
     assert (api.sent, api.reloads, api.store.events()) == ([], [], [])
@@ -276,9 +276,9 @@ def test_actions_on_unknown_or_unmanaged_routers_are_refused(api: Api) -> None:
         again = client.post("/v1/routers/r1/unmanage")
     assert unknown.status_code == 404
     assert unmanaged.status_code == 409
-    assert unmanaged.json()["detail"] == "router r1 is unmanaged: manage it before rebuilding it"
+    assert unmanaged.json()["message"] == "router r1 is unmanaged: manage it before rebuilding it"
     assert polled.status_code == 409
-    assert again.json()["detail"] == "router r1 is already unmanaged"
+    assert again.json()["message"] == "router r1 is already unmanaged"
     router = api.store.get_router("r1")
     assert router is not None and not router.rebuild_requested
     assert (api.sent, api.store.events()) == ([], [])

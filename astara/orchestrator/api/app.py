@@ -95,11 +95,11 @@ def create_app(
 
     @app.exception_handler(Refused)
     def refused(_: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse(models.Error(detail=exc.detail).model_dump(), status_code=exc.status)
+        return JSONResponse(models.Error(message=exc.detail).model_dump(), status_code=exc.status)
 
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
-        body = models.Error(detail="authentication required: send a Keystone token (X-Auth-Token)")
+        body = models.Error(message="authentication required: send a Keystone token (X-Auth-Token)")
         where = www_authenticate()
         headers = {"WWW-Authenticate": where} if where else None
         return JSONResponse(body.model_dump(), status_code=401, headers=headers)
@@ -110,12 +110,12 @@ def create_app(
             models.Problem(loc=[str(p) for p in e["loc"]], msg=e["msg"]) for e in exc.errors()
         ]
         detail = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems)
-        body = models.Error(detail=f"invalid request: {detail}", problems=problems)
+        body = models.Error(message=f"invalid request: {detail}", problems=problems)
         return JSONResponse(body.model_dump(), status_code=400)
 
     @app.exception_handler(HTTPException)
     def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(models.Error(detail=str(exc.detail)).model_dump(), exc.status_code)
+        return JSONResponse(models.Error(message=str(exc.detail)).model_dump(), exc.status_code)
 
     @app.get("/", tags=["versions"], summary="API versions (public)")
     def versions(request: Request) -> dict[str, Any]:

@@ -166,7 +166,8 @@ class Problem(BaseModel):
 
 
 class Error(BaseModel):
-    """Every 4xx: the reason; for a 400, each problem with the field it concerns."""
+    """Every 4xx: the reason (``message``, where OpenStack clients look for it); for a 400,
+    each problem with the field it concerns."""
 
-    detail: str
+    message: str
     problems: list[Problem] = []

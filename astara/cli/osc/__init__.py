@@ -1,0 +1,1 @@
+"""The OpenStackClient plugin: ``openstack astara ...`` (entry point openstack.cli.extension)."""

@@ -1,0 +1,1 @@
+"""Clients of the orchestrator's management API (openstacksdk resources and proxy)."""
