@@ -143,14 +143,11 @@ class Proxy(proxy.Proxy):
         return answer
 
 
-DESCRIPTION = service_description.ServiceDescription(
-    SERVICE_TYPE, supported_versions={"1": Proxy}
-)
-
-
 def connect(conn: connection.Connection) -> Proxy:
     """The ``astara`` proxy of an openstacksdk Connection (added on first use)."""
-    if not hasattr(conn, SERVICE_TYPE):
-        conn.add_service(DESCRIPTION)
+    if SERVICE_TYPE not in conn._proxies:
+        conn.add_service(
+            service_description.ServiceDescription(SERVICE_TYPE, supported_versions={"1": Proxy})
+        )
     found: Proxy = getattr(conn, SERVICE_TYPE)
     return found

@@ -137,3 +137,31 @@ def test_keys_are_per_instance_and_stable(tmp_path: Path) -> None:
     assert keys.key_for("a") == HeartbeatKeys(tmp_path).key_for("a")
     assert keys.key_for("a") != keys.key_for("b")
     assert (tmp_path / "heartbeat.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unmanaged_routers_instance_is_neither_judged_nor_counted(tmp_path: Path) -> None:
+    loop, receiver, clock, sent = loop_with(tmp_path, routers=4)
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    keys = HeartbeatKeys(tmp_path)
+    store.set_managed("r3", False)
+    loop.tick()
+    for second in range(1, 8):
+        clock.now += 1
+        for n in (0, 1, 3):  # i2 falls silent; i3 (unmanaged) keeps beating
+            beat = Heartbeat(f"i{n}", second, clock.now, 1, "d")
+            assert receiver.handle(encode(beat, keys.key_for(f"i{n}"))) is not None
+        loop.tick()
+    assert loop.health_of("i2").status == "dead"
+    assert {e.resource_id for e in sent} == {"r2"}  # the positive signal: i2 is replaced
+    sent.clear()
+    for second in range(8, 15):  # now the unmanaged one falls silent too
+        clock.now += 1
+        for n in (0, 1):
+            beat = Heartbeat(f"i{n}", second, clock.now, 1, "d")
+            assert receiver.handle(encode(beat, keys.key_for(f"i{n}"))) is not None
+        loop.tick()
+    assert {e.resource_id for e in sent} == {"r2"}  # r3 is never polled
+    assert loop.health_of("i3").status == "unwatched"
+    assert loop.watched() == 3
+    assert loop.breaker_view().open is False  # 1 death of 3 watched
+    assert loop.health_counts()["unwatched"] == 1

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from a2wsgi import ASGIMiddleware
+from fastapi import FastAPI
 from oslo_config import cfg
 from oslo_policy import policy
 
@@ -53,6 +54,7 @@ class FakeWorkers:
 
 @dataclass
 class Api:
+    asgi: FastAPI
     app: WSGIApp
     store: Store
     loop: HealthLoop
@@ -123,7 +125,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
     enforcer = policy.Enforcer(conf)
     enforcer.register_defaults(list_rules())
     app = create_app(control, enforcer, lambda: "Keystone uri='http://keystone/v3'")
-    yield Api(ASGIMiddleware(app), store, loop, clock, sent, reloads)  # type: ignore[arg-type]
+    wsgi = ASGIMiddleware(app)  # type: ignore[arg-type]
+    yield Api(app, wsgi, store, loop, clock, sent, reloads)  # type: ignore[arg-type]
 
 
 def test_versions_and_openapi_are_public(api: Api) -> None:

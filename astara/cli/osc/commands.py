@@ -88,7 +88,7 @@ FORMATTERS: dict[str, Any] = {
 
 
 def client(cmd: command.Command) -> Proxy:
-    found: Proxy = cmd.app.client_manager.astara
+    found: Proxy = getattr(cmd.app.client_manager, "astara")  # noqa: B009 -- added by the plugin
     return found
 
 
@@ -118,11 +118,10 @@ def stepping(threads: list[dict[str, Any]] | None) -> str:
 def project_id(cmd: command.Command, name_or_id: str) -> str:
     """A project's ID, from its name when Keystone can say (else taken as an ID)."""
     try:
-        found = cmd.app.client_manager.sdk_connection.identity.find_project(
-            name_or_id, ignore_missing=True
-        )
-    except (sdk_exceptions.SDKException, ks_exceptions.ClientException):
-        return name_or_id  # no identity service (a standalone orchestrator): an ID
+        identity = cmd.app.client_manager.sdk_connection.identity
+        found = identity.find_project(name_or_id, ignore_missing=True)  # type: ignore[union-attr]
+    except (sdk_exceptions.SDKException, ks_exceptions.ClientException, AttributeError):
+        return name_or_id  # no identity v3 service (a standalone orchestrator): an ID
     return str(found.id) if found is not None else name_or_id
 
 
@@ -135,13 +134,13 @@ class ListRouter(command.Lister):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("--project", metavar="<project>", help="Only this project's (name or ID)")
+        parser.add_argument(
+            "--project", metavar="<project>", help="Only this project's (name or ID)"
+        )
         parser.add_argument(
             "--state", choices=[s.value for s in State], help="Only routers in this state"
         )
-        parser.add_argument(
-            "--failing", action="store_true", help="Only routers with a last error"
-        )
+        parser.add_argument("--failing", action="store_true", help="Only routers with a last error")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[tuple[str, ...], Any]:
