@@ -11,6 +11,7 @@ import openstack
 import pytest
 
 from astara.testing import services
+from astara.testing.keystone_access import KeystoneAccess
 from astara.testing.neutron_bed import Endpoint, NeutronTestbed, connect
 
 # The suite's own bed, so a bed brought up by hand with astara-testbed is left alone.
@@ -47,3 +48,21 @@ def sdk(neutron: Endpoint) -> openstack.connection.Connection:
 def project_id() -> str:
     """A fresh project per test, so tests never see each other's resources."""
     return uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def keystone() -> KeystoneAccess:
+    """A real Keystone 30 with admin, member and reader users (the OpenStack bed's).
+
+    Until the OpenStack bed (branch cloudbed) can start its Keystone on its own from main,
+    ASTARA_TEST_KEYSTONE_CLOUDS names the clouds.yaml of a running one.
+    """
+    path = os.environ.get("ASTARA_TEST_KEYSTONE_CLOUDS")
+    if not path:
+        raise RuntimeError(
+            "no Keystone: set ASTARA_TEST_KEYSTONE_CLOUDS to the clouds.yaml of a running "
+            "OpenStack test bed (astara-testbed up --cloud openstack)"
+        )
+    access = KeystoneAccess(Path(path))
+    access.connect().authorize()  # fails loudly when that Keystone is not up
+    return access

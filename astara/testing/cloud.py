@@ -23,7 +23,13 @@ from astara.common.tls import CertificateAuthority
 from astara.providers.netns import NetnsProvider, short_hash
 from astara.testing import services
 from astara.testing.netns import Namespace, Topology
-from astara.testing.neutron_bed import RABBIT_URL, Endpoint, NeutronTestbed, process_alive
+from astara.testing.neutron_bed import (
+    RABBIT_URL,
+    Endpoint,
+    NeutronTestbed,
+    free_port,
+    process_alive,
+)
 
 ORCHESTRATOR = Path(sys.executable).with_name("astara-orchestrator")
 
@@ -50,6 +56,10 @@ class CloudInABox:
     database_url: str | None = None  # the orchestrator's store; SQLite in state_dir when unset
     # [health] overrides, e.g. a chaos test that kills one router often keeps the breaker shut.
     health: dict[str, str] = field(default_factory=dict)
+    # The management API: its port (0: a free one, chosen when the configuration is written),
+    # and [keystone_authtoken] to check tokens with (none: auth_strategy = noauth).
+    api_port: int = 0
+    keystone_authtoken: dict[str, str] | None = None
     _workloads: Topology | None = field(default=None, init=False)
 
     @property
@@ -74,7 +84,13 @@ class CloudInABox:
         self.start_orchestrator()
         return endpoint
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
     def _write_config(self, endpoint: Endpoint) -> None:
+        if not self.api_port:
+            self.api_port = free_port()
         sections = {
             "DEFAULT": {
                 "transport_url": RABBIT_URL,
@@ -107,6 +123,11 @@ class CloudInABox:
                 "connection": self.database_url
                 or f"sqlite:///{self.state_dir / 'orchestrator.sqlite'}"
             },
+            "api": {
+                "port": str(self.api_port),
+                "auth_strategy": "keystone" if self.keystone_authtoken else "noauth",
+            },
+            **({"keystone_authtoken": self.keystone_authtoken} if self.keystone_authtoken else {}),
         }
         parser = configparser.ConfigParser(interpolation=None)
         for section, options in sections.items():
