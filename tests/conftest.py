@@ -20,12 +20,12 @@ TEST_BED_DIR = Path(os.environ.get("ASTARA_TEST_BED_DIR", "/var/lib/astara/testb
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     needs_root = [
-        i for i in items if i.get_closest_marker("functional") or i.get_closest_marker("e2e")
+        i for i in items if any(i.get_closest_marker(m) for m in ("functional", "e2e", "browser"))
     ]
     if needs_root and os.geteuid() != 0:
         raise pytest.UsageError(
-            "functional and e2e tests need root (network namespaces, daemons): run as root, "
-            "or select the unit tests alone with -m unit"
+            "functional, e2e and browser tests need root (network namespaces, daemons): run "
+            "as root, or select the unit tests alone with -m unit"
         )
 
 

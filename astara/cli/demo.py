@@ -10,6 +10,9 @@ Neutron API, and prints, with timings, what works. Everything stays up for a loo
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,8 +29,11 @@ from astara.testing.neutron_objects import external_network, tenant_network
 
 T = TypeVar("T")
 STATE = Path("/var/lib/astara/demo")
+CLOUDS_YAML = STATE / "clouds.yaml"
+OPENSTACK = Path(sys.executable).with_name("openstack")
 UPLINK_IP = "172.24.8.1"
 ECHO_PORT = 7000
+METRICS_PORT = 9412  # the demo's Prometheus metrics on 127.0.0.1
 
 
 @dataclass
@@ -69,7 +75,7 @@ def cloud() -> CloudInABox:
     bed = NeutronTestbed(
         state_dir=STATE / "neutron", database="astara_neutron_demo", astara_plugin=True
     )
-    return CloudInABox(state_dir=STATE, bed=bed)
+    return CloudInABox(state_dir=STATE, bed=bed, metrics_port=METRICS_PORT)
 
 
 def clear(box: CloudInABox) -> None:
@@ -160,11 +166,57 @@ def up() -> int:
             f"floating IP {address} reachable from outside", lambda: reaches(outside, address), 30
         )
     )
+    write_clouds_yaml(box)
+    checks.append(
+        until(
+            "operators: openstack astara router list shows it",
+            lambda: operator_sees(router_id),
+            30,
+        )
+    )
     total = time.monotonic() - started
     passed = sum(check.ok for check in checks)
     print(f"{passed} of {len(checks)} checks passed, {total:.1f} s from the first VM port.")
     print(f"Orchestrator log: {box.orchestrator_log}; remove everything: astara-demo down")
+    print_operator_help(box, router_id)
     return 0 if passed == len(checks) else 1
+
+
+def write_clouds_yaml(box: CloudInABox) -> None:
+    """The demo's management API for ``openstack --os-cloud astara-demo`` (no Keystone in the
+    demo: its API runs with auth_strategy = noauth)."""
+    cloud = {"auth_type": "none", "auth": {"endpoint": box.api_url}}
+    CLOUDS_YAML.write_text(json.dumps({"clouds": {"astara-demo": cloud}}, indent=1))
+
+
+def operator_sees(router_id: str) -> str | None:
+    listed = subprocess.run(
+        [str(OPENSTACK), "--os-cloud", "astara-demo", "astara", "router", "list", "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(CLOUDS_YAML)},
+        check=True,
+    )
+    states = {r["ID"]: r["State"] for r in json.loads(listed.stdout)}
+    return f"router {states[router_id]}" if states.get(router_id) == "active" else None
+
+
+def print_operator_help(box: CloudInABox, router_id: str) -> None:
+    print(
+        f"""
+Operator commands (the management API at {box.api_url}; the demo runs it without Keystone):
+  export OS_CLIENT_CONFIG_FILE={CLOUDS_YAML} OS_CLOUD=astara-demo
+  {OPENSTACK} astara router list
+  {OPENSTACK} astara router show {router_id}
+  {OPENSTACK} astara router rebuild {router_id}
+  {OPENSTACK} astara router poll {router_id}
+  {OPENSTACK} astara router unmanage {router_id}   (and: router manage)
+  {OPENSTACK} astara router debug {router_id}      (and: project debug demo)
+  {OPENSTACK} astara instance list; worker list; event list; breaker show
+Metrics: curl http://127.0.0.1:{box.metrics_port}/metrics""",
+        flush=True,
+    )
 
 
 def ask_from(source: Namespace, host: str) -> tuple[str, str]:

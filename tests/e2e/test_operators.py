@@ -1,8 +1,10 @@
 """The operators' control surface end to end: ``openstack astara ...`` against a running
-orchestrator (real Neutron with Astara's plugin, RabbitMQ, netns appliances).
+orchestrator (real Neutron with Astara's plugin, RabbitMQ, netns appliances) whose management
+API checks real Keystone tokens and is found in Keystone's catalog.
 
 Every command runs as an operator would type it: the real ``openstack`` client, the plugin,
-the management API. The steps build on each other and run in file order on two routers.
+the management API, as the demo project's admin (member and reader for the policy checks).
+The steps build on each other and run in file order on two routers.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openstack
 import pytest
 
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.testing.chaos import eventually, fresh_state
 from astara.testing.cloud import CloudInABox
+from astara.testing.keystone_access import KeystoneAccess
 from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import tenant_network
 
@@ -39,15 +43,17 @@ class World:
     cloud: CloudInABox
     sdk: openstack.connection.Connection
     clouds_yaml: Path
-    project: str = "ops"
+    project: str  # the demo project's id (Keystone's): its reader may read its routers
     routers: dict[str, str] = field(default_factory=dict)  # name -> id
     subnets: dict[str, Any] = field(default_factory=dict)
 
-    def astara(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``openstack astara ...`` as an operator runs it."""
+    def astara(
+        self, *argv: str, check: bool = True, cloud: str = "demo-admin"
+    ) -> subprocess.CompletedProcess[str]:
+        """``openstack astara ...`` as an operator (or ``cloud``'s user) runs it."""
         env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(self.clouds_yaml)}
         done = subprocess.run(
-            [str(OPENSTACK), "--os-cloud", "astara-ops", "astara", *argv],
+            [str(OPENSTACK), "--os-cloud", cloud, "astara", *argv],
             capture_output=True,
             text=True,
             env=env,
@@ -90,7 +96,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+def world(keystone: KeystoneAccess) -> Iterator[World]:
     bed = NeutronTestbed(state_dir=STATE / "neutron", database=NEUTRON_DATABASE, astara_plugin=True)
     cloud = CloudInABox(
         state_dir=STATE,
@@ -100,17 +106,15 @@ def world() -> Iterator[World]:
         resync_interval=3600.0,
         # Kills here are one at a time and on purpose; the breaker's own logic has unit tests.
         health={"breaker_min_deaths": "1000"},
+        keystone_authtoken=keystone.authtoken(),
     )
     fresh_state(cloud)
     endpoint = cloud.up()
+    keystone.register_api(cloud.api_url)
     clouds_yaml = STATE / "clouds.yaml"
-    clouds_yaml.write_text(
-        json.dumps(
-            {"clouds": {"astara-ops": {"auth_type": "none", "auth": {"endpoint": cloud.api_url}}}}
-        )
-    )
+    keystone.clouds_yaml_for_clients(clouds_yaml)
     try:
-        yield World(cloud, connect(endpoint.url), clouds_yaml)
+        yield World(cloud, connect(endpoint.url), clouds_yaml, keystone.project_id("demo-admin"))
     finally:
         cloud.down()
 
@@ -214,7 +218,9 @@ def test_debug_trace_and_the_event_log_name_who_asked(world: World) -> None:
     messages = [e["Message"] for e in events]
     assert f"debug on for project {world.project} (2 routers now)" in messages
     assert all(
-        e["Actor"].startswith("noauth ") for e in events if e["Message"].startswith("debug on")
+        e["Actor"].startswith("demo-admin (user ")
+        for e in events
+        if e["Message"].startswith("debug on")
     )
     traced = f"router {world.routers['a']}: debug: "
     eventually(
@@ -233,3 +239,47 @@ def test_config_reload_applies_the_mutable_options(world: World) -> None:
     changed = world.json("config", "reload")
     assert {"Option": "resync_interval", "Old": "3600.0", "New": "1800.0"} in changed
     assert world.json("config", "reload") == []
+
+
+ACTIONS = [
+    ("router", "rebuild", "{a}"),
+    ("router", "poll", "{a}"),
+    ("router", "unmanage", "{a}"),
+    ("router", "manage", "{a}"),
+    ("router", "debug", "{a}"),
+    ("project", "debug", "{project}"),
+    ("breaker", "reset"),
+    ("config", "reload"),
+]
+
+
+@pytest.mark.parametrize("cloud", ["demo-member", "demo-reader"])
+def test_members_and_readers_get_403_on_every_action(world: World, cloud: str) -> None:
+    before = world.router("a")
+    events = world.json("event", "list")
+    for argv in ACTIONS:
+        filled = [arg.format(a=world.routers["a"], project=world.project) for arg in argv]
+        refused = world.astara(*filled, check=False, cloud=cloud)
+        assert refused.returncode != 0, filled
+        assert "403" in refused.stderr and "policy does not allow astara:" in refused.stderr
+    assert world.json("event", "list") == events  # nothing done, nothing recorded
+    after = world.router("a")
+    assert (after["Instance"], after["Managed"], after["Debug"]) == (
+        before["Instance"],
+        before["Managed"],
+        before["Debug"],
+    )
+    # They read their own project's routers (the demo project's, here), not the fleet.
+    listed = json.loads(world.astara("router", "list", "-f", "json", cloud=cloud).stdout)
+    assert {r["ID"] for r in listed} == set(world.routers.values())
+    workers = world.astara("worker", "list", check=False, cloud=cloud)
+    assert workers.returncode != 0 and "403" in workers.stderr
+
+
+def test_no_token_or_a_bad_one_gets_401(world: World) -> None:
+    url = f"{world.cloud.api_url}/v1/routers"
+    for headers in ({}, {"X-Auth-Token": "not-a-token"}):
+        answer = httpx.get(url, headers=headers, timeout=30)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith("Keystone uri=")
+    assert httpx.get(f"{world.cloud.api_url}/", timeout=30).status_code == 200  # versions

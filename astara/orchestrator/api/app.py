@@ -209,6 +209,7 @@ def create_app(
 
     @app.get("/v1/projects/{project_id}", tags=["projects"])
     def show_project(context: Caller, project_id: str) -> models.Project:
+        """A project's debug flag and how many routers it has."""
         authorize(context, rules.PROJECT_READ, project_id)
         return control.project(project_id)
 
@@ -222,6 +223,7 @@ def create_app(
 
     @app.get("/v1/instances", tags=["instances"])
     def list_instances(context: Caller, router_id: str | None = None) -> models.InstanceList:
+        """Instances (of one router) with their health as the health loop sees it."""
         if router_id is None:
             authorize(context, rules.ROUTER_READ)
         else:
@@ -236,6 +238,7 @@ def create_app(
 
     @app.get("/v1/breaker", tags=["breaker"])
     def show_breaker(context: Caller) -> models.Breaker:
+        """The replacement circuit breaker: open or closed, why, its thresholds."""
         authorize(context, rules.BREAKER_READ)
         return control.breaker()
 

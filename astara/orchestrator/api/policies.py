@@ -63,7 +63,12 @@ RULES = [
             ("GET", "/v1/instances"),
         ],
     ),
-    _rule(PROJECT_READ, "rule:project_reader", "Show a project", [("GET", "/v1/projects/{id}")]),
+    _rule(
+        PROJECT_READ,
+        "rule:project_reader",
+        "Show a project",
+        [("GET", "/v1/projects/{project_id}")],
+    ),
     _rule(WORKER_READ, "rule:fleet_reader", "List the workers", [("GET", "/v1/workers")]),
     _rule(BREAKER_READ, "rule:fleet_reader", "Show the breaker", [("GET", "/v1/breaker")]),
     _rule(EVENT_READ, "rule:fleet_reader", "List the event log", [("GET", "/v1/events")]),
