@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from horizon.exceptions import ServiceCatalogException
 from keystoneauth1 import session as ks_session
 from openstack_dashboard.api import base
-from openstack_dashboard.exceptions import ServiceCatalogException
 
 SERVICE_TYPE = "astara"
 

@@ -48,6 +48,8 @@ class KeystoneAccess:
             "project_name": auth["project_name"],
             "user_domain_name": auth["user_domain_name"],
             "project_domain_name": auth["project_domain_name"],
+            # Where the orchestrator reaches Keystone: the public URL is the one every bed has.
+            "interface": "public",
         }
 
     def project_id(self, cloud: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.urls import reverse
@@ -11,6 +12,7 @@ from openstack_dashboard.api import glance
 
 from astara.dashboard import api
 
+LOG = logging.getLogger(__name__)
 KEEP = "__keep__"
 CONFIGURED = "__configured__"
 
@@ -28,8 +30,9 @@ class RebuildForm(forms.SelfHandlingForm):
         try:
             images, _more, _prev = glance.image_list_detailed(request)
             choices += [(image.id, image.name or image.id) for image in images]
-        except Exception:
-            exceptions.handle(request, _("The image service could not list images."), ignore=True)
+        except Exception:  # no image service (or it is down): the other choices still work
+            LOG.warning("rebuild form: Glance could not list images", exc_info=True)
+            messages.warning(request, _("The image service could not list images."))
         self.fields["image"].choices = choices
 
     def handle(self, request: Any, data: dict[str, Any]) -> bool:

@@ -41,7 +41,8 @@ class DetailView(views.HorizonTemplateView):
 
 class RebuildView(forms.ModalFormView):
     form_class = router_forms.RebuildForm
-    template_name = "horizon/common/_modal_form.html"
+    template_name = "astara/routers/rebuild.html"
+    ajax_template_name = "horizon/common/_modal_form.html"
     modal_id = "rebuild_router_modal"
     modal_header = _("Rebuild Router")
     submit_label = _("Rebuild")
