@@ -127,11 +127,11 @@ def data_ports(snapshot: RouterSnapshot) -> list[PortSpec]:
     ]
 
 
-def replacement_cause(obs: Observation) -> str:
-    """The metric label of why a REPLACE was decided (a small, fixed set)."""
-    if obs.rebuild_requested:
+def replacement_cause(record: RouterRecord, instance: InstanceRecord | None) -> str:
+    """The metric label of why an instance is replaced (a small, fixed set)."""
+    if record.rebuild_requested:
         return "rebuild"
-    if obs.instance is not None and not obs.instance.ever_reachable:
+    if instance is not None and not instance.ever_reachable:
         return "boot_timeout"
     return "unreachable"
 
@@ -221,8 +221,6 @@ class RouterReconciler:
             LOG.info("router %s: debug: %s -> %s", router_id, observation, decision)
             if decision.action is not Action.NOTHING:
                 self._store.log(f"debug: {decision.action} ({decision.reason})", router_id)
-        if decision.action is Action.REPLACE:
-            self._telemetry.replaced(replacement_cause(observation))
         if decision.state.value != record.state:
             LOG.info(
                 "router %s: %s -> %s (%s)", router_id, record.state, decision.state, decision.reason
@@ -372,6 +370,7 @@ class RouterReconciler:
     ) -> None:
         """Build the replacement first; the old instance keeps its ports until it takes over."""
         router_id = record.id
+        self._telemetry.replaced(replacement_cause(record, instance))
         if instance is not None:
             self._store.log(f"replacing instance: {reason}", router_id, instance.id)
             if retiring:
