@@ -98,8 +98,10 @@ def test_an_unmanaged_router_is_left_alone_even_when_its_instance_died(tmp_path:
     parts = Parts(tmp_path)
     instance_id = active(parts.reconciler, parts.store)
     parts.store.set_managed(ROUTER_ID, False)
-    parts.provider.instances.clear()  # the instance is gone (killed)
     parts.appliance.calls.clear()
+    parts.reconciler.step(ROUTER_ID, poll("operator"))
+    assert parts.appliance.calls == []  # not even asked how it is
+    parts.provider.instances.clear()  # the instance is gone (killed)
     for cause in (HEALTH_CAUSE, "operator", "router.update.end"):
         parts.reconciler.step(ROUTER_ID, poll(cause, instance_id))
     assert parts.appliance.calls == []
