@@ -52,17 +52,18 @@ def project_id() -> str:
 
 @pytest.fixture(scope="session")
 def keystone() -> KeystoneAccess:
-    """A real Keystone 30 with admin, member and reader users (the OpenStack bed's).
-
-    Until the OpenStack bed (branch cloudbed) can start its Keystone on its own from main,
-    ASTARA_TEST_KEYSTONE_CLOUDS names the clouds.yaml of a running one.
-    """
+    """A real Keystone 30 with admin, member and reader users: the OpenStack bed's, up once
+    for the session (ASTARA_TEST_KEYSTONE_CLOUDS may name the clouds.yaml of one that runs)."""
     path = os.environ.get("ASTARA_TEST_KEYSTONE_CLOUDS")
     if not path:
-        raise RuntimeError(
-            "no Keystone: set ASTARA_TEST_KEYSTONE_CLOUDS to the clouds.yaml of a running "
-            "OpenStack test bed (astara-testbed up --cloud openstack)"
-        )
+        try:
+            from astara.testing.openstack_bed.bed import OpenStackBed
+        except ImportError as exc:  # the bed is not on this branch yet
+            raise RuntimeError(
+                "no Keystone: set ASTARA_TEST_KEYSTONE_CLOUDS to the clouds.yaml of a running "
+                "one (users astara-admin, astara-service, demo-admin, demo-member, demo-reader)"
+            ) from exc
+        path = OpenStackBed().up().clouds_yaml
     access = KeystoneAccess(Path(path))
     access.connect().authorize()  # fails loudly when that Keystone is not up
     return access
