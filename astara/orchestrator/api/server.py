@@ -64,8 +64,21 @@ class NoAuth:
         return self._app(environ, start_response)
 
 
+def without_unset_headers(app: WSGIApp) -> WSGIApp:
+    """keystonemiddleware leaves the identity headers it did not fill as None, which a2wsgi
+    cannot turn into ASGI headers: drop them (absent is what None means)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        for key in [k for k, v in environ.items() if k.startswith("HTTP_") and v is None]:
+            del environ[key]
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def keystone_pipeline(app: WSGIApp, conf: cfg.ConfigOpts) -> WSGIApp:
-    return auth_token.AuthProtocol(app, {"oslo_config_config": conf, "delay_auth_decision": "true"})
+    settings = {"oslo_config_config": conf, "delay_auth_decision": "true"}
+    return auth_token.AuthProtocol(without_unset_headers(app), settings)
 
 
 def www_authenticate(conf: cfg.ConfigOpts) -> str | None:
