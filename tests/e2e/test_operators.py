@@ -27,7 +27,7 @@ from astara.orchestrator.appliance_client import ApplianceClient
 from astara.testing.chaos import eventually, fresh_state
 from astara.testing.cloud import CloudInABox
 from astara.testing.keystone_access import KeystoneAccess
-from astara.testing.neutron_bed import NeutronTestbed, connect
+from astara.testing.neutron_bed import NeutronTestbed, connect, free_port
 from astara.testing.neutron_objects import tenant_network
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +107,7 @@ def world(keystone: KeystoneAccess) -> Iterator[World]:
         # Kills here are one at a time and on purpose; the breaker's own logic has unit tests.
         health={"breaker_min_deaths": "1000"},
         keystone_authtoken=keystone.authtoken(),
+        metrics_port=free_port(),
     )
     fresh_state(cloud)
     endpoint = cloud.up()
@@ -239,6 +240,27 @@ def test_config_reload_applies_the_mutable_options(world: World) -> None:
     changed = world.json("config", "reload")
     assert {"Option": "resync_interval", "Old": "3600.0", "New": "1800.0"} in changed
     assert world.json("config", "reload") == []
+
+
+def test_metrics_say_what_happened(world: World) -> None:
+    text = httpx.get(f"http://127.0.0.1:{world.cloud.metrics_port}/metrics", timeout=30).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['astara_routers{state="active"}'] == 2
+    assert samples['astara_instances{health="alive"}'] == 2
+    assert samples['astara_instance_replacements_total{cause="rebuild"}'] >= 1
+    assert samples['astara_instance_replacements_total{cause="unreachable"}'] >= 2
+    configured = [
+        f'astara_event_to_configured_seconds_count{{action="{a}"}}' for a in ("create", "update")
+    ]
+    assert sum(samples.get(name, 0) for name in configured) >= 2  # one change per router, at least
+    assert samples['astara_neutron_request_duration_seconds_count{operation="fetch_router"}'] > 0
+    assert samples['astara_worker_queue_events{worker="0"}'] == 0
+    assert samples["astara_replacement_breaker_open"] == 0
+    assert samples["astara_heartbeats_accepted_total"] > 0
 
 
 ACTIONS = [
