@@ -95,9 +95,10 @@ def instance_spec(
     snapshot: RouterSnapshot,
     with_data_ports: bool = True,
     image: str | None = None,
+    flavor: str | None = None,
 ) -> InstanceSpec:
     """A replacement boots with its management port only: it gets the data ports on takeover.
-    ``image``: an operator's choice instead of the configured one."""
+    ``image``, ``flavor``: an operator's choice instead of the configured ones."""
     management = PortSpec(
         port_id=f"mgmt-{instance_id[:8]}",
         network_id=MANAGEMENT_NETWORK,
@@ -109,6 +110,7 @@ def instance_spec(
         router_id=snapshot.router.id,
         ports=(management, *(data_ports(snapshot) if with_data_ports else ())),
         image=image,
+        flavor=flavor,
     )
 
 
@@ -384,7 +386,9 @@ class RouterReconciler:
         instance_id = str(uuid.uuid4())
         # Recorded first: a crash during boot leaves a record the next step cleans up.
         self._store.add_instance(instance_id, router_id, self._provider.name, instance_id)
-        spec = instance_spec(instance_id, snapshot, with_data_ports, image=record.image)
+        spec = instance_spec(
+            instance_id, snapshot, with_data_ports, image=record.image, flavor=record.flavor
+        )
         booted = self._provider.boot(spec)
         self._store.update_instance(instance_id, management_address=booted.management_address)
         self._store.log("instance booted", router_id, instance_id)

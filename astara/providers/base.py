@@ -39,12 +39,14 @@ class PortSpec(_Frozen):
 
 
 class InstanceSpec(_Frozen):
-    """What to boot for a router. ``image`` matters to image-based providers (Nova) only."""
+    """What to boot for a router. ``image`` and ``flavor`` (overrides of the configured ones)
+    matter to image-based providers (Nova) only."""
 
     instance_id: Identifier
     router_id: Identifier
     ports: tuple[PortSpec, ...]
     image: str | None = None
+    flavor: str | None = None
 
     def management_port(self) -> PortSpec:
         found = [port for port in self.ports if port.kind == "management"]

@@ -115,12 +115,15 @@ def test_an_unmanaged_router_is_left_alone_even_when_its_instance_died(tmp_path:
     assert len(parts.provider.instances) == 1
 
 
-def test_a_rebuild_boots_with_the_operators_image(tmp_path: Path) -> None:
+def test_a_rebuild_boots_with_the_operators_image_and_flavor(tmp_path: Path) -> None:
     parts = Parts(tmp_path)
     old = active(parts.reconciler, parts.store)
-    parts.store.set_boot_overrides(ROUTER_ID, "appliance-v2", None)
+    parts.store.set_boot_overrides(ROUTER_ID, "appliance-v2", "m1.router")
     parts.reconciler.step(ROUTER_ID, event(EventAction.REBUILD, "operator"))
-    assert parts.provider.specs[-1].image == "appliance-v2"
+    assert (parts.provider.specs[-1].image, parts.provider.specs[-1].flavor) == (
+        "appliance-v2",
+        "m1.router",
+    )
     assert parts.telemetry.named("replaced") == [("rebuild",)]
     new = active(parts.reconciler, parts.store)
     assert new != old
