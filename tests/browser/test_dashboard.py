@@ -24,7 +24,7 @@ from astara.testing.keystone_access import KeystoneAccess
 from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import tenant_network
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.keystone]
 
 PREFIX = "abr"
 STATE = Path("/var/lib/astara/browser")

@@ -30,7 +30,7 @@ from astara.testing.keystone_access import KeystoneAccess
 from astara.testing.neutron_bed import NeutronTestbed, connect, free_port
 from astara.testing.neutron_objects import tenant_network
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.keystone]
 
 PREFIX = "aop"
 STATE = Path("/var/lib/astara/e2e-operators")
