@@ -1,180 +1,353 @@
-"""The metadata proxy: instances' 169.254.169.254 requests, forwarded with their identity.
+"""The metadata proxy: instances' 169.254.169.254 requests, forwarded to Nova with their identity.
 
-The packet filter redirects instances' metadata traffic to METADATA_PORT here. The proxy
-finds the instance's network from its source address, then forwards the request upstream
-with headers naming the instance, its network and this router, signed when a shared secret
-is configured. The routing table is an immutable value swapped on each apply, so updates
-never restart the listening socket.
+The packet filter redirects instances' metadata traffic to METADATA_PORT here (and drops
+packets whose source address does not belong behind the interface they came in on). What is
+forwarded, for whom, and what is refused is decided in ``metadata_policy``; this module is the
+thin edge: a socket, an event loop, HTTP/1.1 framing (h11) and the upstream client (httpx).
+
+One event loop on one thread serves every connection, so idle or slow clients cost no
+threads; the host name of Nova's API is resolved on at most ``resolver_threads`` more. Every
+wait has a deadline and every buffer a size (``ProxyLimits``), and the loop is not the
+appliance API's, so a flood of metadata requests cannot stall the API. The proxy table is an
+immutable value swapped on each apply, so updates never restart the listening socket.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
+import asyncio
 import logging
 import socket
 import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from http.cookiejar import DefaultCookiePolicy
 
+import h11
 import httpx
 
+from astara.appliance.metadata_policy import (
+    Headers,
+    ProxyLimits,
+    ProxyTable,
+    Refusal,
+    check_method,
+    client_ip,
+    declared_length,
+    forwarded_headers,
+    passed_headers,
+    proxy_table,
+    upstream_url,
+)
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.wire.defaults import METADATA_PORT
 from astara.wire.document import ApplianceConfig
 
 LOG = logging.getLogger(__name__)
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Headers that describe one hop, or that only the proxy may set (an instance must not forge them).
-DROPPED_REQUEST_HEADERS = frozenset(
-    {
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "x-forwarded-for",
-        "x-astara-network-id",
-        "x-astara-router-id",
-        "x-astara-instance-signature",
-    }
-)
-PASSED_RESPONSE_HEADERS = ("content-type", "etag", "last-modified", "cache-control")
+READ_SIZE = 4096
+BACKLOG = 128
+# Statuses whose answers never carry a body.
+BODILESS = frozenset({204, 304})
 
 
-@dataclass(frozen=True)
-class ProxyTable:
-    """Everything a request needs: where to forward it and how to name its sender."""
-
-    router_id: str
-    upstream_url: str
-    networks: tuple[tuple[IpNetwork, str], ...]
-    secret: str | None = field(default=None, repr=False)
-
-    def network_for(self, ip: IpAddress) -> str | None:
-        return next(
-            (nid for net, nid in self.networks if ip.version == net.version and ip in net), None
-        )
+def _phrase(status: int) -> bytes:
+    return HTTPStatus(status).phrase.encode() if status in STATUS_PHRASES else b""
 
 
-def proxy_table(config: ApplianceConfig | None) -> ProxyTable | None:
-    """The proxy's view of a document; None when it asks for no metadata service."""
-    if config is None or config.metadata is None:
-        return None
-    secret = config.metadata.shared_secret
-    return ProxyTable(
-        router_id=config.router_id,
-        upstream_url=str(config.metadata.upstream_url).rstrip("/"),
-        networks=tuple(
-            (subnet.cidr, net.id) for net in config.internal_networks() for subnet in net.subnets
-        ),
-        secret=secret.get_secret_value() if secret is not None else None,
-    )
+STATUS_PHRASES = frozenset(int(status) for status in HTTPStatus)
 
 
-def instance_signature(secret: str, instance_ip: str) -> str:
-    return hmac.new(secret.encode(), instance_ip.encode(), hashlib.sha256).hexdigest()
+def _text_answer(status: int, text: str) -> tuple[Headers, bytes]:
+    body = f"{HTTPStatus(status).phrase}: {text}\n".encode()
+    return [("Content-Type", "text/plain; charset=utf-8")], body
 
 
-def forward_headers(table: ProxyTable, instance_ip: str, network_id: str) -> dict[str, str]:
-    headers = {
-        "X-Forwarded-For": instance_ip,
-        "X-Astara-Network-ID": network_id,
-        "X-Astara-Router-ID": table.router_id,
-    }
-    if table.secret is not None:
-        headers["X-Astara-Instance-Signature"] = instance_signature(table.secret, instance_ip)
-    return headers
+def _encode(
+    http: h11.Connection, status: int, headers: Headers, body: bytes, head: bool = False
+) -> bytes:
+    """One whole answer; no body for HEAD requests and the statuses that take none."""
+    if status in BODILESS:
+        body = b""
+    elif not any(name.lower() == "content-length" for name, _ in headers):
+        headers = [*headers, ("Content-Length", str(len(body)))]
+    data = http.send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
+    if body and not head:
+        data = (data or b"") + (http.send(h11.Data(data=body)) or b"")
+    return (data or b"") + (http.send(h11.EndOfMessage()) or b"")
 
 
-def client_ip(host: str) -> IpAddress:
-    """The sender's address; IPv4 senders on a dual-stack socket appear as ::ffff:a.b.c.d."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+def _busy_answer() -> bytes:
+    """What a connection beyond max_connections gets, before it is closed."""
+    headers, body = _text_answer(503, "too many metadata connections, try again")
+    return _encode(h11.Connection(h11.SERVER), 503, [*headers, ("Connection", "close")], body)
 
 
-class MetadataServer(ThreadingHTTPServer):
-    daemon_threads = True
+class MetadataServer:
+    """The proxy's listening socket and the event loop thread serving it."""
 
-    def __init__(self, host: str, port: int, table: ProxyTable, timeout: float = 10.0) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def __init__(
+        self, host: str, port: int, table: ProxyTable, limits: ProxyLimits | None = None
+    ) -> None:
         self.table = table
-        self.client = httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False)
-        super().__init__((host, port), _ProxyHandler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # One socket for both families: instances mostly ask over IPv4.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.client.close()
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    server: MetadataServer
-    protocol_version = "HTTP/1.1"
-    server_version = "astara-metadata"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._forward()
-
-    def do_HEAD(self) -> None:
-        self._forward()
-
-    def do_POST(self) -> None:
-        self._forward()
-
-    def _forward(self) -> None:
-        table = self.server.table
-        ip = client_ip(self.client_address[0])
-        network_id = table.network_for(ip)
-        if network_id is None:
-            self._answer(403, b"Forbidden: unknown source\n")
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        headers = {
-            k: v for k, v in self.headers.items() if k.lower() not in DROPPED_REQUEST_HEADERS
-        }
-        headers.update(forward_headers(table, str(ip), network_id))
+        self.limits = limits or ProxyLimits()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            upstream = self.server.client.request(
-                self.command, table.upstream_url + self.path, headers=headers, content=body
-            )
-        except httpx.HTTPError as exc:
-            LOG.warning("metadata upstream failed for %s: %s", ip, type(exc).__name__)
-            self._answer(502, b"Bad Gateway: metadata service unreachable\n")
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # One socket for both families: instances mostly ask over IPv4.
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self._sock.bind((host, port))
+            self._sock.listen(BACKLOG)
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
+        self._busy = _busy_answer()
+        self._active = 0
+        self._connections: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(self.limits.resolver_threads, thread_name_prefix="metadata-dns")
+        )
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metadata-proxy", daemon=True)
+
+    @property
+    def port(self) -> int:
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    @property
+    def active_connections(self) -> int:
+        return self._active
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        finally:
+            self._loop.close()
+            self._sock.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        limits = self.limits
+        client = httpx.AsyncClient(
+            timeout=limits.upstream_timeout,
+            limits=httpx.Limits(max_connections=limits.max_connections),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        # One client serves every instance: a cookie Nova set for one must never go with
+        # another's requests.
+        client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        server = await asyncio.start_server(
+            lambda reader, writer: self._accept(reader, writer, client), sock=self._sock
+        )
+        self._started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await client.aclose()
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: httpx.AsyncClient
+    ) -> None:
+        if self._active >= self.limits.max_connections:
+            # Answered and closed at once: it never waits for a slot, so it holds nothing.
+            writer.write(self._busy)
+            writer.close()
             return
-        passed = {k: upstream.headers[k] for k in PASSED_RESPONSE_HEADERS if k in upstream.headers}
-        self._answer(upstream.status_code, upstream.content, passed)
+        task = asyncio.current_task()
+        if task is not None:  # always, in a connection callback: kept to be cancelled at stop
+            self._connections.add(task)
+        self._active += 1
+        try:
+            await _Connection(self, reader, writer, client).serve()
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away, or took too long to read its answer
+        except Exception:
+            LOG.exception("metadata proxy: unexpected error on a connection")
+        finally:
+            self._active -= 1
+            self._connections.discard(task)
+            writer.close()
 
-    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {"Content-Type": "text/plain"}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # Request lines only: headers (which may carry signatures) are never logged.
-        LOG.debug("metadata %s " + format, self.client_address[0], *args)
+class _Connection:
+    """One client connection: requests in order (keep-alive), each within the deadlines."""
+
+    def __init__(
+        self,
+        server: MetadataServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.limits = server.limits
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.client = client
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        self.head = False  # whether the request being answered is a HEAD
+        self.source = client_ip(writer.get_extra_info("peername")[0])
+        self.local = client_ip(writer.get_extra_info("sockname")[0])
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.limits.client_timeout):
+                    request = await self._read_request()
+                if request is None:
+                    return
+                status, headers, body = await self._answer(*request)
+            except TimeoutError:
+                if self.http.their_state is h11.IDLE and not self.http.trailing_data[0]:
+                    return  # an idle keep-alive connection: just close it
+                await self._refuse(Refusal(408, "the request took too long to arrive"))
+                return
+            except h11.RemoteProtocolError as exc:
+                # h11 hints 501 for transfer codings it does not know: still the client's error.
+                hint = exc.error_status_hint
+                await self._refuse(Refusal(hint if 400 <= hint < 500 else 400, str(exc)))
+                return
+            except Refusal as refusal:
+                await self._refuse(refusal)
+                return
+            await self._send(status, headers, body)
+            if self.http.our_state is not h11.DONE or self.http.their_state is not h11.DONE:
+                return
+            self.http.start_next_cycle()
+
+    async def _event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(await self.reader.read(READ_SIZE))
+            else:
+                return event  # type: ignore[return-value]
+
+    async def _read_request(self) -> tuple[h11.Request, bytes] | None:
+        """The next request and its body, or None when the client closed the connection.
+
+        The method, target and length are checked before the body is read; a client that
+        closes in the middle of a request is an h11.RemoteProtocolError."""
+        self.head = False
+        request = await self._event()
+        if not isinstance(request, h11.Request):
+            return None  # from IDLE the only other event is ConnectionClosed
+        self.head = request.method == b"HEAD"
+        check_method(request.method.decode("ascii"))
+        upstream_url(self.server.table.upstream_url, request.target.decode("ascii"))
+        declared_length(_text_headers(request.headers), self.limits)
+        body = bytearray()
+        event = await self._event()
+        while isinstance(event, h11.Data):  # until EndOfMessage
+            body += event.data
+            if len(body) > self.limits.max_body_bytes:  # chunked bodies announce no length
+                raise Refusal(400, f"the body is over the {self.limits.max_body_bytes} byte limit")
+            event = await self._event()
+        return request, bytes(body)
+
+    async def _answer(self, request: h11.Request, body: bytes) -> tuple[int, Headers, bytes]:
+        """Forward the request for the instance behind its source address."""
+        table = self.server.table  # one table for the whole request, even across an apply
+        method = request.method.decode("ascii")
+        sender = table.sender(self.source, self.local)
+        url = upstream_url(table.upstream_url, request.target.decode("ascii"))
+        headers = forwarded_headers(method, _text_headers(request.headers), sender, self.source)
+        try:
+            async with asyncio.timeout(self.limits.upstream_timeout):
+                status, answer_headers, content = await self._upstream(
+                    method, url, headers, body if method == "POST" else None
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            LOG.warning(
+                "router %s: metadata for instance %s: upstream failed: %s",
+                table.router_id,
+                sender.instance_id,
+                type(exc).__name__,
+            )
+            raise Refusal(
+                504 if isinstance(exc, TimeoutError | httpx.TimeoutException) else 502,
+                "the metadata service did not answer",
+            ) from None
+        if status == 403:
+            LOG.warning(
+                "router %s: Nova refused the signature of instance %s: is "
+                "metadata_proxy_shared_secret the same for Nova and Astara?",
+                table.router_id,
+                sender.instance_id,
+            )
+        if status >= 500:
+            LOG.warning("router %s: metadata upstream answered %d", table.router_id, status)
+            raise Refusal(502, f"the metadata service failed ({status})")
+        LOG.debug(
+            "router %s: metadata %s %s for instance %s: %d",
+            table.router_id,
+            method,
+            request.target.decode("ascii"),
+            sender.instance_id,
+            status,
+        )
+        return status, answer_headers, content
+
+    async def _upstream(
+        self, method: str, url: str, headers: Headers, body: bytes | None
+    ) -> tuple[int, Headers, bytes]:
+        limit = self.limits.max_response_bytes
+        async with self.client.stream(method, url, headers=headers, content=body) as reply:
+            content = bytearray()
+            async for chunk in reply.aiter_bytes():
+                content += chunk
+                if len(content) > limit:
+                    raise Refusal(502, f"the metadata answer is over {limit} bytes")
+            passed = passed_headers(reply.headers.multi_items())
+            if method == "HEAD" and "content-length" in reply.headers:
+                passed.append(("Content-Length", reply.headers["content-length"]))
+            return reply.status_code, passed, bytes(content)
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Answer a request the proxy will not forward, then close the connection."""
+        LOG.debug(
+            "router %s: metadata request from %s refused: %s",
+            self.server.table.router_id,
+            self.source,
+            refusal,
+        )
+        if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        headers, body = _text_answer(refusal.status, refusal.reason)
+        if refusal.status == 405:
+            headers.append(("Allow", "GET, HEAD, POST"))
+        await self._send(refusal.status, [*headers, ("Connection", "close")], body)
+
+    async def _send(self, status: int, headers: Headers, body: bytes) -> None:
+        self.writer.write(_encode(self.http, status, headers, body, self.head))
+        async with asyncio.timeout(self.limits.client_timeout):
+            await self.writer.drain()
+
+
+def _text_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    return [(name.decode("ascii").lower(), value.decode("latin-1")) for name, value in headers]
 
 
 class MetadataSubsystem:
@@ -182,11 +355,13 @@ class MetadataSubsystem:
 
     name = "metadata"
 
-    def __init__(self, host: str = "::", port: int = METADATA_PORT) -> None:
+    def __init__(
+        self, host: str = "::", port: int = METADATA_PORT, limits: ProxyLimits | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        self.limits = limits or ProxyLimits()
         self._server: MetadataServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def server(self) -> MetadataServer | None:
@@ -202,21 +377,14 @@ class MetadataSubsystem:
             self._server.table = table
         else:
             try:
-                self._server = MetadataServer(self.host, self.port, table)
+                self._server = MetadataServer(self.host, self.port, table, self.limits)
             except OSError as exc:
                 raise ApplyStepError(
                     self.name, f"cannot listen on port {self.port}: {exc}"
                 ) from exc
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="metadata-proxy", daemon=True
-            )
-            self._thread.start()
+            self._server.start()
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None

@@ -442,6 +442,13 @@ def _input_rules(ifaces: Interfaces) -> list[str]:
     if ifaces.internal:
         where = f"iifname {_names(ifaces.internal)}"
         rules.append(f'{where} udp dport {{ 53, 67, 547 }} counter accept comment "services-udp"')
+        # The metadata proxy knows a sender by its source address: one that would not be
+        # routed back out of the interface it came in on is spoofed (a VM posing as one on
+        # another of the router's networks).
+        rules.append(
+            f"{where} tcp dport {METADATA_PORT} fib saddr . iif oif missing counter drop "
+            'comment "metadata-spoofed"'
+        )
         rules.append(
             f'{where} tcp dport {{ 53, {METADATA_PORT} }} counter accept comment "services-tcp"'
         )

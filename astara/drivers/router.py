@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from astara.drivers.metadata import MetadataService, instance_identity
 from astara.wire.document import (
     Allocation,
     ApplianceConfig,
@@ -89,6 +90,7 @@ class NeutronPort(NeutronModel):
     fixed_ips: list[FixedIP] = Field(default_factory=list)
     device_owner: str = ""
     device_id: str = ""
+    project_id: str = ""
     dns_name: str = ""
 
 
@@ -186,9 +188,12 @@ def render(
     snapshot: RouterSnapshot,
     generation: int,
     management: ManagementPort,
-    metadata_url: str | None = None,
+    metadata: MetadataService | None = None,
 ) -> ApplianceConfig:
-    """The appliance document for a router: pure, deterministic for the same snapshot."""
+    """The appliance document for a router: pure, deterministic for the same snapshot.
+
+    With a metadata service, the ports of Nova instances carry their signed identity.
+    """
     router = snapshot.router
     # Tenant data that overlaps the management network is left out (and logged): the
     # appliance would refuse the whole document for it.
@@ -217,7 +222,7 @@ def render(
     ]
     gateway = snapshot.gateway_port
     external = (
-        _network("external", gateway, [gateway], subnets, [])
+        _network("external", gateway, [gateway], subnets, [], None)
         if gateway is not None and gateway.fixed_ips
         else None
     )
@@ -227,7 +232,7 @@ def render(
         if nic is gateway:
             continue
         owned = [port for port in snapshot.interface_ports if port.network_id == nic.network_id]
-        internal = _network("internal", nic, owned, subnets, snapshot.network_ports)
+        internal = _network("internal", nic, owned, subnets, snapshot.network_ports, metadata)
         if internal is not None:
             networks.append(internal)
 
@@ -262,7 +267,7 @@ def render(
                 router.id, f"port forwarding {forward.id}", forward.internal_ip, reserved
             )
         ],
-        metadata=Metadata(upstream_url=metadata_url) if metadata_url else None,
+        metadata=Metadata(upstream_url=metadata.upstream_url) if metadata else None,
     )
 
 
@@ -335,6 +340,7 @@ def _network(
     owned: list[NeutronPort],
     subnets: dict[str, NeutronSubnet],
     network_ports: list[NeutronPort],
+    metadata: MetadataService | None,
 ) -> Network | None:
     """The network a NIC serves; None when none of its subnets is left to serve."""
     fixed = sorted(
@@ -353,7 +359,7 @@ def _network(
             for fip in fixed
         ],
         subnets=[_subnet(subnet) for subnet in served],
-        allocations=list(_allocations(nic.network_id, served, network_ports))
+        allocations=list(_allocations(nic.network_id, served, network_ports, metadata))
         if kind == "internal"
         else [],
     )
@@ -375,7 +381,10 @@ def _subnet(subnet: NeutronSubnet) -> Subnet:
 
 
 def _allocations(
-    network_id: str, served: list[NeutronSubnet], ports: list[NeutronPort]
+    network_id: str,
+    served: list[NeutronSubnet],
+    ports: list[NeutronPort],
+    metadata: MetadataService | None,
 ) -> Iterator[Allocation]:
     served_ids = {subnet.id for subnet in served}
     for port in sorted(ports, key=lambda p: p.id):
@@ -392,6 +401,9 @@ def _allocations(
             mac=port.mac_address,
             ips=ips,
             hostname=port.dns_name or hostname_for(ips),
+            instance=instance_identity(
+                port.device_owner, port.device_id, port.project_id, metadata
+            ),
         )
 
 

@@ -62,8 +62,18 @@ DEFAULT_OPTS: list[cfg.Opt] = [
     ),
     cfg.URIOpt(
         "metadata_upstream_url",
-        help="Where appliances forward instances' metadata requests (Nova's metadata API). "
-        "Unset: the appliances serve no metadata.",
+        schemes=["http", "https"],
+        help="Where appliances forward instances' metadata requests (Nova's metadata API, "
+        "e.g. http://nova-metadata:8775), reachable from the appliances' management network. "
+        "Unset: the appliances serve no metadata. Needs metadata_proxy_shared_secret.",
+    ),
+    cfg.StrOpt(
+        "metadata_proxy_shared_secret",
+        secret=True,
+        help="The secret Nova's metadata API checks instance identities with (Nova's "
+        "[neutron] metadata_proxy_shared_secret, with [neutron] service_metadata_proxy = "
+        "True). The orchestrator signs each Nova instance's id with it when it renders a "
+        "router; the appliances only receive the signatures, never the secret.",
     ),
 ]
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from ipaddress import ip_interface
 from typing import Protocol, TypeVar
 
+from astara.drivers.metadata import MetadataService
 from astara.drivers.router import ManagementPort, RouterSnapshot, plugged_ports, render
 from astara.orchestrator.appliance_client import (
     ApplianceClient,
@@ -75,13 +76,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Settings:
     management_prefixlen: int
-    metadata_url: str | None = None
+    metadata: MetadataService | None = None
     policy: Policy = field(default_factory=Policy)
 
 
-def snapshot_digest(snapshot: RouterSnapshot) -> str:
-    """Changes exactly when what Neutron says about the router changes."""
-    return hashlib.sha256(snapshot.model_dump_json().encode()).hexdigest()
+def snapshot_digest(snapshot: RouterSnapshot, metadata: MetadataService | None = None) -> str:
+    """Changes exactly when what the document is rendered from changes: what Neutron says
+    about the router, and the metadata service (a new secret re-signs every instance)."""
+    rendered_from = snapshot.model_dump_json() + (metadata.fingerprint() if metadata else "")
+    return hashlib.sha256(rendered_from.encode()).hexdigest()
 
 
 def management_mac(instance_id: str) -> str:
@@ -186,7 +189,8 @@ class RouterReconciler:
             self._store.request_rebuild(router_id, True)
         known = (record.state, record.desired_generation)
         if snapshot is not None:
-            record = self._store.set_desired(router_id, snapshot_digest(snapshot))
+            digest = snapshot_digest(snapshot, self._settings.metadata)
+            record = self._store.set_desired(router_id, digest)
 
         instances = self._store.instances(router_id)
         instance = instances[-1] if instances else None
@@ -470,4 +474,4 @@ class RouterReconciler:
         management = ManagementPort(
             network_id=management_port.network_id, mac=management_port.mac, addresses=(address,)
         )
-        return render(snapshot, generation, management, self._settings.metadata_url)
+        return render(snapshot, generation, management, self._settings.metadata)

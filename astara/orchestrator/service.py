@@ -28,6 +28,7 @@ from oslo_policy import policy as oslo_policy
 from prometheus_client import CollectorRegistry
 
 from astara.common.tls import CertificateAuthority
+from astara.drivers.metadata import MetadataService
 from astara.drivers.router import NeutronRouterSource
 from astara.neutron import protocol
 from astara.orchestrator import config
@@ -97,6 +98,23 @@ def neutron_connection(conf: cfg.ConfigOpts) -> openstack.connection.Connection:
     return openstack.connect(cloud=group.cloud, network_endpoint_override=group.endpoint_override)
 
 
+class ConfigError(ValueError):
+    """Options that cannot work together; the message says what to set."""
+
+
+def metadata_service(conf: cfg.ConfigOpts) -> MetadataService | None:
+    """Nova's metadata API for the appliances' proxy, or None when none is configured."""
+    if not conf.metadata_upstream_url:
+        return None
+    if not conf.metadata_proxy_shared_secret:
+        # Nova would accept signatures made with an empty key: anyone could make them.
+        raise ConfigError(
+            "[DEFAULT] metadata_upstream_url is set but metadata_proxy_shared_secret is not: "
+            "set it to Nova's [neutron] metadata_proxy_shared_secret, or unset the URL"
+        )
+    return MetadataService(conf.metadata_upstream_url, conf.metadata_proxy_shared_secret)
+
+
 def policy_from(conf: cfg.ConfigOpts) -> Policy:
     return Policy(
         boot_timeout=conf.provider.boot_timeout,
@@ -132,7 +150,7 @@ def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Work
         status=status,
         settings=Settings(
             management_prefixlen=prefixlen,
-            metadata_url=conf.metadata_upstream_url,
+            metadata=metadata_service(conf),
             policy=policy_from(conf),
         ),
         replacement_allowed=replacement_allowed(Path(conf.state_path)),
@@ -395,6 +413,12 @@ def parse_config(argv: Sequence[str]) -> cfg.ConfigOpts:
 def main(argv: Sequence[str] | None = None) -> int:
     conf = parse_config(sys.argv[1:] if argv is None else argv)
     oslo_logging.setup(conf, "astara")
+    try:
+        metadata_service(conf)  # before any process starts: a bad setting stops here
+    except ConfigError as exc:
+        LOG.error("%s", exc)
+        print(f"astara-orchestrator: {exc}", file=sys.stderr)
+        return 2
     Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(conf.database.connection)
     load_credentials(Path(conf.state_path))

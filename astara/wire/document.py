@@ -33,6 +33,7 @@ from pydantic_core import to_jsonable_python
 # the dnsmasq hosts file as a line break.
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 HOSTNAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 # The narrowest consumer of a generation: the orchestrator's store keeps it in an SQL INTEGER
 # column (signed 32 bits on MariaDB and PostgreSQL); heartbeats carry an unsigned 64-bit one.
 MAX_GENERATION = 2**31 - 1
@@ -110,13 +111,35 @@ class Subnet(Strict):
     ipv6_address_mode: Ipv6Mode | None = None
 
 
+class InstanceIdentity(Strict):
+    """The Nova instance a port belongs to, as Nova's metadata API checks it.
+
+    The orchestrator signs (``signature`` is HMAC-SHA256 of ``instance_id`` with Nova's
+    ``metadata_proxy_shared_secret``, hex); the appliance only passes the three on, so it never
+    holds a key that could sign another instance's identity.
+    """
+
+    instance_id: Identifier
+    project_id: Identifier
+    signature: SecretStr
+
+    @field_validator("signature")
+    @classmethod
+    def _hex_sha256(cls, value: SecretStr) -> SecretStr:
+        if not SIGNATURE_RE.fullmatch(value.get_secret_value()):
+            raise ValueError("must be an HMAC-SHA256 in lower-case hex (64 characters)")
+        return value
+
+
 class Allocation(Strict):
-    """A Neutron port behind the router: DHCP serves it its fixed IPs, DNS its name."""
+    """A Neutron port behind the router: DHCP serves it its fixed IPs, DNS its name, and the
+    metadata proxy its instance's metadata when it is a Nova instance's port."""
 
     port_id: Identifier
     mac: MacAddress
     ips: list[IPvAnyAddress] = Field(min_length=1, max_length=16)
     hostname: Hostname
+    instance: InstanceIdentity | None = None
 
 
 NetworkKind = Literal["management", "external", "internal"]
@@ -181,10 +204,22 @@ class Firewall(Strict):
 
 
 class Metadata(Strict):
-    """Where the appliance's metadata proxy forwards instances' 169.254.169.254 requests."""
+    """Where the appliance's metadata proxy forwards instances' 169.254.169.254 requests.
+
+    Only the scheme, host, port and path of ``upstream_url`` are used: each request's own path
+    and query are appended to that path, never anything that could name another host.
+    """
 
     upstream_url: HttpUrl
-    shared_secret: SecretStr | None = Field(None, max_length=1024)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _base_only(cls, url: HttpUrl) -> HttpUrl:
+        if url.username is not None or url.password is not None:
+            raise ValueError("must not carry credentials")
+        if url.query is not None or url.fragment is not None:
+            raise ValueError("must not have a query or a fragment")
+        return url
 
 
 class ApplianceConfig(Strict):
@@ -245,6 +280,7 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
         yield from _network_problems(net, where)
 
     internal_subnets = [s.cidr for net in config.internal_networks() for s in net.subnets]
+    yield from _overlapping_subnets(config)
     external = config.network("external")
     external_subnets = [s.cidr for s in external.subnets] if external else []
     connected = [addr.network for net in config.networks for addr in net.addresses]
@@ -378,12 +414,43 @@ def _network_problems(net: Network, where: tuple[str | int, ...]) -> Iterator[Pr
             yield Problem(loc=(*where, "subnets", s, "gateway_ip"), msg="not inside cidr")
         if subnet.cidr.version == 4 and (subnet.ipv6_ra_mode or subnet.ipv6_address_mode):
             yield Problem(loc=(*where, "subnets", s), msg="IPv6 modes on an IPv4 subnet")
+    # The metadata proxy names a request's sender by its address on the network: one owner each.
+    claimed: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for a, alloc in enumerate(net.allocations):
         for i, ip in enumerate(alloc.ips):
             if not _inside(ip, cidrs):
                 yield Problem(
                     loc=(*where, "allocations", a, "ips", i), msg="not in a subnet of this network"
                 )
+            if ip in claimed:
+                yield Problem(
+                    loc=(*where, "allocations", a, "ips", i), msg="held by another allocation"
+                )
+            claimed.add(ip)
+
+
+def _overlapping_subnets(config: ApplianceConfig) -> Iterator[Problem]:
+    """Neutron refuses overlapping subnets on one router; the metadata proxy relies on it to
+    find a request's network from its source address alone."""
+    seen: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for n, net in enumerate(config.networks):
+        if net.kind != "internal":
+            continue
+        for s, subnet in enumerate(net.subnets):
+            other = next(
+                (
+                    owner
+                    for cidr, owner in seen
+                    if cidr.version == subnet.cidr.version and cidr.overlaps(subnet.cidr)
+                ),
+                None,
+            )
+            if other is not None:
+                yield Problem(
+                    loc=("networks", n, "subnets", s, "cidr"),
+                    msg=f"overlaps a subnet of internal network {other}",
+                )
+            seen.append((subnet.cidr, net.id))
 
 
 def _rule_problems(rule: FirewallRule, where: tuple[str | int, ...]) -> Iterator[Problem]:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from astara.appliance import dnsmasq, metadata, netlink, nftables, radvd
+from astara.appliance import dnsmasq, metadata_policy, netlink, nftables, radvd
 from astara.appliance.api import create_app
 from astara.appliance.engine import Engine
 from astara.appliance.status import KernelStatus
@@ -72,7 +72,7 @@ def renderers(state_dir: Path) -> list[RenderingSubsystem]:
         RenderingSubsystem(
             "ra", lambda config, links: radvd.render_conf(radvd.ra_interfaces(config, links))
         ),
-        RenderingSubsystem("metadata", lambda config, links: metadata.proxy_table(config)),
+        RenderingSubsystem("metadata", lambda config, links: metadata_policy.proxy_table(config)),
     ]
 
 

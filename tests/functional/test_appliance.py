@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.metadata import instance_signature
 from astara.common.tls import CertificateAuthority
+from astara.drivers.metadata import nova_signature
 from astara.testing.netns import Namespace, Process, Topology, wait_for
 from astara.wire.defaults import API_PORT
 
@@ -50,6 +50,7 @@ MAC = {
     "b0": "fa:16:3e:b0:00:05",
 }
 METADATA_KEY = "metadata-shared-key"
+INSTANCE_A, PROJECT_A = "instance-a", "project-a"
 
 # Answers every connection with the peer address it sees, then echoes lines.
 WHOAMI = r"""
@@ -128,6 +129,13 @@ except (ssl.SSLError, OSError) as exc:
 """
 
 
+IDENTITY_A = {
+    "instance_id": INSTANCE_A,
+    "project_id": PROJECT_A,
+    "signature": nova_signature(METADATA_KEY, INSTANCE_A),
+}
+
+
 def document(generation: int) -> dict[str, Any]:
     def tenant(letter: str, index: int, mac: str, alloc_mac: str, v6: bool) -> dict[str, Any]:
         subnets: list[dict[str, Any]] = [
@@ -157,6 +165,7 @@ def document(generation: int) -> dict[str, Any]:
                     "mac": alloc_mac,
                     "ips": [f"10.{index}.0.5"],
                     "hostname": f"vm-{letter}",
+                    **({"instance": IDENTITY_A} if letter == "a" else {}),
                 }
             ],
         }
@@ -214,10 +223,7 @@ def document(generation: int) -> dict[str, Any]:
                 },
             ],
         },
-        "metadata": {
-            "upstream_url": f"http://{UPSTREAM}:8775",
-            "shared_secret": METADATA_KEY,
-        },
+        "metadata": {"upstream_url": f"http://{UPSTREAM}:8775"},
     }
 
 
@@ -377,9 +383,9 @@ def test_metadata_requests_reach_upstream_with_instance_headers(bed: Bed) -> Non
     headers = {key.lower(): value for key, value in seen["headers"].items()}
     assert seen["path"] == "/latest/meta-data/"
     assert headers["x-forwarded-for"] == HOST_A
-    assert headers["x-astara-network-id"] == "net-a"
-    assert headers["x-astara-router-id"] == "router-tc"
-    assert headers["x-astara-instance-signature"] == instance_signature(METADATA_KEY, HOST_A)
+    assert headers["x-instance-id"] == INSTANCE_A
+    assert headers["x-tenant-id"] == PROJECT_A
+    assert headers["x-instance-id-signature"] == nova_signature(METADATA_KEY, INSTANCE_A)
 
 
 def test_router_advertisements_give_the_tenant_a_slaac_address(bed: Bed) -> None:
@@ -405,8 +411,8 @@ def test_status_endpoints_over_mutual_tls(bed: Bed) -> None:
     assert counters["conntrack_entries"] >= 1
     assert any(c["name"] == "tC-r1" and c["rx_packets"] > 0 for c in counters["interfaces"])
     config = bed.api("GET", "/v1/config")
-    assert METADATA_KEY not in config.body
-    assert config.json()["metadata"]["shared_secret"] == "*" * 10
+    assert str(IDENTITY_A["signature"]) not in config.body
+    assert config.json()["networks"][2]["allocations"][0]["instance"]["signature"] == "*" * 10
 
 
 class Conversation:

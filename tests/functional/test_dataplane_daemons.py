@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import hmac
 import json
 import shutil
 import socket
@@ -34,6 +32,7 @@ from astara.appliance.netlink import ROUTE_PROTO, LinksSubsystem, resolve_links
 from astara.appliance.radvd import RadvdSubsystem
 from astara.appliance.subsystem import ApplyStepError
 from astara.common.processes import is_alive
+from astara.drivers.metadata import nova_signature
 from astara.testing.netns import Namespace, Topology, wait_for
 from astara.wire.defaults import METADATA_PORT
 from astara.wire.document import ApplianceConfig, FloatingIP
@@ -45,6 +44,7 @@ EXT_MAC, NET1_MAC, NET2_MAC = "02:0b:00:00:00:01", "02:0b:00:00:00:02", "02:0b:0
 C1_MAC, C2_MAC = "02:0b:00:00:01:01", "02:0b:00:00:02:01"
 UPSTREAM_PORT = 18775
 SECRET = "s3cret-for-tests"  # noqa: S105 (a test value)
+INSTANCE_ID, INSTANCE_IP = "instance-c1", "10.31.1.99"
 CLONE_NEWNET = 0x40000000
 PYTHON = sys.executable
 
@@ -92,7 +92,18 @@ def document(hosts_on_net2: bool = False, upstream_port: int = UPSTREAM_PORT) ->
                         },
                     ],
                     "allocations": [
-                        {"port_id": "p1", "mac": C1_MAC, "ips": ["10.31.1.10"], "hostname": "c1"}
+                        {"port_id": "p1", "mac": C1_MAC, "ips": ["10.31.1.10"], "hostname": "c1"},
+                        {
+                            "port_id": "p1-instance",
+                            "mac": "02:0b:00:00:01:99",
+                            "ips": [INSTANCE_IP],
+                            "hostname": "c1-instance",
+                            "instance": {
+                                "instance_id": INSTANCE_ID,
+                                "project_id": "project-b",
+                                "signature": nova_signature(SECRET, INSTANCE_ID),
+                            },
+                        },
                     ],
                 },
                 {
@@ -105,10 +116,7 @@ def document(hosts_on_net2: bool = False, upstream_port: int = UPSTREAM_PORT) ->
                 },
             ],
             "floating_ips": [{"floating_ip": "172.30.0.50", "fixed_ip": "10.31.1.10"}],
-            "metadata": {
-                "upstream_url": f"http://127.0.0.1:{upstream_port}",
-                "shared_secret": SECRET,
-            },
+            "metadata": {"upstream_url": f"http://127.0.0.1:{upstream_port}"},
         }
     )
 
@@ -170,8 +178,10 @@ class Bed:
     def dnsmasq_pid(self, network_id: str) -> int | None:
         return self.dhcp.daemon(network_id).pid()
 
-    def ask_metadata(self, ns: Namespace, source: str, path: str) -> tuple[int, str]:
-        out = ns.run(
+    def ask_metadata(self, path: str, source: str = INSTANCE_IP) -> tuple[int, str]:
+        """GET ``path`` from the proxy on net1, from c1 (holding the instance's address)."""
+        self.c1.run(["ip", "addr", "replace", f"{INSTANCE_IP}/24", "dev", "tBc1"])
+        out = self.c1.run(
             [PYTHON, "-c", METADATA_CLIENT, "10.31.1.1", str(METADATA_PORT), source, path]
         ).stdout.split("\n", 1)
         return int(out[0]), out[1]
@@ -271,27 +281,26 @@ def test_router_advertisements_give_a_slaac_address(bed: Bed) -> None:
 
 
 def test_metadata_is_forwarded_with_the_instance_identity(bed: Bed) -> None:
-    bed.c1.run(["ip", "addr", "replace", "10.31.1.99/24", "dev", "tBc1"])
-    status, body = bed.ask_metadata(bed.c1, "10.31.1.99", "/latest/meta-data/?x=1")
+    status, body = bed.ask_metadata("/latest/meta-data/?x=1")
     assert status == 200, body
     assert json.loads(body) == {"path": "/latest/meta-data/?x=1"}
     seen = bed.upstream_seen[-1]
-    assert seen["x-forwarded-for"] == "10.31.1.99"
-    assert seen["x-astara-network-id"] == "net1"
-    assert seen["x-astara-router-id"] == "router-b"
-    expected = hmac.new(SECRET.encode(), b"10.31.1.99", hashlib.sha256).hexdigest()
-    assert seen["x-astara-instance-signature"] == expected
+    assert seen["x-forwarded-for"] == INSTANCE_IP
+    assert seen["x-instance-id"] == INSTANCE_ID
+    assert seen["x-tenant-id"] == "project-b"
+    assert seen["x-instance-id-signature"] == nova_signature(SECRET, INSTANCE_ID)
 
 
 def test_metadata_refuses_unknown_sources_and_reports_upstream_failure(bed: Bed) -> None:
     with inside(bed.router.name), socket.create_connection(("127.0.0.1", METADATA_PORT)) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        assert s.recv(100).split(b" ")[1] == b"403"
+        assert s.recv(100).split(b" ")[1] == b"404"
+    assert bed.ask_metadata("/", source="10.31.1.10")[0] == 404  # a port, not an instance
     server = bed.metadata.server
     bed.apply(document(hosts_on_net2=True, upstream_port=1))
     try:
         assert bed.metadata.server is server  # same socket, new table
-        status, _ = bed.ask_metadata(bed.c1, "10.31.1.10", "/")
+        status, _ = bed.ask_metadata("/")
         assert status == 502
     finally:
         bed.apply(document(hosts_on_net2=True))

@@ -27,11 +27,12 @@ from tests.unit.test_engine import (
     document,
     fake_links,
     probed_engine,
+    signature,
 )
 
 pytestmark = pytest.mark.unit
 
-PROXY_KEY = "do-not-leak-me"
+PROXY_KEY = signature("do-not-leak-me")
 
 
 class FixedStatus:
@@ -109,7 +110,8 @@ def test_config_is_returned_with_secrets_redacted(client: TestClient) -> None:
     response = client.get("/v1/config")
     assert response.status_code == 200
     assert PROXY_KEY not in response.text
-    assert response.json()["metadata"]["shared_secret"] == "*" * 10
+    allocation = response.json()["networks"][2]["allocations"][0]
+    assert allocation["instance"]["signature"] == "*" * 10
     assert response.json()["generation"] == 1
 
 
@@ -155,7 +157,7 @@ def test_invalid_document_lists_every_pydantic_problem(
 def test_cross_reference_problems_are_422_too(client: TestClient, journal: list[Call]) -> None:
     doc = body(1)
     doc["networks"][1]["interface_mac"] = "fa:16:3e:99:99:99"
-    doc["floating_ips"] = [{"floating_ip": "10.9.9.9", "fixed_ip": "10.0.0.5"}]
+    doc["floating_ips"] = [{"floating_ip": "10.9.9.9", "fixed_ip": "10.5.0.5"}]
     response = client.put("/v1/config", json=doc)
     assert response.status_code == 422
     locs = {tuple(problem["loc"]) for problem in response.json()["detail"]}

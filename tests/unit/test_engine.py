@@ -7,6 +7,7 @@ are about the engine's decisions, not about any data plane.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import stat
 import threading
@@ -33,14 +34,24 @@ pytestmark = pytest.mark.unit
 
 MAC_MGMT = "fa:16:3e:00:00:01"
 MAC_EXT = "fa:16:3e:00:00:02"
+MAC_INT = "fa:16:3e:00:00:03"
 
 
-def document(generation: int = 1, proxy_key: str = "s3cret", **changes: Any) -> ApplianceConfig:
+def signature(seed: str) -> str:
+    """A well-formed instance signature (64 hex characters) standing in for a secret."""
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def document(
+    generation: int = 1, proxy_key: str = signature("s3cret"), **changes: Any
+) -> ApplianceConfig:
+    """``proxy_key``: the one secret in the document, an instance's metadata signature."""
+    identity = {"instance_id": "i1", "project_id": "p1", "signature": proxy_key}
     base: dict[str, Any] = {
         "generation": generation,
         "router_id": "r1",
         "hostname": "r1",
-        "interfaces": [{"mac": MAC_MGMT}, {"mac": MAC_EXT}],
+        "interfaces": [{"mac": MAC_MGMT}, {"mac": MAC_EXT}, {"mac": MAC_INT}],
         "networks": [
             {
                 "id": "mgmt",
@@ -55,8 +66,24 @@ def document(generation: int = 1, proxy_key: str = "s3cret", **changes: Any) -> 
                 "addresses": ["172.24.4.2/24"],
                 "subnets": [{"id": "ext4", "cidr": "172.24.4.0/24"}],
             },
+            {
+                "id": "int",
+                "kind": "internal",
+                "interface_mac": MAC_INT,
+                "addresses": ["10.0.0.1/24"],
+                "subnets": [{"id": "int4", "cidr": "10.0.0.0/24"}],
+                "allocations": [
+                    {
+                        "port_id": "p1",
+                        "mac": "fa:16:3e:00:01:05",
+                        "ips": ["10.0.0.5"],
+                        "hostname": "vm1",
+                        "instance": identity,
+                    }
+                ],
+            },
         ],
-        "metadata": {"upstream_url": "http://[fdca::1]:9697/", "shared_secret": proxy_key},
+        "metadata": {"upstream_url": "http://[fdca::1]:8775/"},
     }
     base.update(changes)
     return ApplianceConfig.model_validate(base)
@@ -115,7 +142,8 @@ def test_subsystems_run_in_apply_order_whatever_order_they_are_given(tmp_path: P
 def test_links_are_resolved_by_mac_and_passed_to_every_step(tmp_path: Path) -> None:
     engine, journal = make_engine(tmp_path)
     engine.apply(document(1))
-    assert all(links == {MAC_MGMT: "eth0", MAC_EXT: "eth1"} for *_, links in journal)
+    expected = {MAC_MGMT: "eth0", MAC_EXT: "eth1", MAC_INT: "eth2"}
+    assert all(links == expected for *_, links in journal)
 
 
 def test_each_apply_passes_the_previous_document(tmp_path: Path) -> None:
@@ -151,7 +179,7 @@ def test_same_generation_different_content_is_refused(tmp_path: Path) -> None:
     engine.apply(document(3))
     journal.clear()
     with pytest.raises(StaleGeneration):
-        engine.apply(document(3, proxy_key="other"))
+        engine.apply(document(3, proxy_key=signature("other")))
     assert journal == []
 
 
@@ -231,11 +259,12 @@ def recorded(engine: Engine, config: ApplianceConfig) -> Health:
 
 def test_good_document_is_persisted_with_secrets_and_private(tmp_path: Path) -> None:
     engine, _ = make_engine(tmp_path)
-    key = "top"
+    key = signature("top")
     recorded(engine, document(7, proxy_key=key))
     saved = tmp_path / "config.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-    assert json.loads(saved.read_text())["metadata"]["shared_secret"] == key
+    saved_network = json.loads(saved.read_text())["networks"][2]
+    assert saved_network["allocations"][0]["instance"]["signature"] == key
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
@@ -249,10 +278,10 @@ def test_failed_document_is_not_persisted(tmp_path: Path) -> None:
 
 def test_restore_reapplies_the_saved_document_at_startup(tmp_path: Path) -> None:
     first, _ = make_engine(tmp_path)
-    recorded(first, document(4, proxy_key="kept"))
+    recorded(first, document(4, proxy_key=signature("kept")))
     rebooted, journal = make_engine(tmp_path)
     restored = rebooted.restore()
-    assert restored == document(4, proxy_key="kept")
+    assert restored == document(4, proxy_key=signature("kept"))
     assert steps(journal) == [(name, 4, None) for name in APPLY_ORDER]
     assert rebooted.health().generation == 4
     with pytest.raises(StaleGeneration):
@@ -404,8 +433,10 @@ def test_failed_apply_rolled_back_records_the_previous_live_state(tmp_path: Path
 def test_config_digest_follows_the_document_secrets_included(tmp_path: Path) -> None:
     assert config_digest(document(1)) == config_digest(document(1))
     assert config_digest(document(1)) != config_digest(document(2))
-    assert config_digest(document(1, proxy_key="a")) != config_digest(document(1, proxy_key="b"))
-    assert "s3cret" not in config_digest(document(1))
+    first, second = signature("a"), signature("b")
+    assert config_digest(document(1, proxy_key=first)) != config_digest(
+        document(1, proxy_key=second)
+    )
 
 
 def test_running_state_reports_generation_and_document_digest(tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from astara.wire.document import ApplianceConfig, problems
+from astara.wire.document import ApplianceConfig, dump_with_secrets, problems
 
 pytestmark = pytest.mark.unit
 
 EXT_MAC = "fa:16:3e:00:00:01"
 INT_MAC = "fa:16:3e:00:00:02"
+SIGNATURE = "5e" * 32
 
 DOC: dict[str, Any] = {
     "generation": 3,
@@ -40,6 +41,11 @@ DOC: dict[str, Any] = {
                     "mac": "fa:16:3e:00:01:05",
                     "ips": ["10.0.0.5"],
                     "hostname": "vm1",
+                    "instance": {
+                        "instance_id": "6b7f0a52-1cb3-4b8e-9a54-1c0de1a0a001",
+                        "project_id": "0c4f0e0d1f2a4b3c8d9e0f1a2b3c4d5e",
+                        "signature": SIGNATURE,
+                    },
                 }
             ],
         },
@@ -61,7 +67,7 @@ DOC: dict[str, Any] = {
             {"action": "allow", "protocol": "tcp", "destination_ports": {"first": 22, "last": 22}}
         ],
     },
-    "metadata": {"upstream_url": "http://127.0.0.1:8775", "shared_secret": "s3cret"},
+    "metadata": {"upstream_url": "http://127.0.0.1:8775"},
 }
 
 
@@ -79,12 +85,61 @@ def test_a_valid_router_has_no_problems() -> None:
     assert [n.id for n in config.internal_networks()] == ["net-a"]
 
 
-def test_secret_is_redacted_when_dumped() -> None:
+def test_instance_signature_is_redacted_when_dumped() -> None:
     config = ApplianceConfig.model_validate(DOC)
-    assert "s3cret" not in config.model_dump_json()
-    assert config.metadata is not None
-    assert config.metadata.shared_secret is not None
-    assert config.metadata.shared_secret.get_secret_value() == "s3cret"
+    assert SIGNATURE not in config.model_dump_json()
+    identity = config.networks[1].allocations[0].instance
+    assert identity is not None
+    assert identity.signature.get_secret_value() == SIGNATURE
+    assert SIGNATURE in dump_with_secrets(config)
+
+
+@pytest.mark.parametrize(
+    "signature", ["5E" * 32, "5e" * 31, "5e" * 33, "zz" * 32, ""], ids=str.__len__
+)
+def test_instance_signature_must_be_a_hex_sha256(signature: str) -> None:
+    bad = doc()
+    bad["networks"][1]["allocations"][0]["instance"]["signature"] = signature
+    with pytest.raises(ValidationError) as info:
+        ApplianceConfig.model_validate(bad)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("networks", 1, "allocations", 0, "instance", "signature")
+    assert signature not in error["msg"] or not signature
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pass@127.0.0.1:8775",
+        "http://127.0.0.1:8775/?x=1",
+        "http://127.0.0.1:8775/#top",
+        "ftp://127.0.0.1/",
+    ],
+)
+def test_metadata_upstream_is_a_plain_base_url(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ApplianceConfig.model_validate(doc(metadata={"upstream_url": url}))
+    assert info.value.errors()[0]["loc"][:2] == ("metadata", "upstream_url")
+
+
+def test_a_sender_address_names_one_port_on_one_network() -> None:
+    bad = doc()
+    internal = bad["networks"][1]
+    twin = copy.deepcopy(internal["allocations"][0])
+    twin["port_id"] = "p2"
+    internal["allocations"].append(twin)
+    other = copy.deepcopy(internal)
+    other.update(id="net-b", interface_mac="fa:16:3e:00:00:03", allocations=[])
+    other["subnets"] = [{"id": "s-b", "cidr": "10.0.0.128/25"}]
+    other["addresses"] = ["10.0.0.129/25"]
+    bad["networks"].append(other)
+    bad["interfaces"].append({"mac": "fa:16:3e:00:00:03"})
+    found = {(p.loc, p.msg) for p in problems(ApplianceConfig.model_validate(bad))}
+    assert (("networks", 1, "allocations", 1, "ips", 0), "held by another allocation") in found
+    assert (
+        ("networks", 2, "subnets", 0, "cidr"),
+        "overlaps a subnet of internal network net-a",
+    ) in found
 
 
 def test_field_errors_carry_their_path() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from astara.drivers.metadata import MetadataService
 from astara.drivers.router import RouterSnapshot
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.migrations import upgrade
@@ -75,6 +76,7 @@ class FakeAppliance:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.generation: int | None = None
+        self.config: ApplianceConfig | None = None
         self.drift = False
 
     def __call__(self, address: str) -> FakeAppliance:
@@ -95,6 +97,7 @@ class FakeAppliance:
 
     def put_config(self, config: ApplianceConfig) -> ServiceHealth:
         self.generation = config.generation
+        self.config = config
         return self._answer("put_config")
 
     def reapply(self) -> ServiceHealth:
@@ -110,21 +113,33 @@ class FixedSource:
         return self.snapshot
 
 
-@pytest.fixture
-def parts(tmp_path: Path) -> tuple[RouterReconciler, Store, FakeAppliance]:
-    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    upgrade(url)
-    store = Store(url)
-    appliance = FakeAppliance()
-    reconciler = RouterReconciler(
+def reconciler_for(
+    store: Store,
+    appliance: FakeAppliance,
+    provider: FakeProvider,
+    settings: Settings = Settings(management_prefixlen=64),  # noqa: B008 (frozen)
+) -> RouterReconciler:
+    return RouterReconciler(
         source=FixedSource(snapshot_of(recorded())),
         store=store,
-        provider=FakeProvider(),
+        provider=provider,
         clients=appliance,  # type: ignore[arg-type]
         status=LoggingStatusReporter(),
-        settings=Settings(management_prefixlen=64),
+        settings=settings,
     )
-    return reconciler, store, appliance
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    upgrade(url)
+    return Store(url)
+
+
+@pytest.fixture
+def parts(store: Store) -> tuple[RouterReconciler, Store, FakeAppliance]:
+    appliance = FakeAppliance()
+    return reconciler_for(store, appliance, FakeProvider()), store, appliance
 
 
 def poll(cause: str, instance_id: str | None = None, generation: int | None = None) -> Event:
@@ -192,3 +207,25 @@ def test_drift_poll_checks_the_api_and_reapplies(parts) -> None:
     appliance.calls.clear()
     reconciler.step(ROUTER_ID, poll(DRIFT_CAUSE, instance_id))
     assert appliance.calls == ["health", "reapply"]
+
+
+def test_a_new_metadata_secret_re_signs_every_instance(store: Store) -> None:
+    appliance, provider = FakeAppliance(), FakeProvider()
+
+    def signatures(secret: str) -> set[str]:
+        service = MetadataService("http://[fdca::1]:8775", secret)
+        settings = Settings(management_prefixlen=64, metadata=service)
+        active(reconciler_for(store, appliance, provider, settings), store)
+        assert appliance.config is not None
+        return {
+            alloc.instance.signature.get_secret_value()
+            for net in appliance.config.internal_networks()
+            for alloc in net.allocations
+            if alloc.instance is not None
+        }
+
+    before = signatures("old-secret")
+    generation = appliance.generation
+    after = signatures("new-secret")
+    assert appliance.generation == (generation or 0) + 1
+    assert before and after and not before & after

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from astara.drivers.metadata import MetadataService, nova_signature
 from astara.drivers.router import (
     ManagementPort,
     RouterSnapshot,
@@ -32,7 +33,12 @@ MGMT = ManagementPort(
     mac="fa:16:3e:00:00:01",
     addresses=(ipaddress.ip_interface("fdca:3ba5:a17a:acda::10/64"),),
 )
-METADATA_URL = "http://[fdca:3ba5:a17a:acda::1]:9697/"
+METADATA_URL = "http://[fdca:3ba5:a17a:acda::1]:8775/"
+METADATA = MetadataService(METADATA_URL, "nova-shared-secret")
+VM1_INSTANCE = "57b4e3db-cffe-4fd1-8333-e3a6f8c8bd3b"
+# printf %s <VM1_INSTANCE> | openssl dgst -sha256 -hmac nova-shared-secret: what Nova computes
+# (hmac.new(secret, instance_id, sha256).hexdigest() in nova/api/metadata/handler.py).
+VM1_SIGNATURE = "4cef46b86a2696b687517ce42172e1e1799a76e2046fc278a83f2dc2cea2c7a5"
 
 
 def recorded() -> dict[str, Any]:
@@ -57,9 +63,9 @@ def snapshot_of(raw: dict[str, Any]) -> RouterSnapshot:
 
 
 def rendered(
-    raw: dict[str, Any] | None = None, metadata_url: str | None = METADATA_URL
+    raw: dict[str, Any] | None = None, metadata: MetadataService | None = METADATA
 ) -> ApplianceConfig:
-    return render(snapshot_of(raw or recorded()), 7, MGMT, metadata_url)
+    return render(snapshot_of(raw or recorded()), 7, MGMT, metadata)
 
 
 def network(config: ApplianceConfig, network_id: str) -> Any:
@@ -154,6 +160,45 @@ def test_a_port_dns_name_wins_over_the_address_name() -> None:
     assert allocation.hostname == "web-1"
 
 
+def test_nova_instance_ports_carry_their_signed_identity_and_no_other_port_does() -> None:
+    raw = recorded()
+    plain = next(p for p in raw["network_ports"] if p["id"].startswith("31169011"))
+    plain["device_id"] = "not-an-instance"  # a device, but not owned by compute:
+    by_port = {
+        a.port_id: a.instance for net in rendered(raw).internal_networks() for a in net.allocations
+    }
+    vm1 = by_port.pop(VM1_PORT)
+    assert vm1 is not None
+    assert (vm1.instance_id, vm1.project_id) == (VM1_INSTANCE, "5d1e6f0a2b3c4d5e8f9a0b1c2d3e4f50")
+    assert vm1.signature.get_secret_value() == VM1_SIGNATURE
+    backend_vm = by_port.pop("d28fa693-ae8b-4aeb-bff1-442242d3fc14")
+    assert backend_vm is not None
+    assert backend_vm.instance_id == "fb139377-3c04-41f7-aa98-c7e2658160b1"
+    assert by_port == {plain["id"]: None}
+    # Without a metadata service nothing is signed.
+    assert all(
+        a.instance is None for a in network(rendered(metadata=None), PRIVATE_NET).allocations
+    )
+
+
+def test_signature_is_novas_and_changes_with_the_secret() -> None:
+    assert nova_signature("nova-shared-secret", VM1_INSTANCE) == VM1_SIGNATURE
+    assert nova_signature("another-secret", VM1_INSTANCE) != VM1_SIGNATURE
+    other = MetadataService(METADATA_URL, "another-secret")
+    assert other.fingerprint() != METADATA.fingerprint()
+    assert "nova-shared-secret" not in METADATA.fingerprint() + repr(METADATA)
+
+
+@pytest.mark.parametrize("device_id", ["", "has spaces", "x" * 65])
+def test_an_instance_id_nova_never_makes_gets_no_identity_but_the_router_renders(
+    device_id: str,
+) -> None:
+    raw = recorded()
+    next(p for p in raw["network_ports"] if p["id"] == VM1_PORT)["device_id"] = device_id
+    vm1 = next(a for a in network(rendered(raw), PRIVATE_NET).allocations if a.port_id == VM1_PORT)
+    assert vm1.instance is None
+
+
 def test_hostname_prefers_ipv4_then_the_lowest_address() -> None:
     ips = [ipaddress.ip_address(a) for a in ("fd00::5", "10.0.0.9", "10.0.0.10")]
     assert hostname_for(ips) == "host-10-0-0-9"
@@ -196,7 +241,7 @@ def test_extra_routes_snat_and_metadata() -> None:
     ]
     assert config.snat_enabled is True
     assert config.metadata is not None and str(config.metadata.upstream_url) == METADATA_URL
-    assert rendered(metadata_url=None).metadata is None
+    assert rendered(metadata=None).metadata is None
 
     raw = recorded()
     raw["router"]["external_gateway_info"]["enable_snat"] = False
