@@ -15,6 +15,7 @@ immutable value swapped on each apply, so updates never restart the listening so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -106,6 +107,7 @@ class MetadataServer:
             raise
         self._busy = _busy_answer()
         self._active = 0
+        self._lingering = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(
@@ -171,9 +173,7 @@ class MetadataServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: httpx.AsyncClient
     ) -> None:
         if self._active >= self.limits.max_connections:
-            # Answered and closed at once: it never waits for a slot, so it holds nothing.
-            writer.write(self._busy)
-            writer.close()
+            await self._turn_away(reader, writer)
             return
         task = asyncio.current_task()
         if task is not None:  # always, in a connection callback: kept to be cancelled at stop
@@ -189,6 +189,30 @@ class MetadataServer:
             self._active -= 1
             self._connections.discard(task)
             writer.close()
+
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 at once: it never waits for a slot. It lingers like any refusal, but only as
+        many at a time as there are slots; beyond that it is closed straight away."""
+        writer.write(self._busy)
+        self._lingering += 1
+        try:
+            if self._lingering <= self.limits.max_connections:
+                await _linger(reader, writer, self.limits.refusal_linger)
+        finally:
+            self._lingering -= 1
+            writer.close()
+
+
+async def _linger(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float
+) -> None:
+    """Half-close after a refusal and drop what the client still sends, for ``seconds`` at
+    most, so that the answer is read before the connection goes."""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        writer.write_eof()
+        async with asyncio.timeout(seconds):
+            while await reader.read(READ_SIZE):
+                pass
 
 
 class _Connection:
@@ -339,6 +363,7 @@ class _Connection:
         if refusal.status == 405:
             headers.append(("Allow", "GET, HEAD, POST"))
         await self._send(refusal.status, [*headers, ("Connection", "close")], body)
+        await _linger(self.reader, self.writer, self.limits.refusal_linger)
 
     async def _send(self, status: int, headers: Headers, body: bytes) -> None:
         self.writer.write(_encode(self.http, status, headers, body, self.head))

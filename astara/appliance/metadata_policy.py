@@ -63,6 +63,9 @@ class ProxyLimits:
     max_body_bytes: int = 1020
     # Answers from Nova (user data is at most 64 KiB; network_data.json grows with ports).
     max_response_bytes: int = 1 << 20
+    # Seconds a refused connection stays half-closed, its late bytes read and dropped, so the
+    # client reads the answer (closing on unread data makes the kernel send a reset first).
+    refusal_linger: float = 1.0
     # Threads resolving the upstream host name, besides the event loop's own thread.
     resolver_threads: int = 1
 

@@ -14,6 +14,7 @@ absent or a zombie.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import ipaddress
 import os
@@ -22,12 +23,13 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 NETNS_ETC = Path("/etc/netns")
+CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 15
 
 # udhcpc calls this with the lease in its environment; it configures the interface with
@@ -65,6 +67,20 @@ def process_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Move this thread into ``ns`` and back; threads and processes it starts stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:

@@ -10,8 +10,6 @@ The subsystems run in the test process with its thread moved into the router nam
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import shutil
 import socket
@@ -33,7 +31,7 @@ from astara.appliance.radvd import RadvdSubsystem
 from astara.appliance.subsystem import ApplyStepError
 from astara.common.processes import is_alive
 from astara.drivers.metadata import nova_signature
-from astara.testing.netns import Namespace, Topology, wait_for
+from astara.testing.netns import Namespace, Topology, inside, wait_for
 from astara.wire.defaults import METADATA_PORT
 from astara.wire.document import ApplianceConfig, FloatingIP
 
@@ -45,7 +43,6 @@ C1_MAC, C2_MAC = "02:0b:00:00:01:01", "02:0b:00:00:02:01"
 UPSTREAM_PORT = 18775
 SECRET = "s3cret-for-tests"  # noqa: S105 (a test value)
 INSTANCE_ID, INSTANCE_IP = "instance-c1", "10.31.1.99"
-CLONE_NEWNET = 0x40000000
 PYTHON = sys.executable
 
 # Runs in a client namespace: one GET to the proxy from a chosen source address.
@@ -119,20 +116,6 @@ def document(hosts_on_net2: bool = False, upstream_port: int = UPSTREAM_PORT) ->
             "metadata": {"upstream_url": f"http://127.0.0.1:{upstream_port}"},
         }
     )
-
-
-@contextlib.contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """Move this thread into ``ns`` and back; threads and processes it starts stay there."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns}") as target:
-        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-        try:
-            yield
-        finally:
-            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
 
 
 class _Upstream(BaseHTTPRequestHandler):

@@ -42,7 +42,11 @@ LOOPBACK = ip_address("127.0.0.1")
 SECRET = "fuzz-secret"  # noqa: S105 (a test value)
 SENDER = Sender("net-lo", "instance-fuzz", "project-fuzz", nova_signature(SECRET, "instance-fuzz"))
 LIMITS = ProxyLimits(
-    max_connections=8, client_timeout=0.5, upstream_timeout=2.0, max_head_bytes=2048
+    max_connections=8,
+    client_timeout=0.5,
+    upstream_timeout=2.0,
+    max_head_bytes=2048,
+    refusal_linger=0.2,
 )
 # Every status the proxy may answer a fuzzed request with; 5xx only for its own bounds.
 EXPECTED = {200, 400, 404, 405, 408, 431, 503}
@@ -257,7 +261,8 @@ def test_no_request_gets_a_500_hangs_or_grows_threads(bed: Bed, case: tuple) -> 
     statuses, took = exchange(bed.proxy.port, request, close, pieces, pause)
     assert set(statuses) <= EXPECTED, (statuses, request)
     # Whatever the client does, the proxy is done within its client and upstream deadlines.
-    assert took < pieces * pause + LIMITS.client_timeout * 2 + LIMITS.upstream_timeout + 1
+    bound = LIMITS.client_timeout * 2 + LIMITS.upstream_timeout + LIMITS.refusal_linger
+    assert took < pieces * pause + bound + 1
     assert bed.threads() <= bed.baseline_threads, "the proxy grew threads"
     assert bed.errors.seen == [], request
 

@@ -257,6 +257,16 @@ def test_metadata_is_redirected_to_the_local_proxy() -> None:
     )
 
 
+@pytest.mark.security
+def test_metadata_from_a_source_that_does_not_route_back_where_it_came_from_is_dropped() -> None:
+    rules = chain(render_ruleset(document(), LINKS), "input")
+    spoofed = rules.index(
+        'iifname { "eth2", "eth3" } tcp dport 9697 fib saddr . iif oif missing counter drop '
+        'comment "metadata-spoofed"'
+    )
+    assert spoofed < next(i for i, rule in enumerate(rules) if '"services-tcp"' in rule)
+
+
 def test_unknown_mac_is_an_error() -> None:
     with pytest.raises(ValueError, match="02:00:00:00:00:04"):
         render_ruleset(document(), {MGMT: "eth0", EXT: "eth1", INT1: "eth2"})
