@@ -60,6 +60,9 @@ class CloudInABox:
     # and [keystone_authtoken] to check tokens with (none: auth_strategy = noauth).
     api_port: int = 0
     keystone_authtoken: dict[str, str] | None = None
+    # Nova's metadata API (or a test double of it) and its shared secret; None: no metadata.
+    metadata_upstream_url: str | None = None
+    metadata_secret: str | None = None
     _workloads: Topology | None = field(default=None, init=False)
 
     @property
@@ -99,6 +102,14 @@ class CloudInABox:
                 "metrics_port": str(self.metrics_port),
                 "log_file": str(self.orchestrator_log),
                 "debug": "false",
+                **(
+                    {
+                        "metadata_upstream_url": self.metadata_upstream_url,
+                        "metadata_proxy_shared_secret": self.metadata_secret or "",
+                    }
+                    if self.metadata_upstream_url
+                    else {}
+                ),
             },
             "neutron": {
                 "auth_type": "none",
