@@ -63,6 +63,8 @@ def signature(secret: str, instance_id: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle and delayed ACKs add 40 ms.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._handle()
