@@ -50,13 +50,11 @@ READ_SIZE = 4096
 BACKLOG = 128
 # Statuses whose answers never carry a body.
 BODILESS = frozenset({204, 304})
+STATUS_PHRASES = frozenset(int(status) for status in HTTPStatus)
 
 
 def _phrase(status: int) -> bytes:
     return HTTPStatus(status).phrase.encode() if status in STATUS_PHRASES else b""
-
-
-STATUS_PHRASES = frozenset(int(status) for status in HTTPStatus)
 
 
 def _text_answer(status: int, text: str) -> tuple[Headers, bytes]:
@@ -121,10 +119,6 @@ class MetadataServer:
     def port(self) -> int:
         port: int = self._sock.getsockname()[1]
         return port
-
-    @property
-    def active_connections(self) -> int:
-        return self._active
 
     def start(self) -> None:
         self._thread.start()
