@@ -6,6 +6,8 @@ connection is oslo.messaging's own ``[DEFAULT] transport_url``.
 
 from __future__ import annotations
 
+import socket
+
 from oslo_config import cfg
 
 from astara.wire.defaults import API_PORT
@@ -276,6 +278,54 @@ DATABASE_OPTS: list[cfg.Opt] = [
     ),
 ]
 
+MANAGEMENT_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "network_id",
+        help="Neutron network the orchestrator and the appliances booted by Nova talk on. "
+        "This host gets a port of its own on it (found by a device_id derived from the host "
+        "name and the device_owner 'astara:management').",
+    ),
+    cfg.StrOpt(
+        "subnet_id",
+        help="Subnet of the management network this host's port takes its address from "
+        "(unset: the one Neutron picks).",
+    ),
+    cfg.HostnameOpt(
+        "host",
+        default=socket.gethostname(),
+        sample_default="<this host's name>",
+        help="Neutron binding host of this host's management port: the host name the L2 "
+        "agent on this machine reports (its own [DEFAULT] host).",
+    ),
+    cfg.StrOpt(
+        "interface_driver",
+        default="ovs",
+        choices=[
+            ("ovs", "an Open vSwitch internal interface on the integration bridge"),
+            ("noop", "nothing on the host (tests)"),
+        ],
+        help="How this host's management port is plugged.",
+    ),
+    cfg.StrOpt(
+        "integration_bridge",
+        default="br-int",
+        help="The L2 agent's integration bridge (ML2/OVS: [ovs] integration_bridge).",
+    ),
+    cfg.StrOpt(
+        "interface_name",
+        default="astara-mgmt",
+        regex=r"^[A-Za-z0-9_.-]{1,15}$",
+        help="Name of this host's management interface (at most 15 characters).",
+    ),
+    cfg.FloatOpt(
+        "port_active_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds the L2 agent has to wire this host's management port (Neutron reports "
+        "it ACTIVE) before start-up fails.",
+    ),
+]
+
 GROUPS: dict[str, list[cfg.Opt]] = {
     "DEFAULT": DEFAULT_OPTS,
     "neutron": NEUTRON_OPTS,
@@ -284,6 +334,7 @@ GROUPS: dict[str, list[cfg.Opt]] = {
     "health": HEALTH_OPTS,
     "api": API_OPTS,
     "database": DATABASE_OPTS,
+    "management": MANAGEMENT_OPTS,
 }
 
 

@@ -33,6 +33,11 @@ def create_database(name: str, user: str, password: str) -> str:
         (f"ALTER USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (password,)),
         (f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'127.0.0.1'", ()),
     )
+    return database_url(name, user, password)
+
+
+def database_url(name: str, user: str, password: str) -> str:
+    """The SQLAlchemy URL of database ``name`` for ``user`` over TCP on loopback."""
     return f"mysql+pymysql://{user}:{quote(password, safe='')}@127.0.0.1/{name}"
 
 

@@ -53,7 +53,7 @@ class TopologyError(RuntimeError):
     pass
 
 
-def _run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise TopologyError(f"{' '.join(argv)}: rc={done.returncode} {done.stderr.strip()}")
@@ -199,7 +199,7 @@ class Topology:
         etc = NETNS_ETC / name
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").touch()
-        _run(["ip", "netns", "add", name])
+        run(["ip", "netns", "add", name])
         ns = Namespace(name)
         self.namespaces[name] = ns
         ns.run(["ip", "link", "set", "lo", "up"])
@@ -221,7 +221,7 @@ class Topology:
         argv += ["address", left_mac] if left_mac else []
         argv += ["type", "veth", "peer", "name", right_name, "netns", right.name]
         argv += ["address", right_mac] if right_mac else []
-        _run(argv)
+        run(argv)
         left.run(["ip", "link", "set", left_name, "up"])
         right.run(["ip", "link", "set", right_name, "up"])
 
@@ -285,7 +285,7 @@ class Topology:
 
     def sweep(self) -> None:
         """Remove namespaces with our prefix that a crashed earlier run left behind."""
-        listed = _run(["ip", "netns", "list"]).stdout.split("\n")
+        listed = run(["ip", "netns", "list"]).stdout.split("\n")
         for line in listed:
             name = line.split(" ", 1)[0]
             if name.startswith(self.prefix):

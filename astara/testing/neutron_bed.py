@@ -16,16 +16,12 @@ test identity for policy checks, never an authentication scheme.
 from __future__ import annotations
 
 import configparser
-import contextlib
 import fcntl
 import hashlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,11 +33,24 @@ import keystoneauth1.noauth
 import keystoneauth1.session
 import openstack
 
+from astara.testing import bedkit
+from astara.testing.bedkit import (
+    DEFAULT_CACHE_DIR,
+    Daemon,
+    TestbedError,
+    free_port,
+    process_alive,
+    say,
+    service_provider_lines,
+    write_ini,
+)
 from astara.testing.mariadb import create_database
+
+__all__ = ["DEFAULT_CACHE_DIR", "TestbedError", "process_alive"]
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "neutron-requirements.txt"
-WSGI_RUNNER = HERE / "neutron_wsgi.py"
+WSGI_RUNNER = HERE / "wsgi_serve.py"
 CHECKOUT = HERE.parent.parent
 ASTARA_L3_PROVIDER = "L3_ROUTER_NAT:astara:astara.neutron.l3_driver.AstaraL3Driver"
 SINGLE_NODE_PROVIDER = (
@@ -50,14 +59,9 @@ SINGLE_NODE_PROVIDER = (
 )
 
 DEFAULT_STATE_DIR = Path(os.environ.get("ASTARA_TESTBED_DIR", "/var/lib/astara/testbed"))
-DEFAULT_CACHE_DIR = Path(os.environ.get("ASTARA_CACHE_DIR", "/var/cache/astara"))
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 
 ExtraConfig = Mapping[str, Mapping[str, str]]
-
-
-class TestbedError(RuntimeError):
-    """The test bed could not be brought up; the message says why and where the log is."""
 
 
 @dataclass(frozen=True)
@@ -67,48 +71,9 @@ class Endpoint:
     log: Path
 
 
-def say(message: str) -> None:
-    print(f"[testbed] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def process_alive(pid: int) -> bool:
-    """True when pid runs and is not a zombie (PID 1 here may not reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def requirements_digest() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
-
-
 def ensure_venv(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     """Return the Neutron venv for the pinned requirements, building it when absent."""
-    venv = cache_dir / f"neutron-venv-{requirements_digest()}"
-    stamp = venv / ".astara-complete"
-    if stamp.exists():
-        return venv
-    say(f"building the Neutron venv in {venv} (about two minutes the first time)")
-    shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin/pip"), "install", "-q", "-r", str(REQUIREMENTS)],
-        check=True,
-    )
-    stamp.write_text(REQUIREMENTS.read_text())
-    say(f"Neutron venv ready in {time.monotonic() - started:.0f} s")
-    return venv
+    return bedkit.ensure_venv(REQUIREMENTS, cache_dir, "neutron")
 
 
 def plugin_digest(checkout: Path = CHECKOUT) -> str:
@@ -173,25 +138,31 @@ class NeutronTestbed:
         return self.db_user or self.database
 
     @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "neutron.pid"
-
-    @property
     def port_file(self) -> Path:
         return self.state_dir / "neutron.port"
 
     @property
     def log_file(self) -> Path:
-        return self.state_dir / "neutron.log"
+        return self.daemon().log_file
+
+    def daemon(self, port: int = 0) -> Daemon:
+        venv = bedkit.venv_path(REQUIREMENTS, self.cache_dir, "neutron")
+        env = {
+            "OS_NEUTRON_CONFIG_DIR": str(self.state_dir),
+            "OS_NEUTRON_CONFIG_FILES": "neutron.conf;ml2_conf.ini",
+            "ASTARA_WSGI_APP": "neutron.wsgi.api",
+            "ASTARA_WSGI_BIND": f"127.0.0.1:{port}",
+        }
+        return Daemon("neutron", (str(venv / "bin/python"), str(WSGI_RUNNER)), self.state_dir, env)
 
     def status(self) -> Endpoint | None:
         """The running server's endpoint, or None when it is not running."""
+        pid = self.daemon().pid()
         try:
-            pid = int(self.pid_file.read_text())
             port = int(self.port_file.read_text())
         except (OSError, ValueError):
             return None
-        if not process_alive(pid):
+        if pid is None:
             return None
         return Endpoint(f"http://127.0.0.1:{port}", pid, self.log_file)
 
@@ -225,26 +196,13 @@ class NeutronTestbed:
         )
         if migrate.returncode != 0:
             raise TestbedError("neutron-db-manage failed:\n" + migrate.stderr[-4000:])
-        return self._start(venv, timeout)
+        return self._start(timeout)
 
     def down(self) -> None:
         running = self.status()
-        if running is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        say(f"stopping neutron-server (pid {running.pid})")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(running.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while process_alive(running.pid) and time.monotonic() < deadline:
-            _reap(running.pid)
-            time.sleep(0.1)
-        if process_alive(running.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        _reap(running.pid)
-        self.pid_file.unlink(missing_ok=True)
+        if running is not None:
+            say(f"stopping neutron-server (pid {running.pid})")
+        self.daemon().stop()
 
     def _password(self) -> str:
         path = self.state_dir / "db-password"
@@ -291,10 +249,10 @@ class NeutronTestbed:
             "ml2_type_vlan": {"network_vlan_ranges": "public,physnet1:100:199"},
             "ml2_type_vxlan": {"vni_ranges": "1000:1999"},
         }
-        _write_ini(self.state_dir / "neutron.conf", neutron, secret=True)
+        write_ini(self.state_dir / "neutron.conf", neutron, secret=True)
         if self.astara_plugin:
             self._append_service_providers()
-        _write_ini(self.state_dir / "ml2_conf.ini", ml2)
+        write_ini(self.state_dir / "ml2_conf.ini", ml2)
 
     def _append_service_providers(self) -> None:
         # service_provider is a multi-valued option: one line each, which configparser
@@ -303,9 +261,8 @@ class NeutronTestbed:
             providers = [ASTARA_L3_PROVIDER + ":default"]
         else:
             providers = [SINGLE_NODE_PROVIDER + ":default", ASTARA_L3_PROVIDER]
-        lines = "".join(f"service_provider = {p}\n" for p in providers)
         with (self.state_dir / "neutron.conf").open("a") as handle:
-            handle.write("\n[service_providers]\n" + lines)
+            handle.write(service_provider_lines(providers))
 
     def _write_trusted_paste(self, venv: Path) -> Path:
         """Neutron's paste file with keystonecontext in place of noauth's fake admin."""
@@ -323,41 +280,27 @@ class NeutronTestbed:
             parser.write(handle)
         return path
 
-    def _start(self, venv: Path, timeout: float) -> Endpoint:
+    def _start(self, timeout: float) -> Endpoint:
         port = free_port()
-        env = dict(
-            os.environ,
-            OS_NEUTRON_CONFIG_DIR=str(self.state_dir),
-            OS_NEUTRON_CONFIG_FILES="neutron.conf;ml2_conf.ini",
-            ASTARA_NEUTRON_BIND=f"127.0.0.1:{port}",
-        )
+        daemon = self.daemon(port)
         say(f"starting neutron-server on 127.0.0.1:{port} (log: {self.log_file})")
         started = time.monotonic()
-        with self.log_file.open("ab") as log:
-            proc = subprocess.Popen(
-                [str(venv / "bin/python"), str(WSGI_RUNNER)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(proc.pid))
+        pid = daemon.start()
         self.port_file.write_text(str(port))
         url = f"http://127.0.0.1:{port}"
         deadline = started + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if daemon.pid() is None:
                 break
             if _api_ready(url):
                 say(f"neutron-server ready at {url} in {time.monotonic() - started:.1f} s")
-                return Endpoint(url, proc.pid, self.log_file)
+                return Endpoint(url, pid, self.log_file)
             time.sleep(0.5)
-        tail = self.log_file.read_text(errors="replace").splitlines()[-40:]
+        tail = daemon.tail()
         self.down()
         raise TestbedError(
             f"neutron-server did not become ready within {timeout:.0f} s; "
-            f"last lines of {self.log_file}:\n" + "\n".join(tail)
+            f"last lines of {self.log_file}:\n" + tail
         )
 
 
@@ -366,24 +309,6 @@ def _api_ready(url: str) -> bool:
         return httpx.get(url + "/", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _write_ini(path: Path, sections: Mapping[str, Mapping[str, str]], secret: bool = False) -> None:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    for section, options in sections.items():
-        if section != "DEFAULT":
-            parser.add_section(section)
-        for key, value in options.items():
-            parser.set(section, key, value)
-    path.touch(mode=0o600 if secret else 0o644)
-    with path.open("w") as handle:
-        parser.write(handle)
 
 
 def connect(url: str, headers: Mapping[str, str] | None = None) -> openstack.connection.Connection:
