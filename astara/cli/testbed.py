@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from astara.testing import services
 from astara.testing.bedkit import TestbedError
 from astara.testing.neutron_bed import NeutronTestbed
-from astara.testing.openstack.bed import OpenStackBed
+from astara.testing.openstack_bed.bed import OpenStackBed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from astara.common.processes import is_alive, process_argv
+from astara.common.processes import is_alive
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("ASTARA_CACHE_DIR", "/var/cache/astara"))
 
@@ -147,13 +147,17 @@ class Daemon:
         return self.run_dir / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The running daemon's pid; None when it is gone or the pid now names another process."""
+        """The running daemon's pid; None when it is gone or the pid now names another process.
+
+        The pid file holds the pid and the process's start time: services rewrite their
+        command line (setproctitle), so only the start time tells a reused pid apart.
+        """
         try:
-            pid = int(self.pid_file.read_text())
+            pid_text, started = self.pid_file.read_text().split()
+            pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        argv = process_argv(pid)
-        if not process_alive(pid) or argv is None or not _same_command(argv, self.argv):
+        if not process_alive(pid) or start_time(pid) != started:
             return None
         return pid
 
@@ -168,7 +172,7 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}")
         return proc.pid
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -193,9 +197,31 @@ class Daemon:
             return ""
 
 
-def _same_command(running: Sequence[str], wanted: Sequence[str]) -> bool:
-    # A console script runs as "python /venv/bin/script args": its argv[0] is then second.
-    return tuple(running[-len(wanted) :]) == tuple(wanted) or tuple(running[1:]) == tuple(wanted)
+def kill_stragglers(marker: Path) -> list[int]:
+    """SIGKILL every process whose command line names a path below ``marker``.
+
+    What a bed's daemons spawned and left behind (privsep helpers, workers) names the bed's
+    configuration files; nothing else on the machine does.
+    """
+    needle = (str(marker).rstrip("/") + "/").encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "cmdline").read_bytes() and process_alive(int(entry.name)):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def _signal_session(pid: int, sig: signal.Signals) -> None:

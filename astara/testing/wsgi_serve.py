@@ -15,6 +15,8 @@ module, _, attribute = os.environ["ASTARA_WSGI_APP"].partition(":")
 host, _, port = os.environ["ASTARA_WSGI_BIND"].rpartition(":")
 threads = int(os.environ.get("ASTARA_WSGI_THREADS", "8"))
 sys.argv = sys.argv[:1]
+# This file's directory is not a package root: nothing there may shadow the venv's modules.
+sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import waitress  # noqa: E402
 

@@ -36,8 +36,8 @@ import openstack
 from astara.testing import bedkit, mariadb
 from astara.testing.bedkit import DEFAULT_CACHE_DIR, Daemon, Secrets, TestbedError
 from astara.testing.neutron_bed import WSGI_RUNNER, ensure_astara_plugin
-from astara.testing.openstack import config, host, keystone, operator
-from astara.testing.openstack.config import Layout, Ports
+from astara.testing.openstack_bed import config, host, keystone, operator
+from astara.testing.openstack_bed.config import Layout, Ports
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE.parent / "openstack-requirements.txt"
@@ -152,6 +152,14 @@ class OpenStackBed:
         self._claim()
         self.down()
         self._claim()
+        try:
+            return self._up()
+        except BaseException:
+            self.say(f"bring-up failed; taking the bed down (logs stay in {self.logs})")
+            self.down()
+            raise
+
+    def _up(self) -> BedInfo:
         bedkit.ensure_venv(REQUIREMENTS, self.cache_dir, "openstack")
         ensure_astara_plugin(self.venv)
         layout = self._new_layout()
@@ -238,7 +246,7 @@ class OpenStackBed:
         )
         cell0 = {"database": {"connection": layout.db_url("nova", "nova_cell0")}}
         bedkit.write_ini(layout.etc("nova") / "cell0.conf", cell0, secret=True)
-        for service in ("keystone", "glance", "nova", "neutron"):
+        for service in ("keystone", "glance", "nova/instances", "neutron"):
             (self.state_dir / service).mkdir(parents=True, exist_ok=True)
         # qemu runs as libvirt-qemu: it must reach the instance files below the state dir.
         for path in (self.state_dir, self.state_dir / "nova"):
@@ -409,6 +417,8 @@ class OpenStackBed:
     def _wait_http(self, layout: Layout, daemons: dict[str, Daemon], name: str) -> None:
         _, port_name = WSGI_APPS[name]
         url = layout.url(port_name)
+        if name == "nova-metadata":
+            url = f"http://[::1]:{layout.ports.metadata}"
         daemon = daemons[name]
         took = bedkit.wait_until(
             lambda: bedkit.http_answers(url),
@@ -422,8 +432,9 @@ class OpenStackBed:
         conn = keystone.connect(layout)
 
         def registered() -> bool:
+            # The bed's only compute node (named after libvirt's host name, maybe "vm.").
             found = conn.placement.get("/resource_providers", microversion="1.14").json()
-            return any(rp["name"] == layout.host for rp in found["resource_providers"])
+            return bool(found["resource_providers"])
 
         took = bedkit.wait_until(
             registered, 180, "nova-compute in Placement", lambda: host._dead(compute)
@@ -493,7 +504,8 @@ class OpenStackBed:
             for daemon in reversed(self._daemons(layout)):
                 if daemon.pid() is not None:
                     self.say(f"stopping {daemon.name}")
-                daemon.stop()
+                daemon.stop(timeout=5)
+        bedkit.kill_stragglers(self.state_dir)
         libvirt.down()
         host.Outside(self.state_dir / "outside").down()
         host.OpenVSwitch(self.state_dir / "ovs").down()

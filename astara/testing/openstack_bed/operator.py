@@ -24,7 +24,7 @@ from pathlib import Path
 
 import openstack
 
-from astara.testing.openstack.config import PHYSNET
+from astara.testing.openstack_bed.config import PHYSNET
 
 MANAGEMENT_NETWORK = "astara-management"
 MANAGEMENT_CIDR = "fd6b:3c3e:8a51:1::/64"

@@ -17,7 +17,7 @@ from typing import Any
 import openstack
 from openstack.identity.v3._proxy import Proxy as IdentityV3
 
-from astara.testing.openstack.config import (
+from astara.testing.openstack_bed.config import (
     DEMO_USERS,
     REGION,
     SERVICE_PROJECT,
