@@ -197,21 +197,29 @@ class Daemon:
             return ""
 
 
-def kill_stragglers(marker: Path) -> list[int]:
-    """SIGKILL every process whose command line names a path below ``marker``.
+def processes_below(marker: Path) -> list[int]:
+    """Live processes (not this one) whose command line names a path below ``marker``.
 
-    What a bed's daemons spawned and left behind (privsep helpers, workers) names the bed's
-    configuration files; nothing else on the machine does.
+    What a bed's daemons spawned (privsep helpers, workers, QEMU) names the bed's files;
+    nothing else on the machine does.
     """
     needle = (str(marker).rstrip("/") + "/").encode()
-    killed = []
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             if needle in (entry / "cmdline").read_bytes() and process_alive(int(entry.name)):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
+                found.append(int(entry.name))
+    return found
+
+
+def kill_stragglers(marker: Path) -> list[int]:
+    """SIGKILL what ``processes_below(marker)`` finds (left behind by a bed's daemons)."""
+    killed = processes_below(marker)
+    for pid in killed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     return killed
 
 

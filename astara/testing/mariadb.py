@@ -46,3 +46,14 @@ def drop_database(name: str, user: str) -> None:
         (f"DROP DATABASE IF EXISTS `{name}`", ()),
         (f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", ()),
     )
+
+
+def databases(prefix: str) -> list[str]:
+    """Names of the databases that start with ``prefix``."""
+    conn = pymysql.connect(unix_socket=SOCKET, user="root")
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW DATABASES")
+            return [row[0] for row in cursor.fetchall() if row[0].startswith(prefix)]
+    finally:
+        conn.close()

@@ -83,7 +83,9 @@ def inside(ns: str) -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "setns back")
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> object:
     """Poll ``condition`` until it returns something truthy; raise naming ``what`` if never."""
     deadline = time.monotonic() + timeout
     while True:
@@ -92,7 +94,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
             return result
         if time.monotonic() > deadline:
             raise TopologyError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 @dataclass

@@ -104,7 +104,9 @@ class _Neutron:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def ports(self, **query: str) -> list[_Port]:
-        return [p for p in self.ports_.values() if all(getattr(p, k) == v for k, v in query.items())]
+        return [
+            p for p in self.ports_.values() if all(getattr(p, k) == v for k, v in query.items())
+        ]
 
     def create_port(self, **attrs: Any) -> _Port:
         self.calls.append("create")

@@ -521,6 +521,20 @@ class OpenStackBed:
             if Path(CLAIM.read_text().strip()) == self.state_dir:
                 CLAIM.unlink()
 
+    def leftovers(self) -> list[str]:
+        """What of the bed still exists: empty after a complete ``down``."""
+        found = [f"daemon {name} (pid {pid})" for name, pid in self.status().items() if pid]
+        found += [f"process {pid}" for pid in bedkit.processes_below(self.state_dir)]
+        if (host.OVS_RUN_DIR / "db.sock").exists():
+            found.append(f"ovsdb socket {host.OVS_RUN_DIR / 'db.sock'}")
+        found += [f"link {name}" for name in host.links(host.PREFIX, *config.BRIDGES)]
+        if host.namespace_exists(host.OUTSIDE_NS):
+            found.append(f"namespace {host.OUTSIDE_NS}")
+        found += [f"database {name}" for name in mariadb.databases(f"{self.name}_")]
+        vhosts = _rabbitmqctl_output("list_vhosts", "name").split()
+        found += [f"vhost {v}" for v in vhosts if v.startswith(f"{self.name}-")]
+        return found
+
     def _drop_databases(self, layout: Layout) -> None:
         for service, databases in config.DATABASES.items():
             for database in databases:
@@ -528,6 +542,11 @@ class OpenStackBed:
         for service in config.VHOSTS:
             _rabbitmqctl("delete_vhost", layout.vhost(service), check=False)
         _rabbitmqctl("delete_user", layout.rabbit_user, check=False)
+
+
+def _rabbitmqctl_output(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    return done.stdout
 
 
 def _rabbitmqctl(*args: str, check: bool = True) -> bool:

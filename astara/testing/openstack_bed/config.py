@@ -34,6 +34,7 @@ VHOSTS = ("nova", "neutron")
 OVSDB = "unix:/var/run/openvswitch/db.sock"
 INTEGRATION_BRIDGE = "br-int"
 EXTERNAL_BRIDGE = "br-ex"
+BRIDGES = (INTEGRATION_BRIDGE, "br-tun", EXTERNAL_BRIDGE)
 PHYSNET = "public"
 ASTARA_L3_PROVIDER = "L3_ROUTER_NAT:astara:astara.neutron.l3_driver.AstaraL3Driver:default"
 # Privsep contexts the compute node and the OVS agent start, by their config section.

@@ -231,7 +231,7 @@ class Outside:
 
     def up(self, bridge: str, gateway: ipaddress.IPv4Interface) -> None:
         topo = self._topology()
-        if _namespace_exists(OUTSIDE_NS):
+        if namespace_exists(OUTSIDE_NS):
             return
         ns = topo.namespace(OUTSIDE_NS)
         _run(["ip", "link", "add", OUTSIDE_VETH, "type", "veth", "peer", OUTSIDE_PEER])
@@ -264,6 +264,12 @@ class Outside:
         return Topology(PREFIX, workdir=self.state_dir)
 
 
-def _namespace_exists(name: str) -> bool:
+def links(*prefixes: str) -> list[str]:
+    """Names of the host's network interfaces that start with one of ``prefixes``."""
+    listed = json.loads(_run(["ip", "-j", "link", "show"]).stdout or "[]")
+    return [link["ifname"] for link in listed if link["ifname"].startswith(prefixes)]
+
+
+def namespace_exists(name: str) -> bool:
     listed = json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]")
     return any(entry.get("name") == name for entry in listed)
