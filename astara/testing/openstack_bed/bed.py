@@ -505,10 +505,10 @@ class OpenStackBed:
                 if daemon.pid() is not None:
                     self.say(f"stopping {daemon.name}")
                 daemon.stop(timeout=5)
-        bedkit.kill_stragglers(self.state_dir)
         libvirt.down()
         host.Outside(self.state_dir / "outside").down()
-        host.OpenVSwitch(self.state_dir / "ovs").down()
+        host.OpenVSwitch(self.state_dir / "ovs").down(config.BRIDGES)
+        bedkit.kill_stragglers(self.state_dir)
         if layout is not None:
             self._drop_databases(layout)
         for path in ("nova", "glance", "keystone", "neutron", "bed.json", "ports.json"):

@@ -108,13 +108,24 @@ class OpenVSwitch:
     def bridge(self, name: str) -> None:
         vsctl("--may-exist", "add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
 
-    def down(self) -> None:
+    def down(self, bridges: Sequence[str] = ()) -> None:
+        """Delete the bridges, stop both daemons, forget the database.
+
+        ``bridges``: names to remove from the host even if a killed vswitchd left their
+        userspace-datapath devices behind.
+        """
         server, switch = self.daemons()
+        if not server.pid_file.exists():
+            return  # this bed started no Open vSwitch
         if server.pid() is not None and switch.pid() is not None:
             for bridge in vsctl("list-br").split():
                 vsctl("--if-exists", "del-br", bridge)
-        switch.stop()
-        server.stop()
+        switch.stop(timeout=5)
+        server.stop(timeout=5)
+        for name in links(*bridges):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        for leftover in OVS_RUN_DIR.glob("*"):
+            leftover.unlink(missing_ok=True)
         self.db.unlink(missing_ok=True)
 
 
