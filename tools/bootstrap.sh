@@ -8,13 +8,17 @@ ASTARA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ASTARA_ROOT/.venv"
 
 # Debian packages: the appliance's data plane (nftables, dnsmasq, radvd...), the tools the
-# tests use as workloads (udhcpc, ping, arping), what building the venv needs, and the
-# browser the dashboard's browser tests drive (headless Chromium and its WebDriver).
+# tests use as workloads (udhcpc, ping, arping), what building the venvs needs, the browser
+# the dashboard's browser tests drive (headless Chromium and its WebDriver), and the
+# OpenStack bed's hypervisor and switch (libvirt + QEMU for Nova, genisoimage for config
+# drives, Open vSwitch for Neutron's OVS agent, libvirt-dev to build libvirt-python).
 DEBIAN_PACKAGES=(
     python3 python3-venv python3-dev gcc
     iproute2 nftables iptables conntrack dnsmasq-base radvd
     udhcpc isc-dhcp-client ndisc6 iputils-ping iputils-arping socat procps psmisc
     chromium chromium-driver
+    libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage
+    openvswitch-switch pkg-config libvirt-dev util-linux
 )
 
 step() { printf '\n==> %s\n' "$*"; }
