@@ -139,7 +139,16 @@ class OpenStackBed:
         return keystone.connect(layout, cloud)
 
     def metadata_secret(self) -> str:
+        """Nova's ``metadata_proxy_shared_secret`` (appliances sign instance ids with it)."""
         return self.secrets.get("metadata")
+
+    def transport_url(self, service: str = "neutron") -> str:
+        """RabbitMQ URL (with its password) of a service's vhost: Neutron's carries the
+        notifications and Astara's plugin events the orchestrator listens to."""
+        layout = self._saved_layout()
+        if layout is None:
+            raise TestbedError(f"no OpenStack bed in {self.state_dir}: bring it up first")
+        return layout.transport_url(service)
 
     # -- up --------------------------------------------------------------------------------
     def up(self) -> BedInfo:
