@@ -27,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--cloud", choices=["neutron", "openstack"], default="neutron")
+    parser.add_argument(
+        "--cloud",
+        choices=["neutron", "openstack"],
+        default="neutron",
+        help="which bed: Neutron alone (default) or the whole OpenStack",
+    )
     args = parser.parse_args(argv)
     if args.cloud == "openstack":
         return _openstack(args.action)

@@ -130,7 +130,8 @@ class OpenStackBed:
     def running(self) -> bool:
         info = self.info()
         pids = self.status()
-        return info is not None and all(pids.values()) and len(pids) > 4 and self._token_ok()
+        has_layout = self._saved_layout() is not None
+        return info is not None and has_layout and all(pids.values()) and self._token_ok()
 
     def connect(self, cloud: str = "astara-admin") -> openstack.connection.Connection:
         layout = self._saved_layout()
