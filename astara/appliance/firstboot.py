@@ -21,7 +21,7 @@ import contextlib
 import errno
 import ipaddress
 import os
-import shlex
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +49,9 @@ ENV_VARIABLE = "ASTARA_APPLIANCE_ARGS"
 MANAGEMENT_TABLE = 4096
 MANAGEMENT_RULE_PRIORITY = 1000
 IFA_F_NODAD = 0x02
+# What a word of the unit's unquoted $ASTARA_APPLIANCE_ARGS may hold: no whitespace, quote,
+# backslash or $ (systemd would split or expand them).
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.:/\[\]@%+=,-]+$")
 
 
 class FirstbootError(RuntimeError):
@@ -162,7 +165,7 @@ def render_environment(argv: Sequence[str]) -> bytes:
     """The systemd EnvironmentFile line; the unit expands it unquoted, so no word may hold
     whitespace or quotes (none does: addresses, numbers, our own paths, the checked id)."""
     for word in argv:
-        if not word or shlex.quote(word) != word:
+        if not _PLAIN_WORD.match(word):
             raise FirstbootError(f"argument {word!r} cannot be passed through the environment")
     return f"{ENV_VARIABLE}={' '.join(argv)}\n".encode()
 
@@ -247,14 +250,12 @@ def configure_link(link: LinkPlan) -> str:
     from pyroute2 import IPRoute  # imported here: the pure part above needs no netlink
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from astara.appliance.netlink import resolve_links
-
     with IPRoute() as ipr:
-        try:
-            ifname = resolve_links([link.mac], ipr)[link.mac]
-        except LookupError as exc:
-            raise FirstbootError(f"management NIC: {exc}") from None
-        index = ipr.link_lookup(ifname=ifname)[0]
+        found = ipr.link_lookup(address=link.mac)
+        if not found:
+            raise FirstbootError(f"management NIC: no interface has MAC {link.mac}")
+        index = found[0]
+        ifname = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
         ipr.link("set", index=index, state="up")
         version = ipaddress.ip_address(link.address).version
         flags = IFA_F_NODAD if version == 6 else 0

@@ -24,17 +24,14 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
 
-from astara.image import cachekey, layout
+from astara.image import base, cachekey, layout
 from astara.image import resolve as pins
 from astara.image.recipe import (
     DPKG_EXCLUDES,
@@ -46,9 +43,23 @@ from astara.image.recipe import (
     VENV,
     Profile,
 )
+from astara.image.tools import (
+    CHROOT_WHEELS,
+    BuildError,
+    Progress,
+    chroot_pip,
+    clamp_times,
+    download_wheels,
+    normalize,
+    reproducible_env,
+    run,
+    run_bytes,
+    tree_bytes,
+    walk,
+)
 
 # The builder's own modules whose code shapes the base layer; the rest shapes the final one.
-BASE_BUILDER_FILES = ("recipe.py", "pins.py", "build.py", "cachekey.py")
+BASE_BUILDER_FILES = ("recipe.py", "resolve.py", "cachekey.py", "tools.py", "base.py")
 # Host packages whose tools write the image's bytes: their versions are inputs too.
 HOST_TOOLS = (
     "mmdebstrap",
@@ -63,14 +74,29 @@ HOST_TOOLS = (
     "kmod",
 )
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
-MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 IMAGE_FILES = "astara.image.files"
-# Where wheels wait inside the image being built (its /tmp, emptied before it is sealed).
-CHROOT_WHEELS = "/tmp/astara-wheels"  # noqa: S108
-
-
-class BuildError(RuntimeError):
-    """A step failed; the message names it and what the tool said."""
+# Units of a general-purpose system the appliance has no use for; each costs boot time.
+MASKED_UNITS = (
+    # its prompts would wait on the console forever at each instance's first boot
+    "systemd-firstboot.service",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "systemd-binfmt.service",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "systemd-pstore.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+)
 
 
 @dataclass(frozen=True)
@@ -79,50 +105,6 @@ class BuiltImage:
     sidecar: Path
     key: str
     cached: bool
-
-
-class Progress:
-    """One line per step on ``stream``, with the seconds since the build started."""
-
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.start = time.monotonic()
-        self.stream = stream
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.start:7.1f} s] {message}", file=self.stream, flush=True)
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    input_text: str | None = None,
-    timeout: float = 1800,
-) -> str:
-    """Run a tool; its stdout, or BuildError with the end of what it said."""
-    done = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        input=input_text,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        said = (done.stderr.strip() or done.stdout.strip())[-3000:]
-        raise BuildError(f"{' '.join(argv[:4])}... failed (rc={done.returncode}):\n{said}")
-    return done.stdout
-
-
-def reproducible_env() -> dict[str, str]:
-    return {
-        "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
-        "E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH),
-        "PYTHONHASHSEED": "0",
-        "LC_ALL": "C.UTF-8",
-        "TZ": "UTC",
-    }
 
 
 def image_file(name: str) -> str:
@@ -153,20 +135,20 @@ class ImageBuilder:
             debian, python = self.pin_inputs()
             tools = self.host_tools()
             base_key = cachekey.digest(self.base_inputs(debian, python, tools))
-            base = (
+            layer = (
                 self.cache_dir / "layers" / f"{self.profile.name}-base-{cachekey.short(base_key)}"
             )
-            if base.is_dir() and not self.force:
-                self.progress(f"base layer cached: {base}")
+            if layer.is_dir() and not self.force:
+                self.progress(f"base layer cached: {layer}")
             else:
-                self.build_base(base, base_key, debian, python)
+                self.build_base(layer, debian, python)
             key = cachekey.digest(self.final_inputs(base_key, tools))
             qcow2 = self.cache_dir / f"{self.profile.name}-{cachekey.short(key)}.qcow2"
             sidecar = qcow2.with_suffix(".json")
             if qcow2.is_file() and sidecar.is_file() and not self.force:
                 self.progress(f"image cached: {qcow2}")
                 return BuiltImage(qcow2, sidecar, key, cached=True)
-            self.build_final(base, base_key, key, python, qcow2)
+            self.build_final(layer, base_key, key, python, qcow2)
             self.progress(f"image ready: {qcow2} ({qcow2.stat().st_size // 1024 // 1024} MiB)")
             return BuiltImage(qcow2, sidecar, key, cached=False)
 
@@ -186,66 +168,32 @@ class ImageBuilder:
         self,
     ) -> tuple[tuple[pins.DebianPackage, ...], tuple[pins.PythonPackage, ...]]:
         self.progress(f"resolving Debian packages ({', '.join(self.profile.debian_packages)})")
-        debian = self.resolve_debian()
+        debian = base.resolve_debian(self.profile, self.cache_dir / "apt")
         self.progress(f"  {len(debian)} Debian packages pinned")
         python: tuple[pins.PythonPackage, ...] = ()
         if self.profile.python_group:
             self.progress(f"resolving Python packages (group {self.profile.python_group!r})")
-            python = self.resolve_python()
+            python = base.resolve_python(
+                self.python,
+                (self.source_root / "pyproject.toml").read_text(),
+                self.profile.python_group,
+            )
             self.progress(f"  {len(python)} Python distributions pinned")
         return debian, python
 
-    def resolve_debian(self) -> tuple[pins.DebianPackage, ...]:
-        state = self.cache_dir / "apt"
-        for sub in (
-            "etc/sources.list.d",
-            "etc/preferences.d",
-            "etc/apt.conf.d",
-            "state/lists/partial",
-            "cache/archives/partial",
-        ):
-            (state / sub).mkdir(parents=True, exist_ok=True)
-        (state / "etc/sources.list").write_text(pins.sources_list())
-        (state / "state/status").touch()
-        options = pins.apt_options(str(state))
-        run(["apt-get", *options, "-q", "update"])
-        out = run(
-            [
-                "apt-get",
-                *options,
-                *pins.apt_request(
-                    self.profile.debian_packages, self.profile.debian_mode == "install"
-                ),
-            ]
-        )
-        return pins.parse_apt_simulation(out)
-
-    def resolve_python(self) -> tuple[pins.PythonPackage, ...]:
-        group = self.profile.python_group or ""
-        wanted = pins.appliance_requirements(
-            (self.source_root / "pyproject.toml").read_text(), group
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            report = Path(tmp) / "report.json"
-            run(
-                [
-                    self.python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--dry-run",
-                    "--ignore-installed",
-                    "--report",
-                    str(report),
-                    "--target",
-                    str(Path(tmp) / "unused"),
-                    *pins.pip_target_options(),
-                    *wanted,
-                    "pip",
-                ]
-            )
-            return pins.parse_pip_report(report.read_text())
+    def build_base(
+        self,
+        target: Path,
+        debian: Sequence[pins.DebianPackage],
+        python: Sequence[pins.PythonPackage],
+    ) -> None:
+        with self._scratch(target.parent) as tmp:
+            rootfs = tmp / "rootfs"
+            base.build_base(self.profile, rootfs, debian, python, self.python, self.progress)
+            if target.exists():
+                shutil.rmtree(target)
+            rootfs.rename(target)
+        self.progress(f"base layer ready: {target}")
 
     def host_tools(self) -> dict[str, str]:
         out = run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *HOST_TOOLS])
@@ -296,131 +244,11 @@ class ImageBuilder:
             "tools": dict(tools),
         }
 
-    # --- base layer -----------------------------------------------------------------------
-
-    def build_base(
-        self,
-        target: Path,
-        key: str,
-        debian: Sequence[pins.DebianPackage],
-        python: Sequence[pins.PythonPackage],
-    ) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with self._scratch(target.parent) as tmp:
-            rootfs = tmp / "rootfs"
-            self.progress(f"base layer: mmdebstrap {SUITE} ({len(debian)} packages)")
-            variant = "custom" if self.profile.debian_mode == "install" else "extract"
-            hooks = ["--hook-dir", MERGED_USR_HOOKS] if variant == "custom" else []
-            run(
-                [
-                    "mmdebstrap",
-                    "--mode=root",
-                    f"--variant={variant}",
-                    "--quiet",
-                    "--include=" + ",".join(p.pin for p in debian),
-                    *hooks,
-                    *(f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES),
-                    SUITE,
-                    str(rootfs),
-                    *MIRRORS,
-                ],
-                env=reproducible_env(),
-            )
-            if variant == "custom":
-                self.check_installed(rootfs, debian)
-            else:
-                # unpacked only: the kernel package's postinst never ran depmod
-                for modules in (rootfs / "lib/modules").iterdir():
-                    run(["depmod", "-b", str(rootfs), modules.name])
-            if python:
-                self.install_python(rootfs, python)
-            self.progress("base layer: removing logs and caches, clamping timestamps")
-            normalize(rootfs)
-            (tmp / "layer.json").write_text(json.dumps({"key": key}, indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            rootfs.rename(target)
-        self.progress(f"base layer ready: {target}")
-
-    def check_installed(self, rootfs: Path, debian: Sequence[pins.DebianPackage]) -> None:
-        out = run(
-            [
-                "dpkg-query",
-                f"--admindir={rootfs}/var/lib/dpkg",
-                "-W",
-                "-f",
-                "${db:Status-Abbrev} ${Package} ${Version}\n",
-            ]
-        )
-        installed = {
-            pins.DebianPackage(*line.split()[1:3])
-            for line in out.splitlines()
-            if line.startswith("ii")
-        }
-        if installed != set(debian):
-            extra = sorted(p.pin for p in installed - set(debian))
-            missing = sorted(p.pin for p in set(debian) - installed)
-            raise BuildError(
-                f"the root filesystem does not hold the pinned packages (extra: {extra}, "
-                f"missing: {missing}); the archive may have changed during the build: run again"
-            )
-
-    def install_python(self, rootfs: Path, python: Sequence[pins.PythonPackage]) -> None:
-        self.progress(f"base layer: venv {VENV} with {len(python) - 1} Python distributions")
-        wheels = rootfs / CHROOT_WHEELS.lstrip("/")
-        wheels.mkdir(parents=True)
-        (wheels / "requirements.txt").write_text(pins.requirements_file(python))
-        run(
-            [
-                self.python,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--require-hashes",
-                "-r",
-                str(wheels / "requirements.txt"),
-                "-d",
-                str(wheels),
-                *pins.pip_target_options(),
-            ]
-        )
-        runtime = [p for p in python if p.name != "pip"]
-        (wheels / "runtime.txt").write_text(pins.requirements_file(runtime))
-        run(["chroot", str(rootfs), "python3", "-m", "venv", "--without-pip", VENV])
-        self.chroot_pip(rootfs, ["--require-hashes", "-r", f"{CHROOT_WHEELS}/runtime.txt"])
-        shutil.rmtree(wheels)
-
-    def chroot_pip(self, rootfs: Path, arguments: Sequence[str]) -> None:
-        """pip, run from its wheel by the image's Python in the image: scripts and compiled
-        files are the image's, not the host's."""
-        wheels = rootfs / CHROOT_WHEELS.lstrip("/")
-        pip = next(wheels.glob("pip-*.whl"))
-        run(
-            [
-                "chroot",
-                str(rootfs),
-                f"{VENV}/bin/python",
-                f"{CHROOT_WHEELS}/{pip.name}/pip",
-                "install",
-                "-q",
-                "--no-index",
-                "--no-deps",
-                "--find-links",
-                CHROOT_WHEELS,
-                "--disable-pip-version-check",
-                "--no-cache-dir",
-                *arguments,
-            ],
-            env={**reproducible_env(), "PIP_CONFIG_FILE": "/dev/null", "HOME": "/root"},
-        )
-
     # --- final layer ----------------------------------------------------------------------
 
     def build_final(
         self,
-        base: Path,
+        layer: Path,
         base_key: str,
         key: str,
         python: Sequence[pins.PythonPackage],
@@ -430,12 +258,12 @@ class ImageBuilder:
             staging = tmp / "root"
             if self.profile.debian_mode == "install":
                 self.progress("final layer: copying the base layer")
-                run(["cp", "-a", str(base), str(staging)])
+                run(["cp", "-a", str(layer), str(staging)])
                 kernel_tree = staging
             else:
                 staging.mkdir()
                 (staging / "boot").mkdir()
-                kernel_tree = base
+                kernel_tree = layer
             contents: dict[str, object] = {}
             if self.profile.with_astara:
                 contents["astara"] = self.install_astara(staging, tmp, python)
@@ -460,26 +288,9 @@ class ImageBuilder:
             env=reproducible_env(),
         )
         wheel = next(wheels.glob("astara-*.whl"))
-        pip = [p for p in python if p.name == "pip"]
-        (wheels / "pip.txt").write_text(pins.requirements_file(pip))
-        run(
-            [
-                self.python,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--require-hashes",
-                "-r",
-                str(wheels / "pip.txt"),
-                "-d",
-                str(wheels),
-                *pins.pip_target_options(),
-            ]
-        )
+        download_wheels(self.python, [p for p in python if p.name == "pip"], wheels)
         self.progress(f"final layer: installing {wheel.name} into {VENV}")
-        self.chroot_pip(staging, ["astara"])
+        chroot_pip(staging, ["astara"])
         shutil.rmtree(wheels)
         return wheel.name
 
@@ -499,8 +310,13 @@ class ImageBuilder:
         chroot = ["chroot", str(staging), "systemctl"]
         run([*chroot, "preset-all"])
         run([*chroot, "set-default", "astara.target"])
-        # Its prompts would wait on the console forever at the first boot of each instance.
-        run([*chroot, "mask", "systemd-firstboot.service"])
+        run([*chroot, "mask", *MASKED_UNITS])
+        # Each generator is a process at every boot (seconds under TCG) and none has work
+        # here: no fstab, no getty, no SysV scripts, no encrypted or GPT-discovered disks.
+        masked = staging / "etc/systemd/system-generators"
+        masked.mkdir(parents=True, exist_ok=True)
+        for generator in sorted((staging / "usr/lib/systemd/system-generators").iterdir()):
+            (masked / generator.name).symlink_to("/dev/null")
 
     def make_initramfs(self, tree: Path, staging: Path, tmp: Path) -> tuple[str, str, str]:
         modules_root = tree / "usr/lib/modules"
@@ -667,66 +483,6 @@ class ImageBuilder:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_bytes(argv: Sequence[str], cwd: Path) -> bytes:
-    done = subprocess.run(list(argv), capture_output=True, cwd=cwd, check=False)
-    if done.returncode != 0:
-        raise BuildError(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace')[-2000:]}")
-    return done.stdout
-
-
 def _write_executable(path: Path, text: str) -> None:
     path.write_text(text)
     os.chmod(path, 0o755)  # noqa: S103 (scripts the image runs)
-
-
-def walk(root: Path) -> Iterator[Path]:
-    """Every path under ``root`` (symlinks not followed), in no particular order."""
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            yield Path(directory) / name
-
-
-def tree_bytes(root: Path) -> int:
-    return sum(p.lstat().st_blocks * 512 for p in walk(root))
-
-
-def clamp_times(root: Path, epoch: int = SOURCE_DATE_EPOCH) -> None:
-    """No timestamp newer than ``epoch`` (files from packages keep their older dates)."""
-    for path in [root, *walk(root)]:
-        stat = path.lstat()
-        mtime = min(int(stat.st_mtime), epoch)
-        os.utime(path, (mtime, mtime), follow_symlinks=False)
-
-
-# Files every boot or package operation rewrites: nothing in them belongs to the image.
-VOLATILE = (
-    "var/cache/apt",
-    "var/lib/apt/lists",
-    "var/log",
-    "var/cache/ldconfig/aux-cache",
-    "var/cache/debconf/config.dat-old",
-    "var/cache/debconf/templates.dat-old",
-    "var/lib/dpkg/status-old",
-    "var/lib/dpkg/diversions-old",
-    "var/lib/systemd/catalog/database",
-    "etc/machine-id",
-    "tmp",
-)
-
-
-def normalize(root: Path) -> None:
-    """Empty what is volatile (directories stay), give systemd an unset machine id (each
-    instance makes its own at first boot), and clamp timestamps."""
-    for relative in VOLATILE:
-        path = root / relative
-        if path.is_dir() and not path.is_symlink():
-            for child in path.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    if (root / "etc").is_dir() and (root / "usr/lib/systemd").is_dir():
-        (root / "etc/machine-id").write_text("")
-    clamp_times(root)
