@@ -71,6 +71,13 @@ NAT_MAPS = {
 MapElements = dict[str, dict[str, str]]
 
 
+def keys_set(name: str) -> str:
+    """The set holding the keys of NAT map ``name``. Rules match it before looking the map
+    up: Linux before 6.x (Debian 12's 6.1 among them) refuses a map as a plain lookup
+    (``ip daddr @map``, EINVAL), so each map has a set of its keys beside it."""
+    return f"{name}_keys"
+
+
 # --- interfaces -------------------------------------------------------------------------
 
 
@@ -386,24 +393,25 @@ def _nat_chains(config: ApplianceConfig, ifaces: Interfaces) -> tuple[list[str],
         # Internal interfaces too: hosts reach each other by floating IP (hairpin).
         where = f"iifname {_names(entry)}"
         pre.append(
-            f"{where} ip daddr @fip_dnat counter dnat ip to ip daddr map @fip_dnat "
-            'comment "fip-dnat"'
+            f"{where} ip daddr @{keys_set('fip_dnat')} counter dnat ip to ip daddr map "
+            '@fip_dnat comment "fip-dnat"'
         )
         for proto in ("tcp", "udp"):
             key = f"ip daddr . {proto} dport"
             pre.append(
-                f"{where} {key} @pf_{proto} counter dnat ip addr . port to {key} map "
-                f'@pf_{proto} comment "pf-{proto}"'
+                f"{where} {key} @{keys_set(f'pf_{proto}')} counter dnat ip addr . port to "
+                f'{key} map @pf_{proto} comment "pf-{proto}"'
             )
             pre.append(
-                f"{where} {key} @pf_keep_{proto} counter dnat ip to {key} map "
+                f"{where} {key} @{keys_set(f'pf_keep_{proto}')} counter dnat ip to {key} map "
                 f'@pf_keep_{proto} comment "pf-keep-{proto}"'
             )
     ext_ip = _external_v4(config)
     if ifaces.external:
         out = f'oifname "{ifaces.external}"'
         post.append(
-            f'{out} ip saddr @fip_snat counter snat ip to ip saddr map @fip_snat comment "fip-snat"'
+            f"{out} ip saddr @{keys_set('fip_snat')} counter snat ip to ip saddr map @fip_snat "
+            'comment "fip-snat"'
         )
         subnets = _internal_v4_subnets(config)
         if config.snat_enabled and ext_ip is not None and subnets:
@@ -416,7 +424,7 @@ def _nat_chains(config: ApplianceConfig, ifaces: Interfaces) -> tuple[list[str],
         # neighbour would answer directly and the reply would miss the router's conntrack.
         hair = f"iifname {_names(inside)} oifname {_names(inside)} ct status dnat"
         post.append(
-            f"{hair} ip saddr @fip_snat counter snat ip to ip saddr map @fip_snat "
+            f"{hair} ip saddr @{keys_set('fip_snat')} counter snat ip to ip saddr map @fip_snat "
             'comment "hairpin-fip"'
         )
         if ext_ip is not None:
@@ -474,11 +482,16 @@ def _chain(name: str, hook: str, priority: str, policy: str, rules: list[str]) -
 
 
 def _map_text(name: str, elements: Mapping[str, str]) -> str:
+    """The map, and the set of its keys the rules match first."""
+    declaration, *flags = NAT_MAPS[name]
     lines = [f"\tmap {name} {{", *(f"\t\t{line}" for line in NAT_MAPS[name])]
+    keys = [f"\tset {keys_set(name)} {{", f"\t\t{declaration.split(' : ')[0]}"]
+    keys += [f"\t\t{line}" for line in flags]
     if elements:
         items = ",\n\t\t\t".join(f"{k} : {v}" for k, v in elements.items())
         lines.append(f"\t\telements = {{ {items} }}")
-    return "\n".join([*lines, "\t}"])
+        keys.append(f"\t\telements = {{ {', '.join(elements)} }}")
+    return "\n".join([*lines, "\t}", *keys, "\t}"])
 
 
 def _replace(table: str, body: list[str]) -> str:
@@ -562,8 +575,11 @@ def element_updates(old: MapElements, new: MapElements) -> str:
         added = [f"{k} : {v}" for k, v in after.items() if before.get(k) != v]
         if gone:
             deletes.append(f"delete element {NAT_TABLE} {name} {{ {', '.join(gone)} }}")
+            deletes.append(f"delete element {NAT_TABLE} {keys_set(name)} {{ {', '.join(gone)} }}")
         if added:
+            keys = [k for k, v in after.items() if before.get(k) != v]
             adds.append(f"add element {NAT_TABLE} {name} {{ {', '.join(added)} }}")
+            adds.append(f"add element {NAT_TABLE} {keys_set(name)} {{ {', '.join(keys)} }}")
     return "".join(f"{line}\n" for line in deletes + adds)
 
 

@@ -97,7 +97,17 @@ def config_drive(directory: Path, user_data: bytes) -> Path:
     (latest / "meta_data.json").write_text(json.dumps({"uuid": "aim-test", "name": "aim"}))
     (latest / "network_data.json").write_text(json.dumps({"links": [], "networks": []}))
     iso = directory / "config-drive.iso"
-    run("genisoimage", "-quiet", "-V", "config-2", "-J", "-r", "-o", str(iso), str(latest.parents[1]))
+    run(
+        "genisoimage",
+        "-quiet",
+        "-V",
+        "config-2",
+        "-J",
+        "-r",
+        "-o",
+        str(iso),
+        str(latest.parents[1]),
+    )
     return iso
 
 
@@ -119,18 +129,48 @@ class Vm:
 
     def start(self) -> None:
         overlay = self.workdir / "disk.qcow2"
-        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image), "-F", "qcow2",
-            str(overlay))
+        run(
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            str(self.image),
+            "-F",
+            "qcow2",
+            str(overlay),
+        )
         argv = [
-            "qemu-system-x86_64", "-nodefaults", "-machine", "pc", "-accel", "tcg", "-m", "512",
-            "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot",
-            "-serial", f"file:{self.console}",
-            "-drive", f"file={overlay},if=virtio",
-            "-drive", f"file={self.iso},media=cdrom,if=ide,readonly=on",
+            "qemu-system-x86_64",
+            "-nodefaults",
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{self.console}",
+            "-drive",
+            f"file={overlay},if=virtio",
+            "-drive",
+            f"file={self.iso},media=cdrom,if=ide,readonly=on",
         ]
         for index, (tap, mac) in enumerate(self.nics):
-            argv += ["-netdev", f"tap,id=n{index},ifname={tap},script=no,downscript=no",
-                     "-device", f"virtio-net-pci,netdev=n{index},mac={mac}"]
+            argv += [
+                "-netdev",
+                f"tap,id=n{index},ifname={tap},script=no,downscript=no",
+                "-device",
+                f"virtio-net-pci,netdev=n{index},mac={mac}",
+            ]
         if self.namespace:
             argv = ["ip", "netns", "exec", self.namespace, *argv]
         self.started = time.monotonic()
@@ -238,8 +278,12 @@ def appliance(
             "heartbeat": {"host": host_ip, "port": beats.getsockname()[1], "key_hex": key.hex()},
         }
     )
-    vm = Vm(tmp_path, appliance_image.path, config_drive(tmp_path, bootstrap.to_user_data()),
-            [(mgmt_tap, macs["mgmt"]), (data_tap, macs["data"])])
+    vm = Vm(
+        tmp_path,
+        appliance_image.path,
+        config_drive(tmp_path, bootstrap.to_user_data()),
+        [(mgmt_tap, macs["mgmt"]), (data_tap, macs["data"])],
+    )
     client = ApplianceClient(vm_ip, API_PORT, timeout=3, **credentials)
     vm.start()
     try:
@@ -252,6 +296,7 @@ def appliance(
 
 def wait_for_api(appliance: Appliance) -> float:
     """Seconds from QEMU's start to the first health answer."""
+
     def healthy() -> bool:
         try:
             appliance.client.health()
@@ -320,8 +365,11 @@ def test_appliance_boots_from_its_config_drive_and_serves_mutual_tls(
                     "interface_mac": appliance.macs["data"],
                     "addresses": [f"{data_ip}/64"],
                     "subnets": [
-                        {"id": "aim-data-v6", "cidr": f"{appliance.data_prefix}::/64",
-                         "dhcp_enabled": False}
+                        {
+                            "id": "aim-data-v6",
+                            "cidr": f"{appliance.data_prefix}::/64",
+                            "dhcp_enabled": False,
+                        }
                     ],
                 },
             ],
@@ -360,13 +408,15 @@ def _raw_get(appliance: Appliance, with_certificate: bool) -> bytes:
     context = ssl.create_default_context(cafile=str(appliance.credentials["ca"]))
     if with_certificate:
         context.load_cert_chain(appliance.credentials["cert"], appliance.credentials["key"])
-    with socket.create_connection((appliance.address, API_PORT), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=appliance.address) as tls:
-            tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            answer = tls.recv(4096)
-            if not answer:
-                raise ConnectionResetError("closed without an answer")
-            return answer
+    with (
+        socket.create_connection((appliance.address, API_PORT), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=appliance.address) as tls,
+    ):
+        tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = tls.recv(4096)
+        if not answer:
+            raise ConnectionResetError("closed without an answer")
+        return answer
 
 
 def test_workload_takes_a_dhcp_lease_and_runs_its_user_data(
@@ -383,18 +433,28 @@ def test_workload_takes_a_dhcp_lease_and_runs_its_user_data(
         topology.spawn(
             ns,
             [
-                "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
-                f"--interface={tap}", "--bind-interfaces", "--except-interface=lo",
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                f"--interface={tap}",
+                "--bind-interfaces",
+                "--except-interface=lo",
                 "--dhcp-range=192.168.219.50,192.168.219.60,1h",
-                "--dhcp-option=option:router,192.168.219.1", "--dhcp-option=option:mtu,1450",
+                "--dhcp-option=option:router,192.168.219.1",
+                "--dhcp-option=option:mtu,1450",
                 f"--pid-file={topology.workdir}/dnsmasq.pid",
-                f"--dhcp-leasefile={topology.workdir}/dnsmasq.leases", "--no-resolv", "--no-hosts",
+                f"--dhcp-leasefile={topology.workdir}/dnsmasq.leases",
+                "--no-resolv",
+                "--no-hosts",
             ],
         )
         vm = Vm(tmp_path, workload_image.path, iso, [(tap, random_mac())], namespace=ns.name)
         vm.start()
         try:
-            lease = vm.wait_console(r"ASTARA-WORKLOAD: dhcp eth0 ([\d.]+)/(\d+) router (\S+) mtu (\d+)")
+            lease = vm.wait_console(
+                r"ASTARA-WORKLOAD: dhcp eth0 ([\d.]+)/(\d+) router (\S+) mtu (\d+)"
+            )
             dhcp_seconds = time.monotonic() - vm.started
             assert lease.group(2, 3, 4) == ("24", "192.168.219.1", "1450")
             vm.wait_console(rf"{marker} astara-workload")

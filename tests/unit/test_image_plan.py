@@ -130,9 +130,7 @@ def _runtime_imports(*entry_points: str) -> set[str]:
 def test_the_appliance_group_lists_exactly_what_the_appliance_imports() -> None:
     group = pins.appliance_requirements((ROOT / "pyproject.toml").read_text(), "appliance")
     declared = {req.split(">")[0].split("<")[0].split("=")[0].strip().lower() for req in group}
-    assert declared == _runtime_imports(
-        "astara.appliance.service", "astara.appliance.firstboot"
-    )
+    assert declared == _runtime_imports("astara.appliance.service", "astara.appliance.firstboot")
 
 
 def test_a_missing_group_is_named() -> None:
@@ -252,8 +250,9 @@ def test_the_appliance_boots_its_root_by_uuid_and_the_workload_from_its_initramf
     ]
 
 
-MODULES_DEP = """\
-kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+VIRTIO = "kernel/drivers/virtio"
+MODULES_DEP = f"""\
+kernel/drivers/block/virtio_blk.ko: {VIRTIO}/virtio_ring.ko {VIRTIO}/virtio.ko
 kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
 kernel/drivers/virtio/virtio.ko:
 kernel/drivers/scsi/sr_mod.ko: kernel/drivers/cdrom/cdrom.ko kernel/drivers/scsi/scsi_mod.ko

@@ -89,8 +89,9 @@ def chain(text: str, name: str) -> list[str]:
 
 
 def sets(text: str) -> dict[str, list[str]]:
-    """Set name -> element comments, in a rendered script."""
-    found = re.findall(r"\tset (\w+) \{\n(.*?)\n\t\}", text, re.S)
+    """Set name -> element comments, in a rendered script's filter table."""
+    firewall = text.split("table ip astara_nat")[0]
+    found = re.findall(r"\tset (\w+) \{\n(.*?)\n\t\}", firewall, re.S)
     return {name: re.findall(r'comment "([^"]+)"', body) for name, body in found}
 
 
@@ -195,7 +196,8 @@ def test_floating_ips_dnat_from_outside_and_inside_and_snat_on_the_way_out() -> 
     assert "elements = { 10.0.0.5 : 172.24.0.10 }" in text
     pre = chain(text, "prerouting")
     assert any(
-        r.startswith('iifname { "eth1", "eth2", "eth3" } ip daddr @fip_dnat') and "dnat" in r
+        r.startswith('iifname { "eth1", "eth2", "eth3" } ip daddr @fip_dnat_keys')
+        and "map @fip_dnat " in r
         for r in pre
     )
     post = chain(text, "postrouting")
@@ -283,9 +285,13 @@ def test_delta_is_element_updates_for_nat_only_changes() -> None:
     lines = delta.splitlines()
     assert lines == [
         "delete element ip astara_nat fip_dnat { 172.24.0.10, 172.24.0.11 }",
+        "delete element ip astara_nat fip_dnat_keys { 172.24.0.10, 172.24.0.11 }",
         "delete element ip astara_nat fip_snat { 10.0.0.5, 10.0.0.6 }",
+        "delete element ip astara_nat fip_snat_keys { 10.0.0.5, 10.0.0.6 }",
         "add element ip astara_nat fip_dnat { 172.24.0.10 : 10.0.0.7, 172.24.0.12 : 10.0.0.8 }",
+        "add element ip astara_nat fip_dnat_keys { 172.24.0.10, 172.24.0.12 }",
         "add element ip astara_nat fip_snat { 10.0.0.7 : 172.24.0.10, 10.0.0.8 : 172.24.0.12 }",
+        "add element ip astara_nat fip_snat_keys { 10.0.0.7, 10.0.0.8 }",
     ]
     assert render_delta(after, after, LINKS) == ""
 
@@ -483,7 +489,9 @@ def test_the_delta_check_compares_no_firewall_models(monkeypatch: pytest.MonkeyP
     subsystem.apply(second, first, LINKS)
     assert runner.scripts[-1] == (
         "add element ip astara_nat fip_dnat { 172.24.0.10 : 10.0.0.5 }\n"
+        "add element ip astara_nat fip_dnat_keys { 172.24.0.10 }\n"
         "add element ip astara_nat fip_snat { 10.0.0.5 : 172.24.0.10 }\n"
+        "add element ip astara_nat fip_snat_keys { 10.0.0.5 }\n"
     )
 
 
