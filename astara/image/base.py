@@ -106,6 +106,10 @@ def build_base(
     )
     if variant == "custom":
         check_installed(rootfs, debian)
+        # tiny-initramfs's postinst made one for the build host, differently each time; the
+        # final layer puts the image's own initramfs there.
+        for initrd in (rootfs / "boot").glob("initrd.img-*"):
+            initrd.unlink()
     else:
         # unpacked only: the kernel package's postinst never ran depmod
         for modules in (rootfs / "lib/modules").iterdir():

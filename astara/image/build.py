@@ -1,20 +1,17 @@
-"""Running the tools that make an image: the thin layer under the recipe and the plans.
+"""``ImageBuilder``: the two cached layers, and the final layer and disk themselves.
 
 Steps, each printed with the time since the start:
 
-1. resolve: apt (in a private state directory under the cache) pins every Debian package,
-   pip pins every Python distribution by version and sha256;
-2. base layer, when its key is not cached: mmdebstrap installs exactly the pinned Debian
-   packages (or only unpacks them, for the workload), the builder checks dpkg's database holds
-   exactly them, makes the venv and installs the pinned wheels into it with the image's own
-   Python (pip runs from its wheel inside the chroot, so scripts point at the image's
-   interpreter), removes logs and caches and clamps every timestamp;
-3. final layer, when its key is not cached: Astara's wheel into the venv, the systemd units
-   and presets, the initramfs, the ext4 filesystem (mke2fs -d, then debugfs fixes the inode
-   times the staging tree could not hold), the partition table and GRUB, then
-   ``qemu-img convert -c`` and the JSON sidecar.
+1. pin the inputs (``base.resolve_debian``, ``base.resolve_python``) and compute the base key;
+2. base layer, when its key is not cached: ``base.build_base``;
+3. final layer, when its key is not cached: Astara's wheel into the venv (built from a copy of
+   exactly the files the key hashed), the systemd units and presets, the initramfs, the ext4
+   filesystem (mke2fs -d, then debugfs fixes the inode times the staging tree could not hold),
+   the partition table and GRUB, then ``qemu-img convert -c`` and the JSON sidecar.
 
-A build holds a lock on the cache directory, so two builds never write the same layer.
+The decisions are in ``recipe``, ``resolve``, ``cachekey`` and ``layout``; this module and
+``base`` run the tools. A build holds a lock on the cache directory, so two builds never write
+the same layer.
 """
 
 from __future__ import annotations
