@@ -33,8 +33,8 @@ Astara's source rebuilds the final layer only.
 
 Measured on the 2-core development machine: a cold appliance build (empty cache) takes 2 to
 3 minutes, a rebuild after a change to Astara's source about 33 s, a warm build (nothing
-changed) about 8 s (resolving the pins against deb.debian.org and PyPI); the workload builds
-cold in about 30 s and warm in about 10 s. Needs root (chroot, mmdebstrap) and Debian's
+changed) 8 to 11 s (resolving the pins against deb.debian.org and PyPI); the workload builds
+cold in about 30 s and warm in about 4 s. Needs root (chroot, mmdebstrap) and Debian's
 mmdebstrap, e2fsprogs, fdisk, grub-pc-bin, qemu-utils and cpio (tools/bootstrap.sh installs
 them)."""
 
