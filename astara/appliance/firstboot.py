@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import ipaddress
 import os
 import re
@@ -44,11 +43,8 @@ DEFAULT_STATE_DIR = Path("/var/lib/astara-appliance")
 DEFAULT_WAIT = 30.0
 ENV_FILE = "appliance.env"
 ENV_VARIABLE = "ASTARA_APPLIANCE_ARGS"
-# Routing table and rule priority for replies from the management address when the
-# management network has a gateway: the data plane owns the main table's default route.
-MANAGEMENT_TABLE = 4096
-MANAGEMENT_RULE_PRIORITY = 1000
 IFA_F_NODAD = 0x02
+RTPROT_STATIC = 4
 # What a word of the unit's unquoted $ASTARA_APPLIANCE_ARGS may hold: no whitespace, quote,
 # backslash or $ (systemd would split or expand them).
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9_.:/\[\]@%+=,-]+$")
@@ -70,10 +66,10 @@ class LinkPlan:
     mac: str
     address: str
     prefixlen: int
-    # Set when the orchestrator is beyond the management subnet: replies from the
-    # management address go through it (a rule and its own table), and so do heartbeats.
+    # Set when the orchestrator is beyond the management subnet: a default route via the
+    # management NIC, which astara-appliance moves into its management routing domain
+    # (astara.appliance.management) before it listens, so tenant routes never see it.
     gateway: str | None
-    heartbeat_host: str | None
 
 
 @dataclass(frozen=True)
@@ -155,7 +151,6 @@ def plan(bootstrap: Bootstrap, etc_dir: Path, state_dir: Path) -> Plan:
         address=str(address.ip),
         prefixlen=address.network.prefixlen,
         gateway=str(gateway) if gateway is not None else None,
-        heartbeat_host=str(beat.host) if beat is not None else None,
     )
     env = FileToWrite(etc_dir / ENV_FILE, render_environment(argv), 0o600)
     return Plan(etc_dir, tuple(files), link, tuple(argv), env)
@@ -248,7 +243,6 @@ def write_files(result: Plan) -> None:
 def configure_link(link: LinkPlan) -> str:
     """Bring the management NIC up with its address; return its name. Idempotent."""
     from pyroute2 import IPRoute  # imported here: the pure part above needs no netlink
-    from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:
         found = ipr.link_lookup(address=link.mac)
@@ -263,36 +257,14 @@ def configure_link(link: LinkPlan) -> str:
             "replace", index=index, address=link.address, prefixlen=link.prefixlen, flags=flags
         )
         if link.gateway is not None:
-            family = 10 if version == 6 else 2
             ipr.route(
                 "replace",
                 dst="default",
                 gateway=link.gateway,
                 oif=index,
-                table=MANAGEMENT_TABLE,
-                family=family,
+                proto=RTPROT_STATIC,
+                family=10 if version == 6 else 2,
             )
-            try:
-                ipr.rule(
-                    "add",
-                    family=family,
-                    src=link.address,
-                    src_len=128 if version == 6 else 32,
-                    table=MANAGEMENT_TABLE,
-                    priority=MANAGEMENT_RULE_PRIORITY,
-                )
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:  # there from an earlier run: fine
-                    raise
-            if link.heartbeat_host is not None:
-                ipr.route(
-                    "replace",
-                    dst=link.heartbeat_host,
-                    gateway=link.gateway,
-                    oif=index,
-                    prefsrc=link.address,
-                    family=family,
-                )
     return ifname
 
 

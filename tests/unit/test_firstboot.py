@@ -75,13 +75,13 @@ def test_the_management_link_is_found_by_mac_with_its_prefix(tmp_path: Path) -> 
     assert link.gateway is None
 
 
-def test_a_management_gateway_routes_replies_and_heartbeats(tmp_path: Path) -> None:
+def test_a_management_gateway_becomes_the_management_default_route(tmp_path: Path) -> None:
     doc = _bootstrap(
         management={"mac": "fa:16:3e:00:00:01", "address": "10.9.0.5/24", "gateway": "10.9.0.1"},
         heartbeat={"host": "192.0.2.7", "port": 5555, "key_hex": HEARTBEAT_KEY},
     )
     result = plan(doc, tmp_path, tmp_path)
-    assert (result.link.gateway, result.link.heartbeat_host) == ("10.9.0.1", "192.0.2.7")
+    assert result.link.gateway == "10.9.0.1"
     assert build_parser().parse_args(list(result.argv)).heartbeat == ("192.0.2.7", 5555)
 
 
