@@ -109,10 +109,10 @@ def test_an_invalid_document_is_refused_naming_the_problem(data: bytes, message:
 
 
 def test_the_error_never_echoes_the_private_key() -> None:
-    doc = _document(key_pem=KEY_PEM, instance_id="bad id with spaces")
+    doc = _document(key_pem=[KEY_PEM], instance_id="bad id with spaces")
     with pytest.raises(FirstbootError) as caught:
         load_bootstrap(json.dumps(doc).encode())
-    assert "instance_id" in str(caught.value)
+    assert "instance_id" in str(caught.value) and "key_pem" in str(caught.value)
     assert "SECRET-KEY-MATERIAL" not in str(caught.value)
 
 
