@@ -14,6 +14,7 @@ user data on the serial console, and an answer to ping.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -210,7 +211,7 @@ class Vm:
 def random_ula() -> str:
     """A /64 of fd00::/8 nobody else on this machine uses (40 random bits)."""
     r = secrets.token_hex(5)
-    return f"fd{r[:2]}:{r[2:6]}:{r[6:10]}:1"
+    return f"fd{r[:2]}:{int(r[2:6], 16):x}:{int(r[6:10], 16):x}:1"  # as the kernel prints it
 
 
 def eui64(mac: str) -> str:
@@ -401,9 +402,10 @@ def test_appliance_boots_from_its_config_drive_and_serves_mutual_tls(
 
     with _http(appliance.credentials) as http:
         interfaces = http.get(f"{appliance.client.url}/v1/interfaces").json()
-    by_mac = {i["mac"]: i for i in interfaces}
-    assert f"{data_ip}/64" in by_mac[appliance.macs["data"]]["addresses"], interfaces
-    assert f"{appliance.address}/64" in by_mac[appliance.macs["mgmt"]]["addresses"], interfaces
+    by_mac = {i["mac"]: set(map(ipaddress.ip_interface, i["addresses"])) for i in interfaces}
+    assert ipaddress.ip_interface(f"{data_ip}/64") in by_mac[appliance.macs["data"]], interfaces
+    mgmt = ipaddress.ip_interface(f"{appliance.address}/64")
+    assert mgmt in by_mac[appliance.macs["mgmt"]], interfaces
     # Real packets to the address the document put on the data NIC.
     run("ping", "-6", "-c", "2", "-W", "5", data_ip)
 
