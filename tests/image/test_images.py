@@ -542,3 +542,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def test_appliance_with_an_invalid_bootstrap_says_why_and_does_not_start(
+    appliance_image: Image, tmp_path: Path
+) -> None:
+    iso = config_drive(tmp_path, b'{"instance_id": "aim-bad", "key_pem": "SECRET-KEY-MATERIAL"}')
+    vm = Vm(tmp_path, appliance_image.path, iso, [])
+    vm.start()
+    try:
+        error = vm.wait_console(r"astara-appliance-firstboot: ERROR: [^\n]*")
+        assert "not a valid bootstrap document" in error.group(0)
+        assert "management: Field required" in error.group(0)
+        # systemd's own word that the appliance unit was not started because of it
+        vm.wait_console(r"Dependency failed for")
+        assert "SECRET-KEY-MATERIAL" not in vm.text()
+        assert "Uvicorn running" not in vm.text()
+    finally:
+        vm.stop()
