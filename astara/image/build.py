@@ -48,6 +48,7 @@ from astara.image.tools import (
     clamp_times,
     download_wheels,
     normalize,
+    remove_tree,
     reproducible_env,
     run,
     run_bytes,
@@ -477,7 +478,7 @@ class ImageBuilder:
         try:
             yield path
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
 
 def _write_executable(path: Path, text: str) -> None:

@@ -130,6 +130,17 @@ def normalize(root: Path) -> None:
     clamp_times(root)
 
 
+def remove_tree(path: Path) -> None:
+    """Delete a scratch tree, after unmounting whatever a failed build left mounted in it
+    (proc, sysfs...): deleting through a mount would reach into the host's own."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        run(["umount", "--lazy", point])
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def download_wheels(python: str, packages: Sequence[pins.PythonPackage], into: Path) -> None:
     """The pinned wheels for the image's interpreter, checked against their hashes."""
     requirements = into / f".{len(packages)}-requirements.txt"
