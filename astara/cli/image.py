@@ -31,7 +31,7 @@ the pinned Debian and Python versions and the builder), and the final image (key
 Astara's source and the builder). Same inputs: the cached image, in seconds. A change to
 Astara's source rebuilds the final layer only.
 
-Measured on the 2-core development machine: a cold appliance build (empty cache) takes 2 to
+Measured on the 2-core development machine: a cold appliance build (empty cache) takes 1.5 to
 3 minutes, a rebuild after a change to Astara's source about 33 s, a warm build (nothing
 changed) 8 to 11 s (resolving the pins against deb.debian.org and PyPI); the workload builds
 cold in about 30 s and warm in about 4 s. Needs root (chroot, mmdebstrap) and Debian's
