@@ -57,6 +57,10 @@ INITRAMFS_MODULES = (
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
 
 GLANCE_PROPERTIES = {
+    # Debian's cloud kernel has no AHCI driver: on q35 the config drive (a SATA CD-ROM) would
+    # be invisible. The i440fx machine puts it on IDE, which ata_piix drives.
+    "hw_machine_type": "pc",
+    "hw_cdrom_bus": "ide",
     "hw_disk_bus": "virtio",
     "hw_vif_model": "virtio",
     "hw_firmware_type": "bios",

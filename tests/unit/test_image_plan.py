@@ -307,4 +307,5 @@ def test_the_sidecar_says_what_glance_needs() -> None:
     properties = glance["properties"]
     assert properties["hw_disk_bus"] == "virtio" and properties["hw_vif_model"] == "virtio"
     assert properties["img_config_drive"] == "mandatory"
+    assert (properties["hw_machine_type"], properties["hw_cdrom_bus"]) == ("pc", "ide")
     assert "img_config_drive" not in WORKLOAD.glance_properties
