@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oslo_config import cfg
 from pydantic import BaseModel, ConfigDict
 
 from astara.common.processes import is_alive, process_argv
@@ -51,6 +52,7 @@ from astara.providers.base import (
     InstanceState,
     PortSpec,
     Provider,
+    ProviderContext,
     ProviderError,
 )
 from astara.wire.defaults import API_PORT
@@ -397,6 +399,20 @@ class NetnsProvider(Provider):
         self.heartbeat_interval = heartbeat_interval
         self.ip = Ip()
         self.processes = ApplianceProcesses(self.ip)
+
+    @classmethod
+    def from_config(cls, conf: cfg.ConfigOpts, context: ProviderContext) -> NetnsProvider:
+        group = conf.provider
+        return cls(
+            state_dir=Path(group.state_path),
+            ca=context.ca,
+            prefix=group.prefix,
+            management_subnet=group.management_subnet,
+            api_port=context.api_port,
+            heartbeat_target=context.heartbeat_target,
+            heartbeat_key=context.heartbeat_key,
+            heartbeat_interval=context.heartbeat_interval,
+        )
 
     # -- the Provider interface ---------------------------------------------------------
 
