@@ -62,6 +62,13 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         default=0,
         help="Serve Prometheus metrics on 127.0.0.1 at this port (0: off).",
     ),
+    cfg.FloatOpt(
+        "appliance_apply_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds an appliance may take to apply a document (a Nova appliance first "
+        "waits for NICs just attached to appear); other appliance calls take a few seconds.",
+    ),
     cfg.URIOpt(
         "metadata_upstream_url",
         schemes=["http", "https"],

@@ -36,7 +36,11 @@ from astara.orchestrator.api import models as api_models
 from astara.orchestrator.api import policies
 from astara.orchestrator.api.app import create_app
 from astara.orchestrator.api.server import ApiServer, pipeline, www_authenticate
-from astara.orchestrator.appliance_client import ApplianceClient, ApplianceError
+from astara.orchestrator.appliance_client import (
+    DEFAULT_APPLY_TIMEOUT,
+    ApplianceClient,
+    ApplianceError,
+)
 from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
@@ -158,7 +162,9 @@ def build_worker(
         source=NeutronRouterSource(neutron, plugin.owns if conf.neutron.plugin_events else None),
         store=Store(conf.database.connection),
         provider=provider,
-        clients=partial(_client, creds, conf.appliance_api_port),
+        clients=partial(
+            _client, creds, conf.appliance_api_port, apply_timeout=conf.appliance_apply_timeout
+        ),
         status=status,
         settings=Settings(
             management_prefixlen=prefixlen,
@@ -172,10 +178,20 @@ def build_worker(
 
 
 def _client(
-    creds: ClientCredentials, port: int, address: str, timeout: float = 3.0
+    creds: ClientCredentials,
+    port: int,
+    address: str,
+    timeout: float = 3.0,
+    apply_timeout: float = DEFAULT_APPLY_TIMEOUT,
 ) -> ApplianceClient:
     return ApplianceClient(
-        address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=timeout
+        address,
+        port,
+        ca=creds.ca,
+        cert=creds.cert,
+        key=creds.key,
+        timeout=timeout,
+        apply_timeout=apply_timeout,
     )
 
 

@@ -148,18 +148,15 @@ class NovaProvider(Provider):
     # -- the Provider interface ---------------------------------------------------------
 
     def boot(self, spec: InstanceSpec) -> Instance:
+        # With the management port only: the router's ports are attached once the appliance
+        # answers (plug), as for a server from the warm pool. (A tap created with the server
+        # for a flat network stayed down on the bed's userspace OVS; attached ones come up.)
         server = self._server(spec.instance_id)
         if server is None:
             management = self._management_port(spec.instance_id, spec.router_id)
-            data = [
-                self._service_port(spec.instance_id, spec.router_id, port)
-                for port in spec.ports
-                if port.kind != "management"
-            ]
             self._create_server(
                 spec.instance_id,
                 management,
-                [port.id for port in data],
                 [f"{ROUTER_TAG}{spec.router_id}"],
                 self._cloud.image_id(spec.image or self._settings.image, self._settings.image_tag),
                 self._cloud.flavor_id(spec.flavor or self._settings.flavor),
@@ -266,7 +263,7 @@ class NovaProvider(Provider):
         for _ in range(missing):
             instance_id = str(uuid.uuid4())
             management = self._management_port(instance_id, None)
-            self._create_server(instance_id, management, [], tags, image, flavor)
+            self._create_server(instance_id, management, tags, image, flavor)
             LOG.info("warm pool: booting instance %s", instance_id)
 
     def _remove_orphans(self, known: set[str]) -> None:
@@ -346,7 +343,6 @@ class NovaProvider(Provider):
         self,
         instance_id: str,
         management: PortInfo,
-        data_port_ids: builtins.list[str],
         tags: builtins.list[str],
         image_id: str,
         flavor_id: str,
@@ -356,7 +352,7 @@ class NovaProvider(Provider):
             name=f"astara-{instance_id}",
             image_id=image_id,
             flavor_id=flavor_id,
-            port_ids=[management.id, *data_port_ids],
+            port_ids=[management.id],
             user_data=bootstrap.to_user_data(),
             tags=sorted({TAG, self._itag(instance_id), *tags}),
             availability_zone=self._settings.availability_zone,

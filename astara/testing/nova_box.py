@@ -269,9 +269,29 @@ class Tenant:
             conn.network.add_interface_to_router(router, subnet_id=subnet)  # type: ignore[call-arg]
         return str(router.id)
 
+    def security_group(self) -> str:
+        """The project's "open" group: ICMP and TCP from anywhere (the agent and the pings)."""
+        conn = self.conn
+        group = conn.network.find_security_group("astara-test-open")
+        if group is None:
+            group = conn.network.create_security_group(name="astara-test-open")
+            for protocol in ("icmp", "tcp", "udp"):
+                conn.network.create_security_group_rule(
+                    security_group_id=group.id,
+                    direction="ingress",
+                    ethertype="IPv4",
+                    protocol=protocol,
+                    remote_ip_prefix="0.0.0.0/0",
+                )
+        return str(group.id)
+
     def vm(self, network_id: str, floating: bool = False) -> Vm:
         conn = self.conn
-        port = conn.network.create_port(network_id=network_id, name=f"vm-{uuid.uuid4().hex[:6]}")
+        port = conn.network.create_port(
+            network_id=network_id,
+            name=f"vm-{uuid.uuid4().hex[:6]}",
+            security_group_ids=[self.security_group()],
+        )
         self.made.append(("port", port.id))
         server = conn.compute.create_server(
             name=f"vm-{uuid.uuid4().hex[:6]}",

@@ -59,17 +59,21 @@ def port(port_id: str = ROUTER_PORT, kind: str = "internal") -> PortSpec:
     return PortSpec(port_id=port_id, network_id="tenant", mac="fa:16:3e:aa:bb:cc", kind=kind)  # type: ignore[arg-type]
 
 
-def test_boot_makes_a_tagged_server_with_a_management_port_and_service_ports(
+def test_boot_makes_a_tagged_server_then_router_ports_attach_through_service_ports(
     cloud: InMemoryCloud, ca: CertificateAuthority
 ) -> None:
-    booted = provider(cloud, ca).boot(spec("inst-1", port(), port(GATEWAY_PORT, "external")))
+    nova = provider(cloud, ca)
+    booted = nova.boot(spec("inst-1", port(), port(GATEWAY_PORT, "external")))
     (server,) = cloud.servers_by_id.values()
     assert {"astara", "astara-instance:inst-1", f"astara-router:{ROUTER}"} <= server.info.tags
-    management, *service = booted.ports
+    # The management port only: the router's ports are attached once the server is up.
+    (management,) = booted.ports
     assert management.kind == "management" and management.mtu == 1450
     assert booted.management_address.startswith("fd00:1::") and booted.management_prefixlen == 64
+    cloud.activate_all()
+    booted = nova.plug(nova.plug(booted, port()), port(GATEWAY_PORT, "external"))
     # The router's ports are served through addressless service ports with derived MACs.
-    assert {(p.port_id, p.mac, p.kind) for p in service} == {
+    assert {(p.port_id, p.mac, p.kind) for p in booted.ports[1:]} == {
         (ROUTER_PORT, service_mac(ROUTER_PORT), "internal"),
         (GATEWAY_PORT, service_mac(GATEWAY_PORT), "external"),
     }
@@ -89,7 +93,10 @@ def test_boot_makes_a_tagged_server_with_a_management_port_and_service_ports(
 def test_a_restarted_orchestrator_finds_its_server_by_tags_not_names(
     cloud: InMemoryCloud, ca: CertificateAuthority
 ) -> None:
-    provider(cloud, ca).boot(spec("inst-1", port()))
+    first = provider(cloud, ca)
+    booted = first.boot(spec("inst-1"))
+    cloud.activate_all()
+    first.plug(booted, port())
     (server,) = cloud.servers_by_id.values()
     for port_id, info in list(cloud.ports_by_id.items()):
         cloud.ports_by_id[port_id] = type(info)(**{**info.__dict__, "name": "renamed"})
