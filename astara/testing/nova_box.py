@@ -13,6 +13,7 @@ Used by tests/nova, ``astara-demo up --provider nova`` and bench/nova_boot.py.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import subprocess
@@ -243,7 +244,7 @@ class Tenant:
     workload_image: str
     made: list[tuple[str, str]] = field(default_factory=list)  # (kind, id), newest last
 
-    @property
+    @functools.cached_property
     def conn(self) -> openstack.connection.Connection:
         return self.bed.connect("demo-member")
 
