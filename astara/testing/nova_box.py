@@ -5,7 +5,8 @@ host its management port) and runs an orchestrator configured for Nova. ``Tenant
 tenant does (networks, a router with a gateway, servers from the workload image, floating
 IPs). Every workload server runs a tiny HTTP agent (busybox httpd, from its user data) that
 tests drive through the server's floating IP from the bed's outside namespace: "ping this",
-"fetch your metadata", "fetch it claiming to be someone else", "connect to the outside".
+"fetch your metadata", "fetch it claiming to be someone else", "connect to the outside",
+"fetch this URL" (to ask a server without a floating IP through one that has one).
 
 Used by tests/nova, ``astara-demo up --provider nova`` and bench/nova_boot.py.
 """
@@ -60,6 +61,7 @@ cgi forged "timeout 15 wget -q -O - --header \"X-Instance-ID: \$QUERY_STRING\" \
  --header 'X-Tenant-ID: someone' --header 'X-Instance-ID-Signature: 00' \
  --header 'X-Forwarded-For: 10.9.9.9' $META"
 cgi outside 'echo | timeout 5 nc ${QUERY_STRING%:*} ${QUERY_STRING#*:}'
+cgi fetch 'timeout 20 wget -q -O - "http://$(httpd -d "$QUERY_STRING")"'
 httpd -p 80 -h /www
 echo ASTARA-AGENT-READY
 """
@@ -326,6 +328,10 @@ class Tenant:
         url = f"http://{vm.floating_ip}/cgi-bin/{what}?{quote(argument, safe=':.')}"
         done = outside([sys.executable, "-c", FETCH, url, str(timeout)], timeout=timeout + 10)
         return done.stdout if done.returncode == 0 else None
+
+    def ask_through(self, vm: Vm, other: Vm, what: str, argument: str = "") -> str | None:
+        """A request to ``other``'s agent (no floating IP needed), made by ``vm``'s."""
+        return self.ask(vm, "fetch", f"{other.fixed_ip}/cgi-bin/{what}?{argument}")
 
     def agent_up(self, vm: Vm, timeout: float = 240) -> None:
         wait_until(

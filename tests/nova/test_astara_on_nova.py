@@ -105,11 +105,15 @@ def test_dhcp_east_west_snat_and_floating_ip_between_nova_vms(
         "the second VM's DHCP lease",
     )
     assert tenant.ask(routed.vm1, "ping", routed.vm2.fixed_ip) == "ok\n"  # east-west
-    # SNAT: the outside sees the router's gateway address, not the VM's.
+    # SNAT: the outside sees the second VM (no floating IP) as the router's gateway address;
+    # the first goes out as its floating IP.
     router = tenant.conn.network.get_router(routed.router_id)
     gateway_ip = router.external_gateway_info["external_fixed_ips"][0]["ip_address"]
-    seen = tenant.ask(routed.vm1, "outside", f"{OUTSIDE_GATEWAY}:{OUTSIDE_ECHO_PORT}")
+    echo = f"{OUTSIDE_GATEWAY}:{OUTSIDE_ECHO_PORT}"
+    seen = tenant.ask_through(routed.vm1, routed.vm2, "outside", echo)
     assert (seen or "").replace("::ffff:", "") == f"outside {gateway_ip}\n"
+    seen = tenant.ask(routed.vm1, "outside", echo)
+    assert (seen or "").replace("::ffff:", "") == f"outside {routed.vm1.floating_ip}\n"
     assert tenant.ask(routed.vm1, "ping", "10.71.9.9") == "fail\n"  # nobody there: a real check
 
 
