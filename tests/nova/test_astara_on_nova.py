@@ -157,13 +157,18 @@ def test_an_appliance_destroyed_behind_astaras_back_is_replaced(
     admin = box.bed.connect("astara-admin")
     domain = admin.compute.get_server(old_server.id).instance_name
     subprocess.run(["virsh", "destroy", domain], check=True, capture_output=True)
-    wait_until(
-        lambda: _instances_now(box, routed.router_id) not in ([], [old_instance]),
-        120,
-        "a replacement",
-    )
-    box.wait_active(routed.router_id, 400)
-    assert _instance(box, routed.router_id) != old_instance
+
+    def replaced() -> bool:
+        record, now = box.router(routed.router_id), _instances_now(box, routed.router_id)
+        # One instance, not the old one: the replacement took over and the old one went.
+        return (
+            record is not None
+            and record.state == "active"
+            and len(now) == 1
+            and (now[0] != old_instance)
+        )
+
+    wait_until(replaced, 500, "a replacement ACTIVE")
     assert wait_until(
         lambda: tenant.ask(routed.vm1, "ping", routed.vm2.fixed_ip) == "ok\n",
         120,
