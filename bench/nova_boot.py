@@ -1,6 +1,6 @@
 """Router to configured on Nova: how long a new router waits for its appliance VM.
 
-    .venv/bin/python bench/nova_boot.py [--routers 10] [--pool 3] [--replace 3]   (as root)
+    .venv/bin/python bench/nova_boot.py [--routers 10] [--pool 3] [--replace 3] [--peer 3]
 
 On the OpenStack bed (brought up if it is not; it is left up), with astara-orchestrator and
 the Nova provider (the production code path: Neutron API -> plugin event -> worker -> Nova
@@ -16,7 +16,7 @@ server from the appliance image -> configuration over mutual TLS):
 * the peer's way: the same appliance image booted as a plain Nova server with its config
   drive, no orchestrator involved (what an Octavia amphora or any VM-per-service design
   waits for at least), timed from the create call to its API accepting connections,
-  ``--routers`` / 2 times.
+  ``--peer`` times.
 
 Under QEMU without KVM (this machine) a cold boot is CPU-bound: the figures are the
 machine's, not the design's (see the README). The last line is the figure:
@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--routers", type=int, default=10, help="cold routers (default 10)")
     parser.add_argument("--pool", type=int, default=3, help="warm pool size (default 3)")
     parser.add_argument("--replace", type=int, default=3, help="replacements (default 3)")
+    parser.add_argument("--peer", type=int, default=3, help="plain Nova boots (default 3)")
     args = parser.parse_args()
     services.ensure_all()
     bed = OpenStackBed()
@@ -157,7 +158,7 @@ def main() -> int:
     tenant = Tenant(bed, upload_built_image(admin, build_image("workload"), "astara-test-workload"))
     try:
         say("peer: the appliance image as plain Nova servers")
-        peer = [peer_boot(box) for _ in range(max(1, args.routers // 2))]
+        peer = [peer_boot(box) for _ in range(args.peer)]
         say(summary("peer (plain Nova server of the image, create -> API answers)", peer))
         box.orchestrator.start()
         say(f"cold: {args.routers} routers, two at a time")
