@@ -121,10 +121,14 @@ def replace_once(box: NovaBox, router_id: str) -> float:
     (old,) = box.store().instances(router_id)
     started = time.monotonic()
     subprocess.run(["virsh", "destroy", domain], check=True, capture_output=True)
-    while [i.id for i in box.store().instances(router_id)] in ([], [old.id]):
+    while True:  # one instance, not the old one, ACTIVE: the replacement took over
+        record, now = box.router(router_id), box.store().instances(router_id)
+        if record and record.state == "active" and [i.id for i in now] not in ([], [old.id]):
+            if len(now) == 1:
+                return time.monotonic() - started
+        if time.monotonic() - started > 900:
+            raise TimeoutError(f"router {router_id} not replaced")
         time.sleep(0.5)
-    box.wait_active(router_id, 900)
-    return time.monotonic() - started
 
 
 def wait_pool(box: NovaBox, size: int) -> None:
