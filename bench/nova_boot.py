@@ -123,9 +123,9 @@ def replace_once(box: NovaBox, router_id: str) -> float:
     subprocess.run(["virsh", "destroy", domain], check=True, capture_output=True)
     while True:  # one instance, not the old one, ACTIVE: the replacement took over
         record, now = box.router(router_id), box.store().instances(router_id)
-        if record and record.state == "active" and [i.id for i in now] not in ([], [old.id]):
-            if len(now) == 1:
-                return time.monotonic() - started
+        ids = [i.id for i in now]
+        if record and record.state == "active" and len(ids) == 1 and ids != [old.id]:
+            return time.monotonic() - started
         if time.monotonic() - started > 900:
             raise TimeoutError(f"router {router_id} not replaced")
         time.sleep(0.5)
