@@ -336,7 +336,12 @@ class NovaProvider(Provider):
 
     def _remove_port(self, port: PortInfo) -> None:
         if port.device_id:
-            self._cloud.detach_port(port.device_id, port.id)
+            try:
+                self._cloud.detach_port(port.device_id, port.id)
+            except ProviderError as exc:
+                # A dead server may refuse; deleting the port detaches it all the same (Nova
+                # hears network-vif-deleted), and the port is what a replacement waits for.
+                LOG.warning("port %s: detach failed (%s); deleting it", port.id, exc)
         self._cloud.delete_port(port.id)
 
     def _create_server(

@@ -37,6 +37,7 @@ class InMemoryCloud:
     ports_by_id: dict[str, PortInfo] = field(default_factory=dict)
     servers_by_id: dict[str, MemoryServer] = field(default_factory=dict)
     refusal: str | None = None
+    detach_refusal: str | None = None  # Nova refusing a detach (a server whose domain died)
     calls: list[str] = field(default_factory=list)
     _addresses: itertools.count = field(default_factory=lambda: itertools.count(10))
 
@@ -171,5 +172,7 @@ class InMemoryCloud:
 
     def detach_port(self, server_id: str, port_id: str) -> None:
         self.calls.append(f"detach_port {port_id}")
+        if self.detach_refusal is not None:
+            raise ProviderError(f"detach port {port_id}: {self.detach_refusal}")
         if port_id in self.ports_by_id:
             self.ports_by_id[port_id] = replace(self.ports_by_id[port_id], device_id="")

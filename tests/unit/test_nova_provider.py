@@ -166,6 +166,22 @@ def test_a_replacement_takes_the_router_port_with_the_same_mac(
     assert [p.kind for p in nova.get(old.id).ports] == ["management"]  # type: ignore[union-attr]
 
 
+def test_a_port_is_taken_from_a_dead_server_that_refuses_the_detach(
+    cloud: InMemoryCloud, ca: CertificateAuthority
+) -> None:
+    nova = provider(cloud, ca)
+    old = nova.boot(spec("old"))
+    cloud.activate_all()
+    nova.plug(old, port())
+    new = nova.boot(spec("new"))
+    cloud.activate_all()
+    cloud.detach_refusal = "Cannot detach: the domain is not running"
+    taken = nova.plug(new, port())
+    assert [p.mac for p in taken.ports][1:] == [service_mac(ROUTER_PORT)]
+    (service,) = cloud.ports(tags=[f"astara-port:{ROUTER_PORT}"])
+    assert "astara-instance:new" in service.tags
+
+
 def test_delete_removes_the_server_whatever_its_state_and_every_port(
     cloud: InMemoryCloud, ca: CertificateAuthority
 ) -> None:
