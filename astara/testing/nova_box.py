@@ -333,10 +333,15 @@ class Tenant:
         """A request to ``other``'s agent (no floating IP needed), made by ``vm``'s."""
         return self.ask(vm, "fetch", f"{other.fixed_ip}/cgi-bin/{what}?{argument}")
 
-    def agent_up(self, vm: Vm, timeout: float = 240) -> None:
-        wait_until(
-            lambda: self.ask(vm, "ping", "127.0.0.1", 5), timeout, f"agent of {vm.fixed_ip}", 2
-        )
+    def agent_up(self, vm: Vm, timeout: float = 420) -> None:
+        """Wait for the VM's agent to answer through its floating IP (a guest under QEMU
+        without KVM, on a busy machine, takes minutes); the console says why when not."""
+        try:
+            wait_until(
+                lambda: self.ask(vm, "ping", "127.0.0.1", 5), timeout, f"agent of {vm.fixed_ip}", 2
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; console:\n{self.console(vm)[-1500:]}") from None
 
     def cleanup(self) -> None:
         conn = self.bed.connect("demo-member")
