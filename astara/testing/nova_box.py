@@ -19,12 +19,10 @@ import ipaddress
 import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import openstack
@@ -35,10 +33,11 @@ from astara.orchestrator.local_port import (
     ensure_local_port,
 )
 from astara.orchestrator.store import RouterRecord, Store
+from astara.testing.netns import TopologyError, wait_for
 from astara.testing.neutron_bed import free_port
 from astara.testing.openstack_bed import operator
 from astara.testing.openstack_bed.bed import BedInfo, OpenStackBed
-from astara.testing.openstack_bed.host import OUTSIDE_NS
+from astara.testing.openstack_bed.host import Outside
 from astara.testing.orchestrator import OrchestratorProcess, write_ini
 
 APPLIANCE_IMAGE = "astara-appliance"
@@ -88,28 +87,6 @@ def upload_built_image(
     """Upload an image astara-image built, with the Glance properties of its sidecar."""
     sidecar = json.loads(path.with_suffix(".json").read_text())
     return operator.upload_image(conn, path, name, sidecar.get("properties"), tags)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def outside(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a command in the bed's outside namespace (the world beyond the external network)."""
-    return subprocess.run(
-        ["ip", "netns", "exec", OUTSIDE_NS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @dataclass
@@ -220,10 +197,10 @@ class NovaBox:
             return record if record is not None and record.state == "active" else None
 
         try:
-            found: RouterRecord = wait_until(active, timeout, f"router {router_id} ACTIVE", 0.5)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; last: {self.router(router_id)}") from None
-        return found
+            found = wait_for(active, timeout, f"router {router_id} ACTIVE", 0.5)
+        except TopologyError as exc:
+            raise TopologyError(f"{exc}; last: {self.router(router_id)}") from None
+        return cast(RouterRecord, found)
 
     def servers_of(self, router_id: str) -> list[Any]:
         conn = self.bed.connect("astara-service")
@@ -326,7 +303,9 @@ class Tenant:
         """One request to the VM's agent through its floating IP, from outside; None when the
         agent does not answer."""
         url = f"http://{vm.floating_ip}/cgi-bin/{what}?{quote(argument, safe=':.')}"
-        done = outside([sys.executable, "-c", FETCH, url, str(timeout)], timeout=timeout + 10)
+        done = Outside(self.bed.state_dir / "outside").run(
+            [sys.executable, "-c", FETCH, url, str(timeout)], timeout=timeout + 10
+        )
         return done.stdout if done.returncode == 0 else None
 
     def ask_through(self, vm: Vm, other: Vm, what: str, argument: str = "") -> str | None:
@@ -337,11 +316,11 @@ class Tenant:
         """Wait for the VM's agent to answer through its floating IP (a guest under QEMU
         without KVM, on a busy machine, takes minutes); the console says why when not."""
         try:
-            wait_until(
+            wait_for(
                 lambda: self.ask(vm, "ping", "127.0.0.1", 5), timeout, f"agent of {vm.fixed_ip}", 2
             )
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; console:\n{self.console(vm)[-1500:]}") from None
+        except TopologyError as exc:
+            raise TopologyError(f"{exc}; console:\n{self.console(vm)[-1500:]}") from None
 
     def cleanup(self) -> None:
         conn = self.bed.connect("demo-member")

@@ -21,6 +21,7 @@ from pathlib import Path
 import openstack
 import pytest
 
+from astara.testing.netns import wait_for
 from astara.testing.nova_box import (
     OUTSIDE_ECHO_PORT,
     WORKLOAD_IMAGE,
@@ -29,7 +30,6 @@ from astara.testing.nova_box import (
     Vm,
     build_image,
     upload_built_image,
-    wait_until,
 )
 from astara.testing.openstack_bed.bed import OpenStackBed
 from astara.testing.openstack_bed.host import OUTSIDE_NS
@@ -99,7 +99,7 @@ def test_dhcp_east_west_snat_and_floating_ip_between_nova_vms(
 ) -> None:
     # The agent answered through the floating IP (DNAT); its address came from Astara's DHCP.
     assert f"dhcp eth0 {routed.vm1.fixed_ip}/24" in tenant.console(routed.vm1)
-    wait_until(
+    wait_for(
         lambda: f"dhcp eth0 {routed.vm2.fixed_ip}/24" in tenant.console(routed.vm2),
         120,
         "the second VM's DHCP lease",
@@ -134,11 +134,11 @@ def test_an_interface_is_added_and_removed_live(
     net_c, subnet_c = tenant.network("10.71.3.0/24")
     conn = tenant.conn
     conn.network.add_interface_to_router(routed.router_id, subnet_id=subnet_c)  # type: ignore[call-arg]
-    assert wait_until(
+    assert wait_for(
         lambda: tenant.ask(routed.vm1, "ping", "10.71.3.1") == "ok\n", 120, "the new interface"
     )
     conn.network.remove_interface_from_router(routed.router_id, subnet_id=subnet_c)  # type: ignore[call-arg]
-    assert wait_until(
+    assert wait_for(
         lambda: tenant.ask(routed.vm1, "ping", "10.71.3.1") == "fail\n", 120, "its removal"
     )
     # Live: the same instance on the same server all along, and its service port is gone.
@@ -168,13 +168,13 @@ def test_an_appliance_destroyed_behind_astaras_back_is_replaced(
             and (now[0] != old_instance)
         )
 
-    wait_until(replaced, 500, "a replacement ACTIVE")
-    assert wait_until(
+    wait_for(replaced, 500, "a replacement ACTIVE")
+    assert wait_for(
         lambda: tenant.ask(routed.vm1, "ping", routed.vm2.fixed_ip) == "ok\n",
         120,
         "traffic back",
     )
-    wait_until(
+    wait_for(
         lambda: old_server.id not in {s.id for s in box.servers_of(routed.router_id)},
         120,
         "the old server deleted",
@@ -204,13 +204,13 @@ def test_a_kill_mid_boot_converges_and_a_deleted_router_leaves_nothing(
 ) -> None:
     _, subnet = tenant.network("10.71.4.0/24")
     router_id = tenant.router(subnet)
-    wait_until(lambda: box.servers_of(router_id), 120, "the appliance server requested")
+    wait_for(lambda: box.servers_of(router_id), 120, "the appliance server requested")
     box.orchestrator.kill(signal.SIGKILL)  # mid-boot: the server is not up yet
     box.orchestrator.start()
     box.wait_active(router_id, 400)
     assert len(box.servers_of(router_id)) == 1
     # No orphan server or port: those the crash left are removed by the housekeeping.
-    wait_until(lambda: _leftovers(box) == [], 120, f"no leftovers (now {_leftovers(box)})")
+    wait_for(lambda: _leftovers(box) == [], 120, f"no leftovers (now {_leftovers(box)})")
     (server,) = box.servers_of(router_id)
     instance = _instance(box, router_id)
     config_drive = openstack_bed.state_dir / "nova" / "instances" / server.id / "disk.config"
@@ -219,11 +219,11 @@ def test_a_kill_mid_boot_converges_and_a_deleted_router_leaves_nothing(
     conn.network.remove_interface_from_router(router_id, subnet_id=subnet)  # type: ignore[call-arg]
     conn.network.update_router(router_id, external_gateway_info={})
     conn.network.delete_router(router_id)
-    wait_until(lambda: box.router(router_id) is None, 180, "the router forgotten")
+    wait_for(lambda: box.router(router_id) is None, 180, "the router forgotten")
     admin = box.bed.connect("astara-admin")
-    wait_until(lambda: not box.servers_of(router_id), 120, "its server deleted")
+    wait_for(lambda: not box.servers_of(router_id), 120, "its server deleted")
     assert list(admin.network.ports(tags=f"astara-instance:{instance}")) == []
-    wait_until(lambda: not config_drive.parent.exists(), 60, "its config drive gone")
+    wait_for(lambda: not config_drive.parent.exists(), 60, "its config drive gone")
 
 
 def test_a_boot_nova_refuses_puts_the_router_in_error_with_novas_reason(
@@ -243,7 +243,7 @@ def test_a_boot_nova_refuses_puts_the_router_in_error_with_novas_reason(
             record = box.router(router_id)
             return record is not None and record.state == "error"
 
-        wait_until(in_error, 180, "ERROR")
+        wait_for(in_error, 180, "ERROR")
         record = box.router(router_id)
         assert record is not None and record.last_error is not None
         assert "Quota exceeded for instances" in record.last_error
