@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from astara.testing.nova_box import (
 )
 from astara.testing.openstack_bed.bed import OpenStackBed
 from astara.testing.openstack_bed.host import OUTSIDE_NS
+from astara.wire.defaults import API_PORT
 
 pytestmark = pytest.mark.nova
 
@@ -256,3 +259,56 @@ def test_a_boot_nova_refuses_puts_the_router_in_error_with_novas_reason(
     conn: openstack.connection.Connection = tenant.conn
     conn.network.remove_interface_from_router(router_id, subnet_id=subnet)  # type: ignore[call-arg]
     conn.network.delete_router(router_id)
+
+
+def _pool(box: NovaBox) -> list[tuple[str, str]]:
+    """The warm pool's (instance id, server status)."""
+    service = box.bed.connect("astara-service")
+    return [
+        (next(t.removeprefix("astara-instance:") for t in s.tags if "instance:" in t), s.status)
+        for s in service.compute.servers(tags="astara-pool")
+    ]
+
+
+def _answers(box: NovaBox, instance_id: str) -> bool:
+    """The pooled appliance's API accepts connections on the management network."""
+    admin = box.bed.connect("astara-admin")
+    ports = list(admin.network.ports(tags=f"astara-instance:{instance_id},astara-kind:management"))
+    if not ports:
+        return False
+    address = ports[0].fixed_ips[0]["ip_address"]
+    try:
+        socket.create_connection((address, API_PORT), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_new_router_takes_a_server_from_the_warm_pool_which_is_refilled_and_drained(
+    box: NovaBox, tenant: Tenant
+) -> None:
+    box.down()
+    box.pool_size = 1
+    box.write_config()
+    box.orchestrator.start()
+    try:
+        wait_for(lambda: len(_pool(box)) == 1, 120, "a pooled server")
+        ((pooled, _),) = _pool(box)
+        wait_for(lambda: _answers(box, pooled), 400, "the pooled appliance answering", 2)
+        _, subnet = tenant.network("10.71.6.0/24")
+        started = time.monotonic()
+        router_id = tenant.router(subnet, gateway=False)
+        box.wait_active(router_id, 120)
+        served_in = time.monotonic() - started
+        assert _instance(box, router_id) == pooled
+        assert served_in < 45, f"served from the pool in {served_in:.1f} s"  # cold: over 60
+        wait_for(lambda: [i for i, _ in _pool(box)] not in ([], [pooled]), 120, "the refill")
+    finally:
+        box.down()
+        box.pool_size = 0
+        box.write_config()
+        box.orchestrator.start()
+    # Without a pool: the pooled servers are deleted (as on an image or flavor change).
+    wait_for(lambda: _pool(box) == [], 180, "the pool drained")
+    assert box.router(router_id) is not None  # the router's own server stays
+    assert len(box.servers_of(router_id)) == 1
