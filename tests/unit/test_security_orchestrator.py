@@ -1,0 +1,129 @@
+"""The orchestrator-side holes of the security review (issue #12), as pure decisions.
+
+Each test names the item it reproduces; the appliance-side ones are in test_security.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astara.drivers.router import render
+from astara.orchestrator.migrations import upgrade
+from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
+from astara.orchestrator.state import State
+from astara.orchestrator.store import Store
+from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, poll
+from tests.unit.test_router_driver import (
+    MGMT,
+    PRIVATE_NET,
+    ROUTER_ID,
+    VM1_PORT,
+    recorded,
+    snapshot_of,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.security]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    upgrade(url)
+    return Store(url)
+
+
+def with_port(raw: dict[str, Any], port_id: str, **changes: Any) -> dict[str, Any]:
+    raw["network_ports"] = [
+        {**port, **changes} if port["id"] == port_id else port for port in raw["network_ports"]
+    ]
+    return raw
+
+
+def allocation(raw: dict[str, Any], port_id: str) -> Any:
+    config = render(snapshot_of(raw), 1, MGMT)
+    private = next(net for net in config.networks if net.id == PRIVATE_NET)
+    return next((a for a in private.allocations if a.port_id == port_id), None)
+
+
+# Item 3: a port dns_name Neutron allows must not freeze a router.
+
+
+@pytest.mark.parametrize(
+    ("dns_name", "served"),
+    [
+        ("web-1.example.org.", "web-1.example.org"),  # absolute: Neutron keeps the dot
+        ("Web-1", "web-1"),
+        (("a" * 63 + ".") * 3 + "a" * 61 + ".", ("a" * 63 + ".") * 3 + "a" * 61),  # 254 with dot
+    ],
+)
+def test_names_neutron_allows_are_normalised(dns_name: str, served: str) -> None:
+    assert allocation(with_port(recorded(), VM1_PORT, dns_name=dns_name), VM1_PORT).hostname == (
+        served
+    )
+
+
+def test_a_name_dns_cannot_carry_falls_back_to_the_address_name_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    too_long = ("a" * 63 + ".") * 3 + "a" * 62  # 254 characters: Neutron takes it, DNS not
+    caplog.set_level(logging.WARNING, "astara.drivers.router")
+    served = allocation(with_port(recorded(), VM1_PORT, dns_name=too_long), VM1_PORT)
+    assert served.hostname == "host-10-0-0-5"
+    assert any(ROUTER_ID in m and VM1_PORT in m for m in caplog.messages)
+
+
+def test_a_port_the_document_cannot_carry_is_skipped_alone_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = recorded()
+    vm1 = next(p for p in raw["network_ports"] if p["id"] == VM1_PORT)
+    subnet = vm1["fixed_ips"][0]["subnet_id"]
+    # Neutron's max_fixed_ips_per_port is configurable; the document takes 16 per port.
+    many = [{"subnet_id": subnet, "ip_address": f"10.0.0.{100 + i}"} for i in range(17)]
+    caplog.set_level(logging.WARNING, "astara.drivers.router")
+    config = render(snapshot_of(with_port(raw, VM1_PORT, fixed_ips=many)), 1, MGMT)
+    private = next(net for net in config.networks if net.id == PRIVATE_NET)
+    assert VM1_PORT not in {a.port_id for a in private.allocations}
+    assert private.allocations  # the other ports are still served
+    assert any(ROUTER_ID in m and VM1_PORT in m and "not served" in m for m in caplog.messages)
+
+
+def test_a_document_that_cannot_be_rendered_is_an_error_with_a_reason(store: Store) -> None:
+    appliance, provider = FakeAppliance(), FakeProvider()
+    source = FixedSource(snapshot_of(recorded()))
+    reconciler = RouterReconciler(
+        source=source,
+        store=store,
+        provider=provider,
+        clients=appliance,  # type: ignore[arg-type]
+        status=LoggingStatusReporter(),
+        settings=Settings(management_prefixlen=64),
+    )
+
+    def state_after(steps: int) -> str:
+        for _ in range(steps):
+            reconciler.step(ROUTER_ID, poll("test"))
+        record = store.get_router(ROUTER_ID)
+        assert record is not None
+        return record.state
+
+    assert state_after(4) == State.ACTIVE.value
+    applied = appliance.config
+    # More DNS servers than the document carries (Neutron's max_dns_nameservers is configurable).
+    bad = recorded()
+    bad["subnets"][0]["dns_nameservers"] = [f"192.0.2.{i}" for i in range(1, 18)]
+    source.snapshot = snapshot_of(bad)
+    assert state_after(2) == State.ERROR.value
+    record = store.get_router(ROUTER_ID)
+    assert record is not None and record.last_error is not None
+    assert "dns_nameservers" in record.last_error
+    assert any("cannot be rendered" in e.message for e in store.events(ROUTER_ID))
+    assert appliance.config is applied  # the appliance keeps serving its last document
+    assert state_after(3) == State.ERROR.value  # and stays there: no retry loop
+
+    source.snapshot = snapshot_of(recorded())  # the tenant fixes it: a change leaves ERROR
+    assert state_after(3) == State.ACTIVE.value
