@@ -6,12 +6,17 @@ Each test names the item it reproduces; the appliance-side ones are in test_secu
 from __future__ import annotations
 
 import logging
+import queue
 from pathlib import Path
 from typing import Any
 
+import oslo_messaging
 import pytest
+from oslo_config import cfg
 
 from astara.drivers.router import render
+from astara.neutron.forwarder import EventForwarder
+from astara.neutron.protocol import TOPIC, RouterEvent
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
 from astara.orchestrator.state import State
@@ -127,3 +132,49 @@ def test_a_document_that_cannot_be_rendered_is_an_error_with_a_reason(store: Sto
 
     source.snapshot = snapshot_of(recorded())  # the tenant fixes it: a change leaves ERROR
     assert state_after(3) == State.ACTIVE.value
+
+
+# Item 13: the Neutron plugin forwarded the caller's whole context, token included.
+
+
+class Recorder:
+    """A notification endpoint keeping each message's context."""
+
+    def __init__(self) -> None:
+        self.contexts: queue.Queue[Any] = queue.Queue()
+
+    def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any, md: Any) -> None:
+        self.contexts.put(ctxt if isinstance(ctxt, dict) else ctxt.to_dict())
+
+
+def test_forwarded_events_carry_the_callers_ids_and_no_credential() -> None:
+    conf = cfg.ConfigOpts()
+    conf([])
+    conf.register_opt(cfg.StrOpt("host", default="neutron-1"))
+    # oslo.messaging's in-process transport: the real notifier and listener, no broker.
+    transport = oslo_messaging.get_notification_transport(conf, url="fake:/")
+    recorder = Recorder()
+    listener = oslo_messaging.get_notification_listener(
+        transport, [oslo_messaging.Target(topic=TOPIC)], [recorder], executor="threading"
+    )
+    listener.start()
+    caller = {
+        "auth_token": "gAAAAA-the-callers-token",
+        "user_id": "u1",
+        "project_id": "p1",
+        "request_id": "req-1",
+        "roles": ["admin"],
+        "is_admin": True,
+        "service_catalog": [{"type": "identity"}],
+    }
+    try:
+        EventForwarder(conf, transport).send(
+            caller, RouterEvent("router", "create", "r1", "p1", "r1", "test")
+        )
+        sent = recorder.contexts.get(timeout=10)
+    finally:
+        listener.stop()
+        listener.wait()
+    assert (sent["request_id"], sent["user"], sent["project_id"]) == ("req-1", "u1", "p1")
+    assert "gAAAAA" not in str(sent)
+    assert not sent.get("roles") and not sent.get("is_admin") and not sent.get("service_catalog")
