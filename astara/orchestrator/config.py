@@ -169,6 +169,27 @@ HEALTH_OPTS: list[cfg.Opt] = [
         min=0.1,
         help="Seconds between an appliance's heartbeats.",
     ),
+    cfg.FloatOpt(
+        "heartbeat_rate_per_source",
+        default=5.0,
+        min=0.1,
+        help="Heartbeats a second one source address may send on average (an appliance sends "
+        "one per heartbeat_interval); more are dropped before their signature is checked and "
+        "counted as rejected, reason rate_limited.",
+    ),
+    cfg.IntOpt(
+        "heartbeat_burst_per_source",
+        default=20,
+        min=1,
+        help="Heartbeats one source address may send at once above its rate.",
+    ),
+    cfg.IntOpt(
+        "heartbeat_sources",
+        default=65536,
+        min=16,
+        help="Source addresses the heartbeat rate limit keeps track of at a time (memory "
+        "bound; the least recently heard is forgotten first).",
+    ),
     cfg.IntOpt(
         "miss_threshold",
         default=3,

@@ -42,8 +42,13 @@ from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
-from astara.orchestrator.health_loop import HealthLoop, HeartbeatKeys, replacement_allowed
-from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.orchestrator.health_loop import (
+    HealthLoop,
+    HeartbeatKeys,
+    WeakSecret,
+    replacement_allowed,
+)
+from astara.orchestrator.heartbeat import HeartbeatReceiver, RateLimit
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
 from astara.orchestrator.metrics import FleetCollector, Metrics
 from astara.orchestrator.migrations import upgrade
@@ -191,7 +196,14 @@ def build_health_loop(
     state_path = Path(conf.state_path)
     _, creds = load_credentials(state_path)
     health = conf.health
-    receiver = HeartbeatReceiver((management_host_address(conf), health.heartbeat_port), registry)
+    limit = RateLimit(
+        health.heartbeat_rate_per_source,
+        health.heartbeat_burst_per_source,
+        health.heartbeat_sources,
+    )
+    receiver = HeartbeatReceiver(
+        (management_host_address(conf), health.heartbeat_port), registry, limit
+    )
     loop: HealthLoop
 
     def probe(instance_id: str) -> bool:
@@ -415,11 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     oslo_logging.setup(conf, "astara")
     try:
         metadata_service(conf)  # before any process starts: a bad setting stops here
-    except ConfigError as exc:
+        Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        HeartbeatKeys(Path(conf.state_path))  # ...and so does a bad heartbeat secret
+    except (ConfigError, WeakSecret) as exc:
         LOG.error("%s", exc)
         print(f"astara-orchestrator: {exc}", file=sys.stderr)
         return 2
-    Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(conf.database.connection)
     load_credentials(Path(conf.state_path))
     orchestrator = Orchestrator(conf)

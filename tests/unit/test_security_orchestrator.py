@@ -6,21 +6,31 @@ Each test names the item it reproduces; the appliance-side ones are in test_secu
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import oslo_messaging
 import pytest
 from oslo_config import cfg
+from prometheus_client import CollectorRegistry
 
+from astara.common.files import write_private_atomic
 from astara.drivers.router import render
 from astara.neutron.forwarder import EventForwarder
 from astara.neutron.protocol import TOPIC, RouterEvent
+from astara.orchestrator import service
+from astara.orchestrator.health_loop import HeartbeatKeys, WeakSecret
+from astara.orchestrator.heartbeat import RATE_LIMITED, HeartbeatReceiver, RateLimit, SourceLimiter
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
 from astara.orchestrator.state import State
 from astara.orchestrator.store import Store
+from astara.wire.heartbeat import Heartbeat, encode
+from tests.unit.clock import FakeClock
 from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, poll
 from tests.unit.test_router_driver import (
     MGMT,
@@ -178,3 +188,98 @@ def test_forwarded_events_carry_the_callers_ids_and_no_credential() -> None:
     assert (sent["request_id"], sent["user"], sent["project_id"]) == ("req-1", "u1", "p1")
     assert "gAAAAA" not in str(sent)
     assert not sent.get("roles") and not sent.get("is_admin") and not sent.get("service_catalog")
+
+
+# Item 8: an empty or short heartbeat secret made every appliance's key computable; floods of
+# heartbeats were not limited per source.
+
+
+@pytest.mark.parametrize("content", ["", "\n", "ab" * 16, "not hex at all"])
+def test_an_empty_or_short_heartbeat_secret_stops_the_orchestrator_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    secret = tmp_path / "heartbeat.secret"
+    secret.write_text(content)
+    with pytest.raises(WeakSecret, match=r"heartbeat\.secret"):
+        HeartbeatKeys(tmp_path)
+    config = tmp_path / "orchestrator.ini"
+    config.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n")
+    assert service.main(["--config-file", str(config)]) == 2
+    assert "heartbeat secret" in capsys.readouterr().err
+    assert secret.read_text() == content  # left for the operator, never replaced behind them
+
+
+def test_the_heartbeat_secret_is_made_whole_private_and_once(tmp_path: Path) -> None:
+    keys: list[bytes] = []
+
+    def start() -> None:
+        keys.append(HeartbeatKeys(tmp_path).key_for("i1"))
+
+    starters = [threading.Thread(target=start) for _ in range(8)]  # processes starting at once
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join()
+    assert len(keys) == 8 and len(set(keys)) == 1
+    secret = tmp_path / "heartbeat.secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(secret.read_text().strip())) >= 32
+    assert [p.name for p in tmp_path.iterdir()] == ["heartbeat.secret"]  # no temporary left
+
+
+def test_a_crash_while_writing_leaves_no_partial_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def power_cut(fd: int) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "fsync", power_cut)
+    with pytest.raises(OSError, match="power cut"):
+        HeartbeatKeys(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither an empty secret nor a temporary file
+    monkeypatch.undo()
+    HeartbeatKeys(tmp_path)
+    assert len(bytes.fromhex((tmp_path / "heartbeat.secret").read_text().strip())) == 32
+
+
+def test_write_private_atomic_replaces_in_one_step_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "client.key"
+    path.write_text("old")
+    os.chmod(path, 0o644)
+    assert write_private_atomic(path, b"new")
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not write_private_atomic(path, b"other", replace=False)
+    assert path.read_bytes() == b"new"
+
+
+INSTANCE = "3f1c2a4e-0000-4000-8000-000000000001"
+KEY = b"k" * 32
+
+
+def test_a_heartbeat_flood_from_one_source_is_cut_before_its_signature_is_checked() -> None:
+    clock = FakeClock(1_700_000_000.0)
+    limit = RateLimit(rate=1.0, burst=5.0, sources=16)
+    registry = CollectorRegistry()
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), registry, limit, clock=clock)
+    receiver.register(INSTANCE, KEY)
+
+    def beat(seq: int) -> bytes:
+        return encode(Heartbeat(INSTANCE, seq, clock(), 1, "sha256:x"), KEY)
+
+    flood = [receiver.handle(beat(seq), "192.0.2.66") for seq in range(1, 101)]
+    assert sum(1 for b in flood if b is not None) == 5  # the burst, then nothing
+    assert receiver.handle(beat(101), "192.0.2.7") is not None  # another source is untouched
+    rejected = {"reason": RATE_LIMITED}
+    assert registry.get_sample_value("astara_heartbeats_rejected_total", rejected) == 95
+    clock.now += 2.0  # the rate refills the bucket
+    assert receiver.handle(beat(102), "192.0.2.66") is not None
+
+
+def test_the_rate_limit_table_stays_bounded_and_forgets_the_least_recent() -> None:
+    limiter = SourceLimiter(RateLimit(rate=1.0, burst=2.0, sources=16))
+    assert limiter.allow("appliance", 0.0) and limiter.allow("appliance", 0.0)
+    assert not limiter.allow("appliance", 0.0)
+    for n in range(10_000):  # forged source addresses
+        limiter.allow(f"198.51.{n // 256}.{n % 256}", 0.0)
+    assert len(limiter) == 16
+    assert limiter.allow("appliance", 0.0)  # forgotten: back with a full bucket, never silenced
