@@ -41,8 +41,9 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         min=1,
         help="Threads that turn notifications into router events (used instead of "
         "executor_thread_pool_size, whose 64 idle threads would each wake every second). "
-        "Handling a notification only queues an event, so one thread keeps up with bursts "
-        "and keeps them in order.",
+        "Handling a notification only queues an event (re-reading a project's routers, which "
+        "a tenant's port change asks for, is done on a thread of its own), so one thread "
+        "keeps up with bursts and keeps them in order.",
     ),
     cfg.PortOpt(
         "appliance_api_port",
@@ -121,6 +122,14 @@ WORKERS_OPTS: list[cfg.Opt] = [
         default=4,
         min=1,
         help="Threads per worker process stepping the routers' state machines.",
+    ),
+    cfg.IntOpt(
+        "queue_size",
+        default=1000,
+        min=1,
+        help="Events each worker process's queue holds. When it is full, further events wait "
+        "in the parent, merged per router (so a burst takes memory per router, not per "
+        "event, and no change is lost).",
     ),
 ]
 

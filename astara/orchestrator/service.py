@@ -41,6 +41,7 @@ from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.feed import ProjectPolls
 from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.health_loop import (
     HealthLoop,
@@ -250,7 +251,10 @@ class Orchestrator:
         self._conf = conf
         self._store = Store(conf.database.connection)
         self._neutron = neutron_connection(conf)
-        self._dispatcher = Dispatcher(conf.workers.processes, partial(build_worker, conf))
+        self._dispatcher = Dispatcher(
+            conf.workers.processes, partial(build_worker, conf), conf.workers.queue_size
+        )
+        self._project_polls = ProjectPolls(self.resync)
         self._stop = threading.Event()
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -292,6 +296,7 @@ class Orchestrator:
 
     def run(self) -> None:
         self._dispatcher.start()  # fork before any thread of ours exists
+        self._project_polls.start()
         self._board.start()
         self.api.start()
         self._listener.start()
@@ -309,6 +314,7 @@ class Orchestrator:
         self.health.stop()
         self._watch.stop()
         self._listener.stop()
+        self._project_polls.stop()
         self._dispatcher.stop()
         self._board.stop()
         LOG.info("orchestrator stopped")
@@ -398,7 +404,7 @@ class Orchestrator:
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
             if event.resource_type is ResourceType.PROJECT:
-                self.resync(event.resource_id)
+                self._project_polls.ask(event.resource_id)  # Neutron is read off this thread
             else:
                 self._dispatcher.dispatch(event)
 

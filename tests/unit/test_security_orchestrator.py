@@ -6,10 +6,14 @@ Each test names the item it reproduces; the appliance-side ones are in test_secu
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue
+import signal
 import stat
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,16 @@ from astara.drivers.router import render
 from astara.neutron.forwarder import EventForwarder
 from astara.neutron.protocol import TOPIC, RouterEvent
 from astara.orchestrator import service
+from astara.orchestrator.dispatcher import Dispatcher
+from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.feed import Feed, ProjectPolls
 from astara.orchestrator.health_loop import HeartbeatKeys, WeakSecret
 from astara.orchestrator.heartbeat import RATE_LIMITED, HeartbeatReceiver, RateLimit, SourceLimiter
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
 from astara.orchestrator.state import State
 from astara.orchestrator.store import Store
+from astara.orchestrator.worker import Worker
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
 from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, poll
@@ -283,3 +291,98 @@ def test_the_rate_limit_table_stays_bounded_and_forgets_the_least_recent() -> No
         limiter.allow(f"198.51.{n // 256}.{n % 256}", 0.0)
     assert len(limiter) == 16
     assert limiter.allow("appliance", 0.0)  # forgotten: back with a full bucket, never silenced
+
+
+# Item 7: event amplification. Every tenant port event became a project-wide Neutron read on
+# the notification thread; worker queues were unbounded (100k events: +22 MB).
+
+
+def router_event(router_id: str, action: EventAction = EventAction.UPDATE) -> Event:
+    return Event(ResourceType.ROUTER, router_id, "p", action, "port.update.end", datetime.now(UTC))
+
+
+def test_a_full_worker_queue_holds_one_merged_entry_per_router_and_loses_no_change() -> None:
+    full: queue.Queue[Event] = queue.Queue(maxsize=2)  # a worker that stopped reading
+    feed = Feed(lambda event: full.put(event, timeout=0.05), "test-feed")
+    feed.start()
+    try:
+        for n in range(100_000):  # returns at once although nothing is read
+            feed.put(router_event(f"r{n % 100}"))
+        feed.put(router_event("r7", EventAction.DELETE))
+        feed.put(router_event("r7", EventAction.CREATE))  # re-created after the delete
+        assert feed.pending() <= 100 + 1  # one merged update per router, r7's delete + create
+        delivered: list[Event] = []
+        while len({e.resource_id for e in delivered}) < 100 or not any(
+            (e.resource_id, e.action) == ("r7", EventAction.CREATE) for e in delivered
+        ):
+            delivered.append(full.get(timeout=5))
+    finally:
+        feed.stop()
+    while not full.empty():  # the feed has stopped: nothing more comes
+        delivered.append(full.get_nowait())
+    assert len(delivered) <= 100 + 1 + 2  # coalesced: the burst became ~one event per router
+    assert {e.resource_id for e in delivered} == {f"r{n}" for n in range(100)}
+    r7 = [e.action for e in delivered if e.resource_id == "r7"]
+    assert r7[-2:] == [EventAction.DELETE, EventAction.CREATE]
+
+
+def test_a_stopped_worker_process_bounds_its_queue_and_gets_every_router_when_it_resumes() -> None:
+    stepped: multiprocessing.queues.Queue[tuple[str, str]] = multiprocessing.get_context(
+        "fork"
+    ).Queue()
+
+    def factory(index: int, telemetry: Any) -> Worker:
+        def step(router_id: str, event: Event | None) -> None:
+            stepped.put((router_id, event.action.value if event else ""))
+
+        return Worker(step, threads=1)
+
+    dispatcher = Dispatcher(1, factory, queue_size=10)
+    dispatcher.start()
+    (pid,) = dispatcher.pids()
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        for n in range(50_000):
+            dispatcher.dispatch(router_event(f"r{n % 50}"))
+        dispatcher.dispatch(router_event("r0", EventAction.DELETE))
+        assert sum(dispatcher.queue_sizes()) <= 10 + 50
+        os.kill(pid, signal.SIGCONT)
+        seen: dict[str, list[str]] = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < 50 or "delete" not in seen["r0"]:
+            router_id, action = stepped.get(timeout=max(0.1, deadline - time.monotonic()))
+            seen.setdefault(router_id, []).append(action)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        dispatcher.stop()
+    assert set(seen) == {f"r{n}" for n in range(50)}
+
+
+def test_project_polls_leave_the_notification_thread_and_coalesce() -> None:
+    polled: list[str] = []
+    reading, release = threading.Event(), threading.Event()
+
+    def poll(project_id: str) -> None:  # the Neutron list and the store query
+        polled.append(project_id)
+        reading.set()
+        release.wait(10)
+
+    polls = ProjectPolls(poll)
+    polls.start()
+    try:
+        polls.ask("p1")
+        assert reading.wait(5)
+        for _ in range(1000):  # a burst of port events while p1's routers are being read
+            polls.ask("p1")  # returns at once: the read is not on this thread
+        polls.ask("p2")
+        assert polls.pending() == 2
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(polled) < 3 or polls.pending():
+            assert time.monotonic() < deadline, polled
+            time.sleep(0.01)
+    finally:
+        release.set()
+        polls.stop()
+    assert polled == ["p1", "p1", "p2"]
