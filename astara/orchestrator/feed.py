@@ -15,6 +15,7 @@ asks of a project that arrived before it started.
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
@@ -31,13 +32,11 @@ LOG = logging.getLogger(__name__)
 Sender = Callable[[Event], None]
 
 
-class Feed:
-    def __init__(self, send: Sender, name: str) -> None:
-        self._send = send
+class _Handoff(abc.ABC):
+    """A thread of its own doing what callers hand over without waiting for it."""
+
+    def __init__(self, name: str) -> None:
         self._cond = threading.Condition()
-        # A router is in _waiting exactly while it is in _ready: its events not taken yet.
-        self._waiting: dict[str, Inbox] = {}
-        self._ready: deque[str] = deque()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -45,11 +44,30 @@ class Feed:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop handing events on; what still waits is dropped (a start resyncs everything)."""
+        """Stop; what still waits is dropped (a start resyncs everything)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    def _wait_for(self, work: Callable[[], bool]) -> bool:
+        """Hold the lock: wait until ``work()``; False when stopping instead."""
+        while not work() and not self._stopping:
+            self._cond.wait()
+        return not self._stopping
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """The thread: take what was handed over, until stopping."""
+
+
+class Feed(_Handoff):
+    def __init__(self, send: Sender, name: str) -> None:
+        super().__init__(name)
+        self._send = send
+        # A router is in _waiting exactly while it is in _ready: its events not taken yet.
+        self._waiting: dict[str, Inbox] = {}
+        self._ready: deque[str] = deque()
 
     def put(self, event: Event) -> None:
         with self._cond:
@@ -68,9 +86,7 @@ class Feed:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._ready and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
+                if not self._wait_for(lambda: bool(self._ready)):
                     return
                 inbox = self._waiting.pop(self._ready.popleft())
             # Events for this router arriving from now on wait in a new inbox, behind these.
@@ -90,25 +106,14 @@ class Feed:
                         return False
 
 
-class ProjectPolls:
+class ProjectPolls(_Handoff):
     """Re-reads projects' routers on a thread of its own; asks for a project already waiting
     are one ask (one asked for while its routers are being read waits for one more read)."""
 
     def __init__(self, poll: Callable[[str], None]) -> None:
+        super().__init__("project-polls")
         self._poll = poll
-        self._cond = threading.Condition()
         self._asked: dict[str, None] = {}  # insertion-ordered: projects are read in turn
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="project-polls", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
 
     def ask(self, project_id: str) -> None:
         with self._cond:
@@ -123,9 +128,7 @@ class ProjectPolls:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._asked and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
+                if not self._wait_for(lambda: bool(self._asked)):
                     return
                 project_id = next(iter(self._asked))
                 del self._asked[project_id]
