@@ -51,6 +51,14 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         help="TCP port of the appliances' REST API on the management network.",
     ),
     cfg.FloatOpt(
+        "certificate_check_interval",
+        default=3600.0,
+        min=1.0,
+        help="Seconds between checks of the orchestrator's client certificate and every "
+        "appliance's certificate; one past half its lifetime (825 days) is replaced, without "
+        "downtime, by a new one from the same CA.",
+    ),
+    cfg.FloatOpt(
         "resync_interval",
         default=300.0,
         min=1.0,

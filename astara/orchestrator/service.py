@@ -61,6 +61,11 @@ from astara.orchestrator.reconciler import (
     Settings,
     StatusReporter,
 )
+from astara.orchestrator.rotation import (
+    CLIENT_IDENTITY_FILE,
+    CertificateRotation,
+    renew_client_identity,
+)
 from astara.orchestrator.state import Policy
 from astara.orchestrator.store import Store
 from astara.orchestrator.telemetry import Board, Telemetry
@@ -81,13 +86,9 @@ class ClientCredentials:
 
 def load_credentials(state_path: Path) -> tuple[CertificateAuthority, ClientCredentials]:
     ca = CertificateAuthority.load_or_create(state_path / "ca")
-    creds = ClientCredentials(
-        ca=state_path / "ca" / "ca.pem",
-        cert=state_path / "orchestrator-client.pem",
-        key=state_path / "orchestrator-client.key",
-    )
-    if not (creds.cert.exists() and creds.key.exists()):
-        ca.issue("astara-orchestrator", "client").write(creds.cert, creds.key)
+    identity = state_path / CLIENT_IDENTITY_FILE  # key and certificate in one file
+    creds = ClientCredentials(ca=state_path / "ca" / "ca.pem", cert=identity, key=identity)
+    renew_client_identity(ca, identity, datetime.now(UTC))
     if not creds.ca.exists():
         creds.ca.write_bytes(ca.cert_pem)
     return ca, creds
@@ -255,6 +256,15 @@ class Orchestrator:
             conf.workers.processes, partial(build_worker, conf), conf.workers.queue_size
         )
         self._project_polls = ProjectPolls(self.resync)
+        ca, creds = load_credentials(Path(conf.state_path))
+        self._certificates = CertificateRotation(
+            ca,
+            creds.cert,
+            self._store.all_instances,
+            partial(_client, creds, conf.appliance_api_port),
+            lambda: datetime.now(UTC),
+            conf.certificate_check_interval,
+        )
         self._stop = threading.Event()
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -297,6 +307,7 @@ class Orchestrator:
     def run(self) -> None:
         self._dispatcher.start()  # fork before any thread of ours exists
         self._project_polls.start()
+        self._certificates.start()
         self._board.start()
         self.api.start()
         self._listener.start()
@@ -315,6 +326,7 @@ class Orchestrator:
         self._watch.stop()
         self._listener.stop()
         self._project_polls.stop()
+        self._certificates.stop()
         self._dispatcher.stop()
         self._board.stop()
         LOG.info("orchestrator stopped")

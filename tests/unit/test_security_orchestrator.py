@@ -5,6 +5,7 @@ Each test names the item it reproduces; the appliance-side ones are in test_secu
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -19,14 +20,22 @@ from typing import Any
 
 import oslo_messaging
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
 from oslo_config import cfg
 from prometheus_client import CollectorRegistry
 
+from astara.appliance.api import create_app
+from astara.appliance.credentials import TlsIdentity
+from astara.appliance.engine import Engine
 from astara.common.files import write_private_atomic
+from astara.common.tls import LEAF_VALIDITY, CertificateAuthority, Issued
 from astara.drivers.router import render
 from astara.neutron.forwarder import EventForwarder
 from astara.neutron.protocol import TOPIC, RouterEvent
-from astara.orchestrator import service
+from astara.orchestrator import appliance_client, service
+from astara.orchestrator.appliance_client import Unreachable
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.feed import Feed, ProjectPolls
@@ -34,11 +43,14 @@ from astara.orchestrator.health_loop import HeartbeatKeys, WeakSecret
 from astara.orchestrator.heartbeat import RATE_LIMITED, HeartbeatReceiver, RateLimit, SourceLimiter
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.reconciler import LoggingStatusReporter, RouterReconciler, Settings
+from astara.orchestrator.rotation import CertificateRotation, renew_client_identity
 from astara.orchestrator.state import State
-from astara.orchestrator.store import Store
+from astara.orchestrator.store import InstanceRecord, Store
 from astara.orchestrator.worker import Worker
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
+from tests.unit.test_api import FixedStatus
+from tests.unit.test_engine import RecordingSubsystem, fake_links
 from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, poll
 from tests.unit.test_router_driver import (
     MGMT,
@@ -386,3 +398,197 @@ def test_project_polls_leave_the_notification_thread_and_coalesce() -> None:
         release.set()
         polls.stop()
     assert polled == ["p1", "p1", "p2"]
+
+
+# Item 12: the client certificate lasted 825 days and was never renewed; appliance
+# certificates were never rotated.
+
+NOW = datetime.now(UTC)
+DUE = NOW + LEAF_VALIDITY * 0.6  # a clock moved past half a certificate's lifetime
+ADDRESS = "fdca:3ba5:a17a:acda::5"
+
+
+def certificate_of(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_the_client_certificate_is_renewed_once_due_and_reloaded_by_every_call(
+    tmp_path: Path,
+) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    identity = tmp_path / "orchestrator-client.pem"
+    (tmp_path / "orchestrator-client.key").write_text("the key before key and cert shared a file")
+    assert renew_client_identity(ca, identity, NOW)  # none yet
+    first = identity.read_bytes()
+    assert not (tmp_path / "orchestrator-client.key").exists()
+    context = appliance_client._context(identity, identity, (tmp_path / "ca" / "ca.pem"))
+    assert (
+        appliance_client._context(identity, identity, (tmp_path / "ca" / "ca.pem")) is context
+    )  # cached
+    assert not renew_client_identity(ca, identity, NOW + LEAF_VALIDITY * 0.4)
+    assert identity.read_bytes() == first
+
+    assert renew_client_identity(ca, identity, DUE)
+    assert identity.read_bytes() != first
+    assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in identity.read_bytes()
+    assert (
+        certificate_of(identity.read_bytes()).serial_number != certificate_of(first).serial_number
+    )
+    # The next call of any process loads the new one; the old one stays valid meanwhile.
+    assert (
+        appliance_client._context(identity, identity, (tmp_path / "ca" / "ca.pem")) is not context
+    )
+
+
+@pytest.fixture
+def appliance_tls(tmp_path: Path) -> tuple[CertificateAuthority, TlsIdentity]:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    cert, key = tmp_path / "appliance.pem", tmp_path / "appliance.key"
+    ca.issue("appliance-i1", "server", ips=[ADDRESS]).write(cert, key)
+    return ca, TlsIdentity(cert, key, tmp_path / "ca" / "ca.pem", ADDRESS)
+
+
+class LoadedContext:
+    """Stands in for the serving SSLContext: records what it is told to load."""
+
+    def __init__(self) -> None:
+        self.loaded: list[tuple[bytes, bytes]] = []
+
+    def load_cert_chain(self, cert: Path, key: Path) -> None:
+        self.loaded.append((cert.read_bytes(), key.read_bytes()))
+
+
+def appliance_api(identity: TlsIdentity, tmp_path: Path) -> TestClient:
+    engine = Engine([RecordingSubsystem("links", [])], tmp_path / "state", fake_links)
+    return TestClient(create_app(engine, FixedStatus(), identity=identity))
+
+
+def put(client: TestClient, issued: Issued, key: bytes | None = None) -> Any:
+    body = {"cert": issued.cert_pem.decode(), "key": (key or issued.key_pem).decode()}
+    return client.put("/v1/credentials", json=body)
+
+
+def test_an_appliance_takes_a_new_certificate_over_its_api_and_serves_it(
+    appliance_tls: tuple[CertificateAuthority, TlsIdentity], tmp_path: Path
+) -> None:
+    ca, identity = appliance_tls
+    context = LoadedContext()
+    identity.context = context  # type: ignore[assignment]
+    new = ca.issue("appliance-i1", "server", ips=[ADDRESS])
+    answer = put(appliance_api(identity, tmp_path), new)
+    assert answer.status_code == 200, answer.text
+    assert (identity.cert.read_bytes(), identity.key.read_bytes()) == (new.cert_pem, new.key_pem)
+    assert context.loaded == [(new.cert_pem, new.key_pem)]  # served from the next connection
+    assert stat.S_IMODE(identity.key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("another CA", "unable to get local issuer certificate"),
+        ("another address", "IP address mismatch"),
+        ("expired", "certificate has expired"),
+        ("a client certificate", "unsuitable certificate purpose"),
+        ("the key of another", "do not go together"),
+        ("not PEM", "PEM"),
+    ],
+)
+def test_a_certificate_peers_would_refuse_is_422_and_changes_nothing(
+    appliance_tls: tuple[CertificateAuthority, TlsIdentity], tmp_path: Path, case: str, reason: str
+) -> None:
+    ca, identity = appliance_tls
+    before = identity.cert.read_bytes(), identity.key.read_bytes()
+    other = CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    issued, key = {
+        "another CA": (other.issue("a", "server", ips=[ADDRESS]), None),
+        "another address": (ca.issue("a", "server", ips=["fdca:3ba5:a17a:acda::6"]), None),
+        "expired": (ca.issue("a", "server", ips=[ADDRESS], now=NOW - LEAF_VALIDITY * 1.1), None),
+        "a client certificate": (ca.issue("a", "client", ips=[ADDRESS]), None),
+        "the key of another": (
+            ca.issue("a", "server", ips=[ADDRESS]),
+            ca.issue("b", "server", ips=[ADDRESS]).key_pem,
+        ),
+        "not PEM": (Issued(b"junk", b"junk"), None),
+    }[case]
+    answer = put(appliance_api(identity, tmp_path), issued, key)
+    assert answer.status_code == 422, answer.text
+    assert reason in answer.json()["detail"][0]["msg"]
+    assert "PRIVATE KEY" not in answer.text
+    assert (identity.cert.read_bytes(), identity.key.read_bytes()) == before
+
+
+def test_a_replacement_a_crash_interrupted_is_finished_at_start(
+    appliance_tls: tuple[CertificateAuthority, TlsIdentity],
+) -> None:
+    ca, identity = appliance_tls
+    new = ca.issue("appliance-i1", "server", ips=[ADDRESS])
+    # Crashed after the pending pair was saved and the key replaced, before the certificate.
+    pending = identity.cert.with_name(".appliance.pem.pending")
+    write_private_atomic(pending, new.key_pem + new.cert_pem)
+    write_private_atomic(identity.key, new.key_pem)
+    TlsIdentity(identity.cert, identity.key, identity.ca, ADDRESS).finish_pending()
+    assert (identity.cert.read_bytes(), identity.key.read_bytes()) == (new.cert_pem, new.key_pem)
+    assert not pending.exists()
+
+
+class FakeAppliances:
+    """The appliance API of each address: the certificate it presents, what it was sent."""
+
+    def __init__(self, presented: dict[str, x509.Certificate]) -> None:
+        self.presented = presented
+        self.sent: dict[str, Issued] = {}
+
+    def __call__(self, address: str) -> Any:
+        appliances = self
+
+        class Client:
+            def __enter__(self) -> Client:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def server_certificate(self) -> x509.Certificate:
+                if address not in appliances.presented:
+                    raise Unreachable(f"{address}: no answer")
+                return appliances.presented[address]
+
+            def put_credentials(self, issued: Issued) -> None:
+                appliances.sent[address] = issued
+
+        return Client()
+
+
+def instance_at(instance_id: str, address: str | None, reachable: bool = True) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id, "r1", "netns", instance_id, address, 1, "up", reachable, None, datetime.now()
+    )
+
+
+def test_rotation_renews_each_appliance_past_half_its_certificates_life(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    fresh = certificate_of(ca.issue("appliance-i1", "server", ips=["fd00::2"]).cert_pem)
+    appliances = FakeAppliances({"fd00::2": fresh, "fd00::3": fresh})
+    clock = [NOW]
+    rotation = CertificateRotation(
+        ca,
+        tmp_path / "orchestrator-client.pem",
+        lambda: [
+            instance_at("i1", "fd00::2"),
+            instance_at("i2", "fd00::3"),
+            instance_at("i3", "fd00::4"),  # does not answer: tried again next time
+            instance_at("i4", None),  # not booted yet
+        ],
+        appliances,
+        lambda: clock[0],
+        interval=3600,
+    )
+    assert rotation.check() == []
+    clock[0] = DUE
+    assert rotation.check() == ["i1", "i2"]
+    renewed = certificate_of(appliances.sent["fd00::2"].cert_pem)
+    assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "appliance-i1"
+    assert ipaddress.ip_address("fd00::2") in renewed.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.IPAddress)
