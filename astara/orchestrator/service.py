@@ -143,6 +143,7 @@ def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Work
         heartbeat_target=(management_host_address(conf), conf.health.heartbeat_port),
         heartbeat_key=HeartbeatKeys(Path(conf.state_path)).key_for,
         heartbeat_interval=conf.health.heartbeat_interval,
+        private_paths=[conf.state_path],  # the CA, the secrets, the client key
     )
     prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
     neutron = neutron_connection(conf)

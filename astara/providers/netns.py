@@ -16,9 +16,10 @@ Layout, every name starting with the provider's prefix (default ``ast``):
 
 The appliance runs inside its namespace (``ip netns exec``), with its certificate, key, log
 and pid file under ``state_dir/<instance namespace>/`` (and its heartbeat key there, when the
-provider is given a heartbeat target). A JSON record per instance, written
-atomically before anything is created and removed last, lets a new provider object re-adopt
-what exists after a restart.
+provider is given a heartbeat target), confined to that directory: it sees neither the
+orchestrator's secrets nor another appliance's files (``astara.providers.confine``). A JSON
+record per instance, written atomically before anything is created and removed last, lets a
+new provider object re-adopt what exists after a restart.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from astara.providers.base import (
     Provider,
     ProviderError,
 )
+from astara.providers.confine import confined
 from astara.wire.defaults import API_PORT
 
 DEFAULT_PREFIX = "ast"
@@ -378,10 +380,13 @@ class NetnsProvider(Provider):
         heartbeat_target: tuple[str, int] | None = None,
         heartbeat_key: Callable[[str], bytes] | None = None,
         heartbeat_interval: float = 2.0,
+        private_paths: Sequence[Path | str] = (),
     ) -> None:
         """``heartbeat_target`` (host, port) and ``heartbeat_key`` (instance id -> HMAC key)
         together make every appliance booted from now on send heartbeats there, every
-        ``heartbeat_interval`` seconds."""
+        ``heartbeat_interval`` seconds. ``private_paths``: directories no appliance may see
+        (the orchestrator's state: its CA, secrets and keys); the provider's own state
+        directory is always one (see ``astara.providers.confine``)."""
         self.state_dir = Path(state_dir)
         self.ca = ca
         self.names = Names(prefix)
@@ -395,6 +400,7 @@ class NetnsProvider(Provider):
         self.heartbeat_target = heartbeat_target
         self.heartbeat_key = heartbeat_key
         self.heartbeat_interval = heartbeat_interval
+        self.private_paths = (self.state_dir, *map(Path, private_paths))
         self.ip = Ip()
         self.processes = ApplianceProcesses(self.ip)
 
@@ -609,7 +615,12 @@ class NetnsProvider(Provider):
             "--state-dir", str(directory / "appliance"),
             *self._heartbeat_arguments(record, directory),
         ]  # fmt: skip
-        self.processes.start(record.namespace, argv, pid_file, directory / LOG_FILE)
+        self.processes.start(
+            record.namespace,
+            confined(self.private_paths, directory, argv),
+            pid_file,
+            directory / LOG_FILE,
+        )
 
     def _heartbeat_arguments(self, record: InstanceRecord, directory: Path) -> builtins.list[str]:
         if self.heartbeat_target is None or self.heartbeat_key is None:

@@ -47,6 +47,7 @@ from astara.orchestrator.rotation import CertificateRotation, renew_client_ident
 from astara.orchestrator.state import State
 from astara.orchestrator.store import InstanceRecord, Store
 from astara.orchestrator.worker import Worker
+from astara.providers.confine import confined, outermost
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
 from tests.unit.test_api import FixedStatus
@@ -592,3 +593,21 @@ def test_rotation_renews_each_appliance_past_half_its_certificates_life(tmp_path
     assert ipaddress.ip_address("fd00::2") in renewed.extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     ).value.get_values_for_type(x509.IPAddress)
+
+
+# Item 6: appliances started by the netns provider could read every secret on the host (the
+# namespaces themselves are tested in tests/functional/test_appliance_confinement.py).
+
+
+def test_the_confined_command_hides_every_private_path_and_keeps_the_appliances_argv() -> None:
+    argv = confined([Path("/var/lib/astara"), Path("/srv/netns")], Path("/srv/netns/i1"), ["app"])
+    assert argv[:5] == ["unshare", "--pid", "--kill-child", "--mount-proc", "--"]
+    options = argv[argv.index("astara.providers.confine") + 1 :]
+    assert options == [
+        "--hide", "/var/lib/astara", "--hide", "/srv/netns", "--own", "/srv/netns/i1", "--", "app"
+    ]  # fmt: skip
+
+
+def test_only_the_outermost_of_nested_private_paths_is_covered(tmp_path: Path) -> None:
+    inner, other = tmp_path / "state" / "netns", tmp_path / "other"
+    assert outermost([inner, tmp_path / "state", other, inner]) == [tmp_path / "state", other]
