@@ -78,7 +78,7 @@ def confined(hidden: Sequence[Path], own: Path, argv: Sequence[str]) -> list[str
 
 def outermost(paths: Sequence[Path]) -> list[Path]:
     """The paths not inside another of them (covering the outer one hides the inner)."""
-    resolved = sorted({path.resolve() for path in paths}, key=lambda p: len(p.parts))
+    resolved = sorted({path.resolve() for path in paths}, key=lambda p: (len(p.parts), p))
     kept: list[Path] = []
     for path in resolved:
         if not any(path.is_relative_to(outer) for outer in kept):

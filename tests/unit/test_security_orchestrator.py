@@ -610,4 +610,4 @@ def test_the_confined_command_hides_every_private_path_and_keeps_the_appliances_
 
 def test_only_the_outermost_of_nested_private_paths_is_covered(tmp_path: Path) -> None:
     inner, other = tmp_path / "state" / "netns", tmp_path / "other"
-    assert outermost([inner, tmp_path / "state", other, inner]) == [tmp_path / "state", other]
+    assert outermost([inner, tmp_path / "state", other, inner]) == [other, tmp_path / "state"]
