@@ -188,7 +188,7 @@ HEALTH_OPTS: list[cfg.Opt] = [
     ),
     cfg.FloatOpt(
         "heartbeat_rate_per_source",
-        default=5.0,
+        default=10.0,
         min=0.1,
         help="Heartbeats a second one source address may send on average (an appliance sends "
         "one per heartbeat_interval); more are dropped before their signature is checked and "

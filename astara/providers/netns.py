@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from astara.common.processes import is_alive, process_argv
+from astara.common.processes import first_child, is_alive, process_argv
 from astara.common.tls import CertificateAuthority
 from astara.providers.base import (
     Instance,
@@ -68,6 +68,7 @@ LOG_FILE = "appliance.log"
 HEARTBEAT_KEY_FILE = "heartbeat.key"
 PROC = Path("/proc")
 STOP_TIMEOUT = 3.0
+CONFINE_TIMEOUT = 2.0  # for the confining process to fork the appliance
 PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,5}")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -615,12 +616,17 @@ class NetnsProvider(Provider):
             "--state-dir", str(directory / "appliance"),
             *self._heartbeat_arguments(record, directory),
         ]  # fmt: skip
-        self.processes.start(
+        started = self.processes.start(
             record.namespace,
             confined(self.private_paths, directory, argv),
             pid_file,
             directory / LOG_FILE,
         )
+        # The appliance is the confining process's one child (PID 1 of its own namespace): the
+        # PID file names it, so that a signal sent by its PID reaches the appliance itself.
+        appliance = first_child(started, CONFINE_TIMEOUT)
+        if appliance is not None:
+            write_atomically(pid_file, f"{appliance}\n")
 
     def _heartbeat_arguments(self, record: InstanceRecord, directory: Path) -> builtins.list[str]:
         if self.heartbeat_target is None or self.heartbeat_key is None:
