@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 APPLY_ORDER = ("addresses", "firewall", "dhcp", "ra", "metadata")
 STATE_FILE = "config.json"
 LINKS_STEP = "links"
+LINK_POLL_INTERVAL = 0.2  # seconds between two looks for a NIC still to appear
 
 ResolveLinks = Callable[[Iterable[str]], LinkMap]
 
@@ -138,8 +139,14 @@ class Engine:
         state_dir: Path,
         resolve_links: ResolveLinks,
         probe: LiveStateProbe | None = None,
+        link_wait: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``link_wait``: seconds an apply waits for a NIC of the document to appear (a NIC
+        hot-plugged into a VM shows up a moment after the hypervisor says it is attached)."""
         self.subsystems = order_subsystems(subsystems)
+        self._link_wait = link_wait
+        self._sleep = sleep
         self.store = ConfigStore(state_dir)
         self._resolve_links = resolve_links
         self._probe = probe
@@ -350,7 +357,15 @@ class Engine:
         try:
             return self._resolve_links(_macs(desired, previous))
         except LookupError:
-            return self._resolve_links(_macs(desired))
+            pass
+        deadline = time.monotonic() + self._link_wait
+        while True:
+            try:
+                return self._resolve_links(_macs(desired))
+            except LookupError:
+                if time.monotonic() >= deadline:
+                    raise
+            self._sleep(LINK_POLL_INTERVAL)
 
     def _roll_back(
         self,

@@ -41,6 +41,8 @@ from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL, DEFAULT_INTERVAL
 LOG = logging.getLogger("astara.appliance")
 
 DEFAULT_STATE_DIR = Path("/var/lib/astara-appliance")
+DEFAULT_LINK_WAIT = 15.0  # Nova's hot-plugged NICs appear in the guest within a few seconds
+MAX_LINK_WAIT = 120.0  # the orchestrator gives up on an apply after a minute anyway
 MAX_PORT = 65535
 MAX_API_THREADS = 256
 MAX_HEARTBEAT_INTERVAL = 60.0
@@ -136,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_API_THREADS,
         metavar="N",
         help="requests served at once; others wait (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--link-wait",
+        type=float,
+        default=DEFAULT_LINK_WAIT,
+        metavar="SECONDS",
+        help="how long an apply waits for a NIC of the document to appear, as a NIC "
+        "hot-plugged into a VM does a moment after it is attached (default: %(default)s)",
     )
     parser.add_argument(
         "--dnsmasq-user",
@@ -269,6 +279,8 @@ def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--max-body-bytes must be positive")
     if not 0 < args.api_threads <= MAX_API_THREADS:
         parser.error(f"--api-threads must be 1 to {MAX_API_THREADS}")
+    if not 0 <= args.link_wait <= MAX_LINK_WAIT:
+        parser.error(f"--link-wait must be 0 to {MAX_LINK_WAIT} seconds")
 
 
 def management_destinations(beats: HeartbeatSettings | None) -> list[IpAddress]:
@@ -314,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.state_dir,
         resolve_links,
         KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir),
+        link_wait=args.link_wait,
     )
 
     handler = logging.StreamHandler(sys.stderr)

@@ -15,11 +15,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from astara.cli import demo_nova
+from astara.cli.checks import timed, until
 from astara.testing import services
 from astara.testing.chaos import fresh_state
 from astara.testing.cloud import CloudInABox, Workload
@@ -34,41 +35,6 @@ OPENSTACK = Path(sys.executable).with_name("openstack")
 UPLINK_IP = "172.24.8.1"
 ECHO_PORT = 7000
 METRICS_PORT = 9412  # the demo's Prometheus metrics on 127.0.0.1
-
-
-@dataclass
-class Check:
-    what: str
-    ok: bool
-    seconds: float
-    detail: str
-
-
-def timed(label: str, action: Callable[[], T]) -> T:
-    started = time.monotonic()
-    result = action()
-    print(f"  {label:<52} {time.monotonic() - started:6.2f} s", flush=True)
-    return result
-
-
-def until(what: str, probe: Callable[[], str | None], timeout: float) -> Check:
-    """Retry ``probe`` (which answers a detail, or None / raises when not there yet)."""
-    started = time.monotonic()
-    detail = "no answer"
-    while time.monotonic() - started < timeout:
-        try:
-            answer = probe()
-        except Exception as exc:  # not working yet: keep trying until the timeout
-            answer, detail = None, str(exc).splitlines()[0][:80]
-        if answer:
-            check = Check(what, True, time.monotonic() - started, answer)
-            break
-        time.sleep(0.5)
-    else:
-        check = Check(what, False, time.monotonic() - started, detail)
-    mark = "ok" if check.ok else "FAILED"
-    print(f"  {what:<52} {check.seconds:6.2f} s  {mark}: {check.detail}", flush=True)
-    return check
 
 
 def cloud() -> CloudInABox:
@@ -253,13 +219,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    actions.add_parser("up", help="(default) bring up the cloud, build the demo, check it")
-    actions.add_parser("down", help="remove everything the demo started")
+    provider_help = (
+        "netns (default): appliances in network namespaces, a neutron-server alone, "
+        "workloads in namespaces (about a minute); nova: the whole OpenStack bed, appliances "
+        "and workloads as Nova VMs under QEMU (first run 10 to 15 minutes: venvs and images "
+        "are built and cached; then about 5)"
+    )
+    for action, text in (
+        ("up", "(default) bring up the cloud, build the demo, check it"),
+        ("down", "remove everything the demo started"),
+    ):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument(
+            "--provider", choices=("netns", "nova"), default="netns", help=provider_help
+        )
     start_vm = actions.add_parser(
         "vm", help="start one more workload on a network of the running demo (e.g. a, b)"
     )
     start_vm.add_argument("network", help="Neutron network name or id")
     args = parser.parse_args(argv)
+    if getattr(args, "provider", "netns") == "nova":
+        return demo_nova.down() if args.action == "down" else demo_nova.up()
     if args.action == "down":
         return down()
     if args.action == "vm":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,8 @@ class ManagementPort:
     network_id: str
     mac: str
     addresses: tuple[IPInterface, ...]
+    # The management network's MTU: a VM's virtio NIC refuses an MTU above its host's.
+    mtu: int | None = None
 
 
 def snapshot_from_api(
@@ -190,11 +192,16 @@ def render(
     generation: int,
     management: ManagementPort,
     metadata: MetadataService | None = None,
+    nic_macs: Mapping[str, str] | None = None,
 ) -> ApplianceConfig:
     """The appliance document for a router: pure, deterministic for the same snapshot.
 
     With a metadata service, the ports of Nova instances carry their signed identity.
+    ``nic_macs`` maps a router port id to the MAC of the appliance NIC serving it when that
+    is not the port's own MAC (the Nova provider wires each router port through a service
+    port of its own).
     """
+    macs = dict(nic_macs or {})
     router = snapshot.router
     # Tenant data that overlaps the management network is left out (and logged): the
     # appliance would refuse the whole document for it.
@@ -223,7 +230,7 @@ def render(
     ]
     gateway = snapshot.gateway_port
     external = (
-        _network(router.id, "external", gateway, [gateway], subnets, [], None)
+        _network(router.id, "external", gateway, macs, [gateway], subnets, [], None)
         if gateway is not None and gateway.fixed_ips
         else None
     )
@@ -234,13 +241,14 @@ def render(
             continue
         owned = [port for port in snapshot.interface_ports if port.network_id == nic.network_id]
         internal = _network(
-            router.id, "internal", nic, owned, subnets, snapshot.network_ports, metadata
+            router.id, "internal", nic, macs, owned, subnets, snapshot.network_ports, metadata
         )
         if internal is not None:
             networks.append(internal)
 
-    interfaces = [Interface(mac=management.mac)] + [
-        Interface(mac=port.mac_address, mtu=_mtu(mtus.get(port.network_id))) for port in nics
+    interfaces = [Interface(mac=management.mac, mtu=_mtu(management.mtu))] + [
+        Interface(mac=macs.get(port.id, port.mac_address), mtu=_mtu(mtus.get(port.network_id)))
+        for port in nics
     ]
     gateway_info = router.external_gateway_info
     return ApplianceConfig(
@@ -341,6 +349,7 @@ def _network(
     router_id: str,
     kind: NetworkKind,
     nic: NeutronPort,
+    nic_macs: Mapping[str, str],
     owned: list[NeutronPort],
     subnets: dict[str, NeutronSubnet],
     network_ports: list[NeutronPort],
@@ -357,7 +366,7 @@ def _network(
     return Network(
         id=nic.network_id,
         kind=kind,
-        interface_mac=nic.mac_address,
+        interface_mac=nic_macs.get(nic.id, nic.mac_address),
         addresses=[
             ipaddress.ip_interface(f"{fip.ip_address}/{subnets[fip.subnet_id].cidr.prefixlen}")
             for fip in fixed

@@ -15,7 +15,7 @@ import json
 import ssl
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from cryptography import x509
@@ -24,9 +24,10 @@ from pydantic import BaseModel, ValidationError
 from astara.common.tls import Issued, client_context
 from astara.wire.api import Conflict, Failure, Message, Problems, ServiceHealth
 from astara.wire.defaults import API_PORT
-from astara.wire.document import ApplianceConfig, Problem, dump_with_secrets
+from astara.wire.document import REDACTED_READ, ApplianceConfig, Problem, dump_with_secrets
 
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_APPLY_TIMEOUT = 60.0
 
 
 # One context per credential set: loading the CA and the key pair for every request cost more
@@ -104,8 +105,12 @@ class ApplianceClient:
         cert: Path,
         key: Path,
         timeout: float = DEFAULT_TIMEOUT,
+        apply_timeout: float = DEFAULT_APPLY_TIMEOUT,
     ) -> None:
+        """``timeout``: of a question (health, config); ``apply_timeout``: of a whole apply,
+        which waits for hot-plugged NICs and restarts daemons."""
         self.url = base_url(address, port)
+        self._apply_timeout = apply_timeout
         self._http = httpx.Client(
             base_url=self.url, verify=_context(cert, key, ca), timeout=timeout
         )
@@ -132,11 +137,18 @@ class ApplianceClient:
         response = self._request("GET", "/v1/config")
         if response.status_code == 404:
             return None
-        return _success(ApplianceConfig, response)
+        if response.status_code != 200:
+            return _success(ApplianceConfig, response)
+        try:
+            return ApplianceConfig.model_validate_json(response.content, context=REDACTED_READ)
+        except ValidationError as exc:
+            raise UnexpectedResponse(response.status_code, response.text) from exc
 
     def put_config(self, config: ApplianceConfig) -> ServiceHealth:
         # The appliance needs the secrets themselves (the metadata proxy's shared secret).
-        response = self._request("PUT", "/v1/config", content=dump_with_secrets(config))
+        response = self._request(
+            "PUT", "/v1/config", dump_with_secrets(config), timeout=self._apply_timeout
+        )
         if response.status_code == 409:
             raise StaleGeneration(_body(Conflict, response))
         if response.status_code == 422:
@@ -147,7 +159,7 @@ class ApplianceClient:
 
     def reapply(self) -> ServiceHealth:
         """Apply the current document again from scratch (drift repair)."""
-        response = self._request("POST", "/v1/reapply")
+        response = self._request("POST", "/v1/reapply", timeout=self._apply_timeout)
         if response.status_code == 500:
             raise ApplyFailed(_body(Failure, response))
         return _success(ServiceHealth, response)
@@ -164,10 +176,17 @@ class ApplianceClient:
         content = json.dumps({"cert": issued.cert_pem.decode(), "key": issued.key_pem.decode()})
         _success(Message, self._request("PUT", "/v1/credentials", content=content))
 
-    def _request(self, method: str, path: str, content: str | None = None) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        content: str | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         headers = {"Content-Type": "application/json"} if content is not None else None
+        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         try:
-            return self._http.request(method, path, content=content, headers=headers)
+            return self._http.request(method, path, content=content, headers=headers, **extra)
         except (httpx.TransportError, OSError) as exc:
             raise Unreachable(f"{self.url}: {exc!r}") from exc
 

@@ -71,6 +71,13 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         default=0,
         help="Serve Prometheus metrics on 127.0.0.1 at this port (0: off).",
     ),
+    cfg.FloatOpt(
+        "appliance_apply_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds an appliance may take to apply a document (a Nova appliance first "
+        "waits for NICs just attached to appear); other appliance calls take a few seconds.",
+    ),
     cfg.URIOpt(
         "metadata_upstream_url",
         schemes=["http", "https"],
@@ -146,7 +153,8 @@ PROVIDER_OPTS: list[cfg.Opt] = [
         "name",
         default="netns",
         help="Instance provider (stevedore name in astara.providers): 'netns' runs each "
-        "appliance in a Linux network namespace on this host.",
+        "appliance in a Linux network namespace on this host; 'nova' boots each appliance as "
+        "a Nova server from the appliance image ([nova] and [management] options).",
     ),
     cfg.StrOpt(
         "state_path",
@@ -169,7 +177,73 @@ PROVIDER_OPTS: list[cfg.Opt] = [
         "boot_timeout",
         default=60.0,
         min=1.0,
-        help="Seconds an instance may take from boot to answering its API before it is replaced.",
+        help="Seconds an instance may take from boot to answering its API before it is "
+        "replaced (a Nova server from a cold image takes 30 to 60 s under QEMU without KVM).",
+    ),
+    cfg.FloatOpt(
+        "housekeeping_interval",
+        default=30.0,
+        min=1.0,
+        help="Seconds between two rounds of the provider's upkeep (Nova: refill the warm pool, "
+        "delete servers and ports no router owns).",
+    ),
+]
+
+NOVA_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "cloud",
+        help="clouds.yaml entry of Astara's service user for Nova, Glance and Neutron "
+        "(unset: [neutron] cloud). It needs the admin role: service ports without port "
+        "security and port bindings are admin-only in Neutron's default policy.",
+    ),
+    cfg.StrOpt(
+        "image",
+        help="Appliance image, by Glance id or name. Unset: the newest active image tagged "
+        "image_tag.",
+    ),
+    cfg.StrOpt(
+        "image_tag",
+        default="astara-appliance",
+        help="Glance tag of the appliance images (used when image is unset).",
+    ),
+    cfg.StrOpt(
+        "flavor",
+        default="astara.appliance",
+        help="Nova flavor of appliance servers, by id or name (1 vCPU, 512 MiB, 2 GiB disk "
+        "is enough for a router).",
+    ),
+    cfg.StrOpt(
+        "availability_zone",
+        help="Nova availability zone of appliance servers (unset: Nova's default).",
+    ),
+    cfg.StrOpt(
+        "server_group",
+        help="Nova server group (id) every appliance server joins: make it "
+        "soft-anti-affinity so the two appliances of an HA pair land on different hosts.",
+    ),
+    cfg.IntOpt(
+        "pool_size",
+        default=0,
+        min=0,
+        max=100,
+        help="Appliance servers kept booted and unconfigured, ready for new routers (0: no "
+        "warm pool). Refilled in the background; drained when the image or flavor changes.",
+    ),
+    cfg.FloatOpt(
+        "api_timeout",
+        default=30.0,
+        min=1.0,
+        help="Seconds one call to Nova, Glance or Neutron may take.",
+    ),
+]
+
+COORDINATION_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "backend_url",
+        secret=True,
+        help="tooz URL of the lock orchestrators share (the warm pool's hand-out): "
+        "redis://host:6379 or etcd3+http://host:2379 when several hosts run orchestrators. "
+        "Unset: file locks in state_path (one host).",
     ),
 ]
 
@@ -373,6 +447,8 @@ GROUPS: dict[str, list[cfg.Opt]] = {
     "api": API_OPTS,
     "database": DATABASE_OPTS,
     "management": MANAGEMENT_OPTS,
+    "nova": NOVA_OPTS,
+    "coordination": COORDINATION_OPTS,
 }
 
 

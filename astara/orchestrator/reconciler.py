@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +48,7 @@ from astara.orchestrator.state import (
 )
 from astara.orchestrator.store import InstanceRecord, RouterRecord, Store
 from astara.orchestrator.telemetry import NoTelemetry, Telemetry
-from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
+from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider, ProviderError
 from astara.wire.document import ApplianceConfig
 
 LOG = logging.getLogger(__name__)
@@ -294,6 +293,8 @@ class RouterReconciler:
             return None, None, False
         booted_at = instance.created_at.replace(tzinfo=UTC).timestamp()
         provided = self._provider.get(instance.id)
+        if provided is not None and provided.state == "failed":
+            return InstanceView(booted_at, False, False, None, failed=True), provided, False
         if provided is None or provided.state == "missing" or found_dead:
             return InstanceView(booted_at, False, True, None), provided, False
         if vouched and instance.ever_reachable:
@@ -354,15 +355,25 @@ class RouterReconciler:
         retiring: Sequence[InstanceRecord],
     ) -> float | None:
         router_id = record.id
-        if decision.action is Action.BOOT and snapshot is not None:
-            self._boot(record, snapshot, with_data_ports=True)
-            return self._settings.policy.boot_poll_interval
-        if decision.action is Action.REPLACE and snapshot is not None:
-            if not (record.rebuild_requested or self._replacement_allowed()):
-                LOG.warning("router %s: not replaced: the circuit breaker is open", router_id)
-                return 5.0
-            self._replace(record, snapshot, instance, retiring, decision.reason)
-            return self._settings.policy.boot_poll_interval
+        if decision.failure and instance is not None:
+            self._failed(router_id, instance, decision.reason, provided)
+        try:
+            if decision.action is Action.BOOT and snapshot is not None:
+                self._boot(record, snapshot, with_data_ports=True)
+                return self._settings.policy.boot_poll_interval
+            if decision.action is Action.REPLACE and snapshot is not None:
+                if not (record.rebuild_requested or self._replacement_allowed()):
+                    LOG.warning("router %s: not replaced: the circuit breaker is open", router_id)
+                    return 5.0
+                self._replace(record, snapshot, instance, retiring, decision.reason)
+                return self._settings.policy.boot_poll_interval
+        except ProviderError as exc:
+            # Nova's own words (quota, no valid host...): in the log, the store and, once
+            # failures add up, ERROR in Neutron.
+            count = self._store.record_error(router_id, f"boot: {exc}")
+            self._store.log(f"boot failed ({count}): {exc}", router_id)
+            LOG.error("router %s: boot failed (%s): %s", router_id, count, exc)
+            return 0.0
         if decision.action is Action.PUSH_CONFIG and snapshot and instance and provided:
             return self._push(record, snapshot, instance, provided, retiring)
         if decision.action is Action.DELETE_INSTANCE:
@@ -378,6 +389,21 @@ class RouterReconciler:
             self._store.log(f"ERROR: {decision.reason}: {record.last_error}", router_id)
             LOG.error("router %s: ERROR after %s", router_id, decision.reason)
         return None
+
+    def _failed(
+        self,
+        router_id: str,
+        instance: InstanceRecord,
+        reason: str,
+        provided: Instance | None,
+    ) -> None:
+        """An instance that never came up counts as a failure (the router ends in ERROR)."""
+        detail = f"instance {instance.id}: {reason}"
+        if provided is not None and provided.fault:
+            detail += f": {provided.fault}"
+        count = self._store.record_error(router_id, detail)
+        self._store.log(f"{detail} ({count})", router_id, instance.id)
+        LOG.error("router %s: %s (%s)", router_id, detail, count)
 
     def _replace(
         self,
@@ -400,13 +426,19 @@ class RouterReconciler:
 
     def _boot(self, record: RouterRecord, snapshot: RouterSnapshot, with_data_ports: bool) -> None:
         router_id = record.id
-        instance_id = str(uuid.uuid4())
+        instance_id = self._provider.allocate_id(router_id, record.image, record.flavor)
         # Recorded first: a crash during boot leaves a record the next step cleans up.
         self._store.add_instance(instance_id, router_id, self._provider.name, instance_id)
         spec = instance_spec(
             instance_id, snapshot, with_data_ports, image=record.image, flavor=record.flavor
         )
-        booted = self._provider.boot(spec)
+        try:
+            booted = self._provider.boot(spec)
+        except ProviderError:
+            # Nothing of it is kept: the next attempt boots afresh.
+            self._provider.delete(instance_id)
+            self._store.remove_instance(instance_id)
+            raise
         self._store.update_instance(instance_id, management_address=booted.management_address)
         self._store.log("instance booted", router_id, instance_id)
         LOG.info(
@@ -490,15 +522,16 @@ class RouterReconciler:
     ) -> ApplianceConfig:
         try:
             management_port = next(p for p in provided.ports if p.kind == "management")
-            address = ip_interface(
-                f"{provided.management_address}/{self._settings.management_prefixlen}"
-            )
+            prefixlen = provided.management_prefixlen or self._settings.management_prefixlen
+            address = ip_interface(f"{provided.management_address}/{prefixlen}")
             management = ManagementPort(
                 network_id=management_port.network_id,
                 mac=management_port.mac,
                 addresses=(address,),
+                mtu=management_port.mtu,
             )
-            return render(snapshot, generation, management, self._settings.metadata)
+            nic_macs = {p.port_id: p.mac for p in provided.ports if p.kind != "management"}
+            return render(snapshot, generation, management, self._settings.metadata, nic_macs)
         except ValidationError as exc:
             raise RenderFailed(validation_summary(exc)) from exc
         except Exception as exc:  # any other renderer failure: the same data fails again

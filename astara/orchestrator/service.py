@@ -36,7 +36,11 @@ from astara.orchestrator.api import models as api_models
 from astara.orchestrator.api import policies
 from astara.orchestrator.api.app import create_app
 from astara.orchestrator.api.server import ApiServer, pipeline, www_authenticate
-from astara.orchestrator.appliance_client import ApplianceClient, ApplianceError
+from astara.orchestrator.appliance_client import (
+    DEFAULT_APPLY_TIMEOUT,
+    ApplianceClient,
+    ApplianceError,
+)
 from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
@@ -50,7 +54,14 @@ from astara.orchestrator.health_loop import (
     replacement_allowed,
 )
 from astara.orchestrator.heartbeat import HeartbeatReceiver, RateLimit
+from astara.orchestrator.housekeeping import Housekeeping
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
+from astara.orchestrator.local_port import (
+    LocalPortError,
+    ManagementSettings,
+    ensure_local_port,
+    interface_driver,
+)
 from astara.orchestrator.metrics import FleetCollector, Metrics
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.neutron_status import NeutronStatusReporter
@@ -70,7 +81,7 @@ from astara.orchestrator.state import Policy
 from astara.orchestrator.store import Store
 from astara.orchestrator.telemetry import Board, Telemetry
 from astara.orchestrator.worker import Worker
-from astara.providers.base import load_provider
+from astara.providers.base import ProviderContext, ProviderError, provider_from_config
 
 LOG = logging.getLogger(__name__)
 
@@ -131,20 +142,24 @@ def policy_from(conf: cfg.ConfigOpts) -> Policy:
     )
 
 
-def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Worker:
-    """Everything one worker process needs, built inside that process."""
-    ca, creds = load_credentials(Path(conf.state_path))
-    provider = load_provider(
-        conf.provider.name,
-        state_dir=Path(conf.provider.state_path),
+def provider_context(
+    conf: cfg.ConfigOpts, ca: CertificateAuthority, host_address: str
+) -> ProviderContext:
+    return ProviderContext(
         ca=ca,
-        prefix=conf.provider.prefix,
-        management_subnet=conf.provider.management_subnet,
-        heartbeat_target=(management_host_address(conf), conf.health.heartbeat_port),
+        api_port=conf.appliance_api_port,
+        heartbeat_target=(host_address, conf.health.heartbeat_port),
         heartbeat_key=HeartbeatKeys(Path(conf.state_path)).key_for,
         heartbeat_interval=conf.health.heartbeat_interval,
-        private_paths=[conf.state_path],  # the CA, the secrets, the client key
     )
+
+
+def build_worker(
+    conf: cfg.ConfigOpts, host_address: str, index: int, telemetry: Telemetry
+) -> Worker:
+    """Everything one worker process needs, built inside that process."""
+    ca, creds = load_credentials(Path(conf.state_path))
+    provider = provider_from_config(conf, provider_context(conf, ca, host_address))
     prefixlen = int(conf.provider.management_subnet.rsplit("/", 1)[1])
     neutron = neutron_connection(conf)
     plugin = NeutronStatusReporter(neutron)
@@ -154,7 +169,9 @@ def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Work
         source=NeutronRouterSource(neutron, plugin.owns if conf.neutron.plugin_events else None),
         store=Store(conf.database.connection),
         provider=provider,
-        clients=partial(_client, creds, conf.appliance_api_port),
+        clients=partial(
+            _client, creds, conf.appliance_api_port, apply_timeout=conf.appliance_apply_timeout
+        ),
         status=status,
         settings=Settings(
             management_prefixlen=prefixlen,
@@ -168,10 +185,20 @@ def build_worker(conf: cfg.ConfigOpts, index: int, telemetry: Telemetry) -> Work
 
 
 def _client(
-    creds: ClientCredentials, port: int, address: str, timeout: float = 3.0
+    creds: ClientCredentials,
+    port: int,
+    address: str,
+    timeout: float = 3.0,
+    apply_timeout: float = DEFAULT_APPLY_TIMEOUT,
 ) -> ApplianceClient:
     return ApplianceClient(
-        address, port, ca=creds.ca, cert=creds.cert, key=creds.key, timeout=timeout
+        address,
+        port,
+        ca=creds.ca,
+        cert=creds.cert,
+        key=creds.key,
+        timeout=timeout,
+        apply_timeout=apply_timeout,
     )
 
 
@@ -185,13 +212,21 @@ def listen_targets(conf: cfg.ConfigOpts) -> list[oslo_messaging.Target]:
 
 
 def management_host_address(conf: cfg.ConfigOpts) -> str:
-    """The orchestrator's end of the management link (the subnet's first address)."""
-    subnet = ipaddress.ip_network(conf.provider.management_subnet)
-    return str(subnet.network_address + 1)
+    """The orchestrator's address on the management network: with the netns provider the
+    management link's first address; with Nova, that of this host's own Neutron port there
+    (made and plugged now if need be)."""
+    if conf.provider.name != "nova":
+        subnet = ipaddress.ip_network(conf.provider.management_subnet)
+        return str(subnet.network_address + 1)
+    settings = ManagementSettings.from_conf(conf)
+    network = openstack.connect(cloud=conf.nova.cloud or conf.neutron.cloud).network
+    port = ensure_local_port(network, interface_driver(conf.management.interface_driver), settings)
+    return str(ipaddress.ip_interface(port.addresses[0]).ip)
 
 
 def build_health_loop(
     conf: cfg.ConfigOpts,
+    host_address: str,
     store: Store,
     dispatch: Callable[[Event], None],
     registry: CollectorRegistry,
@@ -204,9 +239,7 @@ def build_health_loop(
         health.heartbeat_burst_per_source,
         health.heartbeat_sources,
     )
-    receiver = HeartbeatReceiver(
-        (management_host_address(conf), health.heartbeat_port), registry, limit
-    )
+    receiver = HeartbeatReceiver((host_address, health.heartbeat_port), registry, limit)
     loop: HealthLoop
 
     def probe(instance_id: str) -> bool:
@@ -249,13 +282,18 @@ def build_health_loop(
 
 
 class Orchestrator:
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, host_address: str) -> None:
+        """``host_address``: this host's address on the management network."""
         self._conf = conf
+        self._host_address = host_address
         self._store = Store(conf.database.connection)
         self._neutron = neutron_connection(conf)
         self._dispatcher = Dispatcher(
-            conf.workers.processes, partial(build_worker, conf), conf.workers.queue_size
+            conf.workers.processes,
+            partial(build_worker, conf, host_address),
+            conf.workers.queue_size,
         )
+        self._housekeeping: Housekeeping | None = None
         self._project_polls = ProjectPolls(self.resync)
         ca, creds = load_credentials(Path(conf.state_path))
         self._certificates = CertificateRotation(
@@ -269,7 +307,9 @@ class Orchestrator:
         self._stop = threading.Event()
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.health = build_health_loop(conf, self._store, self._dispatcher.dispatch, self.registry)
+        self.health = build_health_loop(
+            conf, host_address, self._store, self._dispatcher.dispatch, self.registry
+        )
         self._board = Board(self._dispatcher.channel, self.metrics)
         self.registry.register(
             FleetCollector(
@@ -307,6 +347,7 @@ class Orchestrator:
 
     def run(self) -> None:
         self._dispatcher.start()  # fork before any thread of ours exists
+        self._start_housekeeping()
         self._project_polls.start()
         self._certificates.start()
         self._board.start()
@@ -323,6 +364,8 @@ class Orchestrator:
         while not self._stop.is_set():
             self._reconcile_spread()
         self.api.stop()
+        if self._housekeeping is not None:
+            self._housekeeping.stop()
         self.health.stop()
         self._watch.stop()
         self._listener.stop()
@@ -331,6 +374,18 @@ class Orchestrator:
         self._dispatcher.stop()
         self._board.stop()
         LOG.info("orchestrator stopped")
+
+    def _start_housekeeping(self) -> None:
+        ca, _ = load_credentials(Path(self._conf.state_path))
+        provider = provider_from_config(
+            self._conf, provider_context(self._conf, ca, self._host_address)
+        )
+        self._housekeeping = Housekeeping(
+            provider,
+            lambda: {instance.id for instance in self._store.all_instances()},
+            self._conf.provider.housekeeping_interval,
+        )
+        self._housekeeping.start()
 
     def _reconcile_spread(self) -> None:
         """One periodic reconcile of every router, spread evenly over resync_interval."""
@@ -453,8 +508,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"astara-orchestrator: {exc}", file=sys.stderr)
         return 2
     upgrade(conf.database.connection)
-    load_credentials(Path(conf.state_path))
-    orchestrator = Orchestrator(conf)
+    ca, _ = load_credentials(Path(conf.state_path))
+    try:
+        host_address = management_host_address(conf)
+        # A provider the cloud cannot serve stops here, saying what to change.
+        provider_from_config(conf, provider_context(conf, ca, host_address)).check()
+    except (ProviderError, LocalPortError) as exc:
+        LOG.error("%s", exc)
+        print(f"astara-orchestrator: {exc}", file=sys.stderr)
+        return 2
+    orchestrator = Orchestrator(conf, host_address)
     signal.signal(signal.SIGTERM, lambda *_: orchestrator.stop())
     signal.signal(signal.SIGINT, lambda *_: orchestrator.stop())
     signal.signal(signal.SIGUSR1, lambda *_: orchestrator.health.clear_breaker())

@@ -45,6 +45,7 @@ class InstanceView:
     reachable: bool  # its API answered the last probe
     ever_reachable: bool  # it answered at least once since it booted
     applied_generation: int | None
+    failed: bool = False  # the provider gave up on it (a Nova server in ERROR)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Decision:
     state: State
     reason: str
     retry_at: float | None = None  # when NOTHING: observe again at this time
+    # The instance failed (it never came up): counts towards ERROR like a failed push.
+    failure: bool = False
 
 
 def backoff_delay(failures: int, policy: Policy) -> float:
@@ -113,9 +116,11 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     if instance is None:
         return Decision(Action.BOOT, State.BOOTING, "no instance")
 
+    if instance.failed:
+        return Decision(Action.REPLACE, State.BOOTING, "instance failed", failure=True)
     if not instance.ever_reachable:
         if obs.now - instance.booted_at > policy.boot_timeout:
-            return Decision(Action.REPLACE, State.BOOTING, "boot timed out")
+            return Decision(Action.REPLACE, State.BOOTING, "boot timed out", failure=True)
         return Decision(
             Action.NOTHING,
             State.BOOTING,

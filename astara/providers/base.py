@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import abc
 import builtins
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from oslo_config import cfg
 from pydantic import BaseModel, ConfigDict, Field
 from stevedore import driver
 
+from astara.common.tls import CertificateAuthority
+from astara.wire.defaults import API_PORT
 from astara.wire.document import Identifier, MacAddress, NetworkKind
 
 ENTRY_POINT_NAMESPACE = "astara.providers"
 
-InstanceState = Literal["running", "stopped", "missing"]
+# "failed": the provider gave up on it (a Nova server in ERROR); ``Instance.fault`` says why.
+InstanceState = Literal["running", "stopped", "missing", "failed"]
 
 
 class _Frozen(BaseModel):
@@ -59,8 +66,11 @@ class Instance(_Frozen):
     """An instance as the provider observes it now.
 
     ``management_address`` is the IP (no prefix length) the orchestrator reaches the
-    appliance's API on; ``state`` is ``missing`` when the provider still has the instance's
-    record but the instance itself is gone.
+    appliance's API on, in a subnet of ``management_prefixlen`` bits (None: the orchestrator's
+    configured management subnet); ``state`` is ``missing`` when the provider still has the
+    instance's record but the instance itself is gone. ``ports`` carry the MAC of the NIC that
+    serves each Neutron port, which is the port's own MAC unless the provider wires the port
+    through a NIC of its own (Nova's service ports).
     """
 
     id: str
@@ -69,16 +79,52 @@ class Instance(_Frozen):
     management_address: str
     state: InstanceState
     ports: tuple[PortSpec, ...]
+    management_prefixlen: int | None = None
+    fault: str | None = None
 
 
 class ProviderError(RuntimeError):
     """A provider could not do what was asked; the message says which step failed."""
 
 
+@dataclass(frozen=True)
+class ProviderContext:
+    """What the orchestrator gives every provider, whatever boots its instances: the CA that
+    signs appliance certificates, the appliance API port, and where and how to heartbeat."""
+
+    ca: CertificateAuthority
+    api_port: int = API_PORT
+    heartbeat_target: tuple[str, int] | None = None
+    heartbeat_key: Callable[[str], bytes] | None = None
+    heartbeat_interval: float = 2.0
+
+
 class Provider(abc.ABC):
     """Boots, re-plugs, lists and deletes appliance instances."""
 
     name: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, conf: cfg.ConfigOpts, context: ProviderContext) -> Provider:
+        """The provider as the orchestrator's configuration describes it."""
+
+    def allocate_id(
+        self, router_id: str, image: str | None = None, flavor: str | None = None
+    ) -> str:
+        """The id of the next instance of ``router_id`` (a provider with pre-booted instances
+        of the configured image and flavor hands one of those out)."""
+        return str(uuid.uuid4())
+
+    def check(self) -> None:
+        """What the provider needs from the cloud, checked before the orchestrator starts;
+        raises ProviderError saying what to change (nothing to check by default)."""
+        return
+
+    def maintain(self, known_instances: Collection[str] = ()) -> None:
+        """Background upkeep, run periodically by one process; ``known_instances``: the ids of
+        every instance a router owns (nothing to do by default)."""
+        return
 
     @abc.abstractmethod
     def boot(self, spec: InstanceSpec) -> Instance:
@@ -103,6 +149,17 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def get(self, instance_id: str) -> Instance | None:
         """One instance, or None when the provider knows nothing of it."""
+
+
+def provider_from_config(conf: cfg.ConfigOpts, context: ProviderContext) -> Provider:
+    """The provider ``[provider] name`` names, configured from ``conf``."""
+    manager: driver.DriverManager = driver.DriverManager(
+        namespace=ENTRY_POINT_NAMESPACE, name=conf.provider.name, invoke_on_load=False
+    )
+    provider_class = manager.driver
+    if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
+        raise TypeError(f"provider {conf.provider.name!r} is not a Provider class")
+    return provider_class.from_config(conf, context)
 
 
 def load_provider(name: str, **kwargs: Any) -> Provider:

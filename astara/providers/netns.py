@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oslo_config import cfg
 from pydantic import BaseModel, ConfigDict
 
 from astara.common.processes import first_child, is_alive, process_argv
@@ -52,6 +53,7 @@ from astara.providers.base import (
     InstanceState,
     PortSpec,
     Provider,
+    ProviderContext,
     ProviderError,
 )
 from astara.providers.confine import confined
@@ -404,6 +406,21 @@ class NetnsProvider(Provider):
         self.private_paths = (self.state_dir, *map(Path, private_paths))
         self.ip = Ip()
         self.processes = ApplianceProcesses(self.ip)
+
+    @classmethod
+    def from_config(cls, conf: cfg.ConfigOpts, context: ProviderContext) -> NetnsProvider:
+        group = conf.provider
+        return cls(
+            state_dir=Path(group.state_path),
+            ca=context.ca,
+            prefix=group.prefix,
+            management_subnet=group.management_subnet,
+            api_port=context.api_port,
+            heartbeat_target=context.heartbeat_target,
+            heartbeat_key=context.heartbeat_key,
+            heartbeat_interval=context.heartbeat_interval,
+            private_paths=[conf.state_path],  # the orchestrator's CA, secrets and client key
+        )
 
     # -- the Provider interface ---------------------------------------------------------
 

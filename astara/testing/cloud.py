@@ -8,14 +8,8 @@ port's MAC on that port's network bridge, addressed by the appliance's DHCP.
 
 from __future__ import annotations
 
-import configparser
-import contextlib
 import ipaddress
-import os
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,15 +17,8 @@ from astara.common.tls import CertificateAuthority
 from astara.providers.netns import NetnsProvider, short_hash
 from astara.testing import services
 from astara.testing.netns import Namespace, Topology
-from astara.testing.neutron_bed import (
-    RABBIT_URL,
-    Endpoint,
-    NeutronTestbed,
-    free_port,
-    process_alive,
-)
-
-ORCHESTRATOR = Path(sys.executable).with_name("astara-orchestrator")
+from astara.testing.neutron_bed import RABBIT_URL, Endpoint, NeutronTestbed, free_port
+from astara.testing.orchestrator import OrchestratorProcess, write_ini
 
 
 @dataclass
@@ -67,11 +54,11 @@ class CloudInABox:
 
     @property
     def config_file(self) -> Path:
-        return self.state_dir / "orchestrator.ini"
+        return self.orchestrator.config_file
 
     @property
     def orchestrator_log(self) -> Path:
-        return self.state_dir / "orchestrator.log"
+        return self.orchestrator.log
 
     def provider(self) -> NetnsProvider:
         """A provider object on the same state as the orchestrator's (for uplinks, checks)."""
@@ -140,58 +127,22 @@ class CloudInABox:
             },
             **({"keystone_authtoken": self.keystone_authtoken} if self.keystone_authtoken else {}),
         }
-        parser = configparser.ConfigParser(interpolation=None)
-        for section, options in sections.items():
-            if section != "DEFAULT":
-                parser.add_section(section)
-            for key, value in options.items():
-                parser.set(section, key, value)
-        with self.config_file.open("w") as handle:
-            parser.write(handle)
+        write_ini(self.config_file, sections)
 
     @property
-    def orchestrator_pid_file(self) -> Path:
-        return self.state_dir / "orchestrator.pid"
+    def orchestrator(self) -> OrchestratorProcess:
+        return OrchestratorProcess(self.state_dir)
 
     def orchestrator_pid(self) -> int | None:
         """The running orchestrator's pid (also one started by an earlier command)."""
-        try:
-            pid = int(self.orchestrator_pid_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if process_alive(pid) else None
+        return self.orchestrator.pid()
 
     def start_orchestrator(self) -> int:
-        running = self.orchestrator_pid()
-        if running is not None:
-            return running
-        proc = subprocess.Popen(
-            [str(ORCHESTRATOR), "--config-file", str(self.config_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.state_dir / "orchestrator.stderr").open("ab"),
-            start_new_session=True,
-        )
-        self.orchestrator_pid_file.write_text(str(proc.pid))
-        return proc.pid
+        return self.orchestrator.start()
 
     def kill_orchestrator(self, sig: int = signal.SIGKILL) -> None:
         """Stop the orchestrator and its worker processes (SIGKILL: a crash, no clean-up)."""
-        pid = self.orchestrator_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + 20
-        while _group_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.1)
-        if _group_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            time.sleep(0.5)
-        _reap(pid)
-        self.orchestrator_pid_file.unlink(missing_ok=True)
+        self.orchestrator.kill(sig)
 
     def uplink(self, network_id: str, gateway_cidr: str) -> Namespace:
         """Connect an external network to the outside world, which holds its gateway."""
@@ -241,22 +192,3 @@ class CloudInABox:
         self.provider().teardown()
         if stop_neutron:
             self.bed.down()
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _group_alive(pgid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and process_alive(int(entry)):
-            return True
-    return False

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from typing import Any
 import openstack
 import pytest
 
+from astara.testing.nova_box import build_image
 from astara.testing.openstack_bed import operator
 from astara.testing.openstack_bed.bed import OpenStackBed
 
@@ -55,21 +54,7 @@ def workload_image(admin: openstack.connection.Connection) -> str:
     checkout builds it (or finds it in its cache).
     """
     given = os.environ.get("ASTARA_WORKLOAD_IMAGE")
-    if given:
-        path = Path(given)
-    else:
-        built = subprocess.run(
-            [sys.executable, "-m", "astara.cli.image", "build", "--profile", "workload"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if built.returncode != 0:
-            raise RuntimeError(
-                "the workload image is needed: astara-image build --profile workload failed "
-                f"(or this checkout has no image builder): {built.stderr.strip()[-2000:]}"
-            )
-        path = Path(built.stdout.split()[-1])
+    path = Path(given) if given else build_image("workload")
     return operator.upload_image(admin, path, "astara-test-workload")
 
 

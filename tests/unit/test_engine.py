@@ -250,6 +250,45 @@ def test_unresolvable_links_fail_before_any_step(tmp_path: Path) -> None:
     assert journal == []
 
 
+def test_a_nic_that_appears_during_the_link_wait_is_used(tmp_path: Path) -> None:
+    """A NIC hot-plugged into a VM shows up after the hypervisor attached it: wait for it."""
+    journal: list[Call] = []
+    looks: list[float] = []
+
+    def late_links(macs: Iterable[str]) -> LinkMap:
+        looks.append(time.monotonic())
+        if len(looks) < 3:
+            raise LookupError("no interface with MAC fa:16:3e:00:00:03")
+        return {mac: f"eth{i}" for i, mac in enumerate(sorted(macs))}
+
+    engine = Engine(
+        [RecordingSubsystem("addresses", journal)],
+        tmp_path,
+        late_links,
+        link_wait=10.0,
+        sleep=lambda _: None,
+    )
+    assert engine.apply(document(1)).generation == 1
+    # The first look also asks for the previous document's NICs; then two waits for eth2.
+    assert len(looks) == 3
+    assert steps(journal) == [("addresses", 1, None)]
+
+
+def test_a_nic_still_missing_after_the_link_wait_fails_the_apply(tmp_path: Path) -> None:
+    naps: list[float] = []
+
+    def no_links(macs: Iterable[str]) -> LinkMap:
+        raise LookupError("no interface with MAC fa:16:3e:00:00:02")
+
+    engine = Engine([], tmp_path, no_links, link_wait=0.5, sleep=naps.append)
+    started = time.monotonic()
+    with pytest.raises(ApplyFailed) as info:
+        engine.apply(document(1))
+    assert info.value.step == "links"
+    assert naps, "it waited before giving up"
+    assert time.monotonic() - started < 0.5 + 5, "bounded by the link wait"
+
+
 def recorded(engine: Engine, config: ApplianceConfig) -> Health:
     """Apply, then wait until the document is saved, digested and the live state fingerprinted."""
     health = engine.apply(config)

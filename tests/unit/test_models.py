@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from astara.wire.document import ApplianceConfig, dump_with_secrets, problems
+from astara.wire.document import (
+    REDACTED,
+    REDACTED_READ,
+    ApplianceConfig,
+    dump_with_secrets,
+    problems,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -197,3 +203,14 @@ def test_overlapping_port_forwards_are_refused() -> None:
     bad["port_forwards"].append(second)
     found = [p.loc for p in problems(ApplianceConfig.model_validate(bad))]
     assert ("port_forwards", 1, "external_port") in found
+
+
+def test_a_document_read_back_with_its_secrets_masked_validates_only_as_a_read() -> None:
+    """GET /v1/config answers with secrets masked: the orchestrator can still read it, and a
+    masked secret is never accepted as a document to apply."""
+    masked = ApplianceConfig.model_validate(DOC).model_dump_json()
+    assert REDACTED in masked
+    read = ApplianceConfig.model_validate_json(masked, context=REDACTED_READ)
+    assert read.generation == DOC["generation"]
+    with pytest.raises(ValidationError):
+        ApplianceConfig.model_validate_json(masked)

@@ -23,9 +23,10 @@ from astara.orchestrator.reconciler import (
 from astara.orchestrator.state import State
 from astara.orchestrator.store import Store
 from astara.providers.base import Instance, InstanceSpec
+from astara.providers.noop import NoopProvider
 from astara.wire.api import Failure, ServiceHealth
 from astara.wire.document import ApplianceConfig
-from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, active, poll
+from tests.unit.test_reconciler import FakeAppliance, FixedSource, active, poll
 from tests.unit.test_router_driver import ROUTER_ID, recorded, snapshot_of
 
 pytestmark = pytest.mark.unit
@@ -51,7 +52,7 @@ class RecordingTelemetry:
         return [args for fact, args in self.facts if fact == name]
 
 
-class SpecProvider(FakeProvider):
+class SpecProvider(NoopProvider):
     """The fake provider, keeping the specs it was asked to boot."""
 
     def __init__(self) -> None:

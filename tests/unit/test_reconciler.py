@@ -4,6 +4,9 @@ the appliance."""
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,54 +23,15 @@ from astara.orchestrator.reconciler import (
     RouterReconciler,
     Settings,
 )
-from astara.orchestrator.state import State
+from astara.orchestrator.state import Policy, State
 from astara.orchestrator.store import Store
-from astara.providers.base import Instance, InstanceSpec, PortSpec, Provider
+from astara.providers.base import Instance, PortSpec
+from astara.providers.noop import NoopProvider
 from astara.wire.api import ServiceHealth
 from astara.wire.document import ApplianceConfig
 from tests.unit.test_router_driver import ROUTER_ID, recorded, snapshot_of
 
 pytestmark = pytest.mark.unit
-
-
-class FakeProvider(Provider):
-    """Fake: keeps instances in a dict (the netns provider is tested for real elsewhere)."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.instances: dict[str, Instance] = {}
-
-    def boot(self, spec: InstanceSpec) -> Instance:
-        booted = Instance(
-            id=spec.instance_id,
-            router_id=spec.router_id,
-            provider=self.name,
-            management_address=f"fd00::{len(self.instances) + 2}",
-            state="running",
-            ports=spec.ports,
-        )
-        self.instances[booted.id] = booted
-        return booted
-
-    def plug(self, instance: Instance, port: PortSpec) -> Instance:
-        ports = (*(p for p in instance.ports if p.port_id != port.port_id), port)
-        self.instances[instance.id] = instance.model_copy(update={"ports": ports})
-        return self.instances[instance.id]
-
-    def unplug(self, instance: Instance, port_id: str) -> Instance:
-        ports = tuple(p for p in instance.ports if p.port_id != port_id)
-        self.instances[instance.id] = instance.model_copy(update={"ports": ports})
-        return self.instances[instance.id]
-
-    def delete(self, instance_id: str) -> None:
-        self.instances.pop(instance_id, None)
-
-    def list(self) -> list[Instance]:
-        return list(self.instances.values())
-
-    def get(self, instance_id: str) -> Instance | None:
-        return self.instances.get(instance_id)
 
 
 class FakeAppliance:
@@ -116,8 +80,9 @@ class FixedSource:
 def reconciler_for(
     store: Store,
     appliance: FakeAppliance,
-    provider: FakeProvider,
+    provider: NoopProvider,
     settings: Settings = Settings(management_prefixlen=64),  # noqa: B008 (frozen)
+    clock: Callable[[], float] = time.time,
 ) -> RouterReconciler:
     return RouterReconciler(
         source=FixedSource(snapshot_of(recorded())),
@@ -126,7 +91,14 @@ def reconciler_for(
         clients=appliance,  # type: ignore[arg-type]
         status=LoggingStatusReporter(),
         settings=settings,
+        clock=clock,
     )
+
+
+def jumping_clock(step: float = 1000.0) -> Callable[[], float]:
+    """Each reading is ``step`` seconds after the last: every backoff is over at once."""
+    readings = itertools.count(time.time(), step)
+    return lambda: next(readings)
 
 
 @pytest.fixture
@@ -139,7 +111,7 @@ def store(tmp_path: Path) -> Store:
 @pytest.fixture
 def parts(store: Store) -> tuple[RouterReconciler, Store, FakeAppliance]:
     appliance = FakeAppliance()
-    return reconciler_for(store, appliance, FakeProvider()), store, appliance
+    return reconciler_for(store, appliance, NoopProvider()), store, appliance
 
 
 def poll(cause: str, instance_id: str | None = None, generation: int | None = None) -> Event:
@@ -210,7 +182,7 @@ def test_drift_poll_checks_the_api_and_reapplies(parts) -> None:
 
 
 def test_a_new_metadata_secret_re_signs_every_instance(store: Store) -> None:
-    appliance, provider = FakeAppliance(), FakeProvider()
+    appliance, provider = FakeAppliance(), NoopProvider()
 
     def signatures(secret: str) -> set[str]:
         service = MetadataService("http://[fdca::1]:8775", secret)
@@ -229,3 +201,76 @@ def test_a_new_metadata_secret_re_signs_every_instance(store: Store) -> None:
     after = signatures("new-secret")
     assert appliance.generation == (generation or 0) + 1
     assert before and after and not before & after
+
+
+QUICK_TO_ERROR = Settings(management_prefixlen=64, policy=Policy(max_failures=3))
+
+
+def test_a_boot_the_cloud_refuses_ends_in_error_with_the_clouds_reason(store: Store) -> None:
+    provider = NoopProvider()
+    provider.fail_boot("Quota exceeded for instances: Requested 1, but already used 10 of 10")
+    reconciler = reconciler_for(store, FakeAppliance(), provider, QUICK_TO_ERROR, jumping_clock())
+    for _ in range(10):
+        reconciler.step(ROUTER_ID, poll("test"))
+    record = store.get_router(ROUTER_ID)
+    assert record is not None
+    assert record.state == State.ERROR.value
+    assert record.last_error is not None and "Quota exceeded for instances" in record.last_error
+    # Each refused boot left nothing behind: no instance to adopt, none to delete.
+    assert store.instances(ROUTER_ID) == []
+    assert provider.instances == {}
+    assert any("boot failed" in event.message for event in store.events(ROUTER_ID))
+
+
+def test_an_instance_the_cloud_failed_is_replaced_and_counts_towards_error(store: Store) -> None:
+    provider = NoopProvider()
+    reconciler = reconciler_for(store, FakeAppliance(), provider, QUICK_TO_ERROR, jumping_clock())
+    reconciler.step(ROUTER_ID, poll("test"))
+    (first,) = store.instances(ROUTER_ID)
+    provider.fail_instance(first.id, "No valid host was found. There are not enough hosts.")
+    reconciler.step(ROUTER_ID, poll("test"))
+    record = store.get_router(ROUTER_ID)
+    assert record is not None and record.error_count == 1
+    assert record.last_error is not None and "No valid host was found" in record.last_error
+    assert [i.id for i in store.instances(ROUTER_ID)][-1] != first.id  # a replacement booted
+    # Every replacement fails too: ERROR, with the cloud's reason.
+    for _ in range(10):
+        newest = store.instances(ROUTER_ID)[-1].id
+        if newest in provider.instances and provider.instances[newest].state != "failed":
+            provider.fail_instance(newest, "Port binding failed for port x")
+        reconciler.step(ROUTER_ID, poll("test"))
+    record = store.get_router(ROUTER_ID)
+    assert record is not None and record.state == State.ERROR.value
+    assert record.last_error is not None and "Port binding failed" in record.last_error
+
+
+class RewiringProvider(NoopProvider):
+    """Serves every router port through a NIC of its own, as the Nova provider does."""
+
+    @staticmethod
+    def nic_mac(port: PortSpec) -> str:
+        return "02:00:00:00:00:" + port.port_id[-2:].encode().hex()[-2:]
+
+    def plug(self, instance: Instance, port: PortSpec) -> Instance:
+        return super().plug(instance, port.model_copy(update={"mac": self.nic_mac(port)}))
+
+
+def test_the_document_names_the_nics_the_provider_wired(store: Store) -> None:
+    appliance, provider = FakeAppliance(), RewiringProvider()
+    reconciler = reconciler_for(store, appliance, provider)
+    snapshot = snapshot_of(recorded())
+    router_ports = [p for p in snapshot.interface_ports]
+    # Booted without data ports (as a replacement is): every router port is plugged later.
+    reconciler.step(ROUTER_ID, poll("test"))
+    (instance,) = store.instances(ROUTER_ID)
+    provider.instances[instance.id] = provider.instances[instance.id].model_copy(
+        update={"ports": provider.instances[instance.id].ports[:1]}
+    )
+    active(reconciler, store)
+    assert appliance.config is not None
+    macs = {iface.mac for iface in appliance.config.interfaces}
+    wired = {RewiringProvider.nic_mac(p) for p in provider.instances[instance.id].ports[1:]}
+    assert wired and wired <= macs
+    assert not {p.mac_address for p in router_ports} & macs
+    internal = appliance.config.internal_networks()
+    assert internal and all(net.interface_mac in wired for net in internal)

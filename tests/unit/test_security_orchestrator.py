@@ -48,11 +48,12 @@ from astara.orchestrator.state import State
 from astara.orchestrator.store import InstanceRecord, Store
 from astara.orchestrator.worker import Worker
 from astara.providers.confine import confined, outermost
+from astara.providers.noop import NoopProvider
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
 from tests.unit.test_api import FixedStatus
 from tests.unit.test_engine import RecordingSubsystem, fake_links
-from tests.unit.test_reconciler import FakeAppliance, FakeProvider, FixedSource, poll
+from tests.unit.test_reconciler import FakeAppliance, FixedSource, poll
 from tests.unit.test_router_driver import (
     MGMT,
     PRIVATE_NET,
@@ -129,7 +130,7 @@ def test_a_port_the_document_cannot_carry_is_skipped_alone_and_logged(
 
 
 def test_a_document_that_cannot_be_rendered_is_an_error_with_a_reason(store: Store) -> None:
-    appliance, provider = FakeAppliance(), FakeProvider()
+    appliance, provider = FakeAppliance(), NoopProvider()
     source = FixedSource(snapshot_of(recorded()))
     reconciler = RouterReconciler(
         source=source,

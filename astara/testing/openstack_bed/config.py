@@ -243,7 +243,9 @@ def neutron_conf(layout: Layout) -> Sections:
         "DEFAULT": {
             **_common(layout, "neutron"),
             "core_plugin": "ml2",
-            "service_plugins": "router,flavors,astara",
+            # segments: the ip_allocation extension, which Nova needs to accept a port
+            # without addresses (the appliances' service ports).
+            "service_plugins": "router,flavors,segments,astara",
             "auth_strategy": "keystone",
             "api_paste_config": str(layout.venv / "etc/neutron/api-paste.ini"),
             "transport_url": layout.transport_url("neutron"),

@@ -128,6 +128,7 @@ def upload_image(
     path: Path,
     name: str,
     properties: Mapping[str, str] | None = None,
+    tags: tuple[str, ...] = (),
 ) -> str:
     """Upload an image (raw or qcow2, as ``qemu-img`` finds it) unless the same one is there.
 
@@ -137,6 +138,8 @@ def upload_image(
     digest = _sha512(path)
     for image in conn.image.images(name=name):
         if image.status == "active" and image.hash_value == digest:
+            if not set(tags) <= set(image.tags or ()):
+                conn.image.update_image(image.id, tags=sorted({*tags, *(image.tags or ())}))
             return str(image.id)
     info = json.loads(
         subprocess.run(
@@ -155,6 +158,8 @@ def upload_image(
         wait=True,
         meta=dict(properties or {}),
     )
+    if tags:
+        conn.image.update_image(image.id, tags=list(tags))
     return str(image.id)
 
 
