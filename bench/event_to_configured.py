@@ -119,7 +119,7 @@ def main() -> int:
             (instance,) = [i for i in provider.list() if i.router_id == first]
             return ApplianceClient(
                 instance.management_address, ca=creds / "ca" / "ca.pem",
-                cert=creds / "orchestrator-client.pem", key=creds / "orchestrator-client.key",
+                cert=creds / "orchestrator-client.pem", key=creds / "orchestrator-client.pem",
             )  # fmt: skip
 
         def fips() -> set[str]:

@@ -1,4 +1,4 @@
-"""The appliance's REST API: read its state, replace its configuration.
+"""The appliance's REST API: read its state, replace its configuration and its credentials.
 
 Served over mutual TLS by ``astara.appliance.service``; this module only maps HTTP to the
 engine and the status readers. Every refusal says precisely why: a 422 lists each problem with
@@ -18,9 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from astara.appliance.bodylimit import BodyLimit
+from astara.appliance.credentials import CredentialsRefused, TlsIdentity
 from astara.appliance.engine import ApplyFailed, Engine, NothingApplied, StaleGeneration
 from astara.appliance.status import Counters, InterfaceStatus, StatusReader
-from astara.wire.api import Conflict, Failure, Health, Message, Problems, ServiceHealth
+from astara.wire.api import (
+    Conflict,
+    Credentials,
+    Failure,
+    Health,
+    Message,
+    Problems,
+    ServiceHealth,
+)
 from astara.wire.document import ApplianceConfig, Problem, problems
 
 JSON_TYPE = "application/json"
@@ -52,9 +61,11 @@ def create_app(
     status: StatusReader,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     threads: int = DEFAULT_API_THREADS,
+    identity: TlsIdentity | None = None,
 ) -> FastAPI:
     """The API over one engine; ``status`` reads interfaces and counters. Bodies over
-    ``max_body_bytes`` get 413; at most ``threads`` requests are served at once."""
+    ``max_body_bytes`` get 413; at most ``threads`` requests are served at once. ``identity``:
+    the TLS identity ``PUT /v1/credentials`` replaces (None: not replaceable, 404)."""
     started = time.monotonic()
 
     @asynccontextmanager
@@ -165,6 +176,27 @@ def create_app(
         except ApplyFailed as exc:
             return _failure(exc)
         return after_apply(result)
+
+    @app.put(
+        "/v1/credentials",
+        response_model=Message,
+        dependencies=[Depends(_require_json)],
+        responses={404: {"model": Message}, 415: {"model": Message}, 422: {"model": Problems}},
+        description="Replace this appliance's TLS certificate and key. The certificate must "
+        "come from the CA the appliance trusts, be valid now and name its management address; "
+        "new connections get it at once, open ones keep the old one.",
+    )
+    async def put_credentials(body: Credentials) -> Any:
+        # On the event loop's thread, where handshakes happen: none sees the context half
+        # loaded.
+        if identity is None:
+            raise HTTPException(404, "this appliance's credentials are not replaceable")
+        try:
+            identity.install(body.cert.encode(), body.key.get_secret_value().encode())
+        except CredentialsRefused as exc:
+            refused = Problems(detail=[Problem(loc=("body",), msg=str(exc))])
+            return JSONResponse(refused.model_dump(mode="json"), status_code=422)
+        return Message(detail="credentials replaced")
 
     return app
 

@@ -22,6 +22,7 @@ import uvicorn
 from pyroute2.netlink.exceptions import NetlinkError
 
 from astara.appliance.api import DEFAULT_API_THREADS, DEFAULT_MAX_BODY_BYTES, create_app
+from astara.appliance.credentials import TlsIdentity
 from astara.appliance.dnsmasq import DEFAULT_USER as DNSMASQ_USER
 from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
@@ -310,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_tls_arguments(parser, args)
+    identity = TlsIdentity(args.cert, args.key, args.ca, args.listen)
+    identity.finish_pending()  # a replacement a crash interrupted
     check_limits(parser, args)
     beats = heartbeat_settings(parser, args)
     # Everything written from now on (ours and our daemons') is private unless made otherwise.
@@ -355,9 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         KernelStatus(firewall.read_counters),
         max_body_bytes=args.max_body_bytes,
         threads=args.api_threads,
+        identity=identity,
     )
     LOG.info("serving on [%s]:%d with mutual TLS", args.listen, args.port)
-    uvicorn.run(
+    server = uvicorn.Config(
         app,
         host=args.listen,
         port=args.port,
@@ -368,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=None,
         access_log=True,
     )
+    server.load()
+    identity.context = server.ssl  # PUT /v1/credentials loads new ones into it
+    uvicorn.Server(server).run()
     return 0
 
 

@@ -1,7 +1,9 @@
-"""What /proc says about a process: its state letter, its command line, whether it lives."""
+"""What /proc says about a process: its state letter, its command line, whether it lives,
+its children."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -26,3 +28,19 @@ def process_argv(pid: int) -> tuple[str, ...] | None:
 def is_alive(pid: int) -> bool:
     state = process_state(pid)
     return state is not None and state not in ("Z", "X")
+
+
+def first_child(pid: int, timeout: float, poll: float = 0.01) -> int | None:
+    """The first child ``pid`` has forked, waiting up to ``timeout`` seconds for one; None when
+    none came (or ``pid`` is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(poll)

@@ -4,6 +4,10 @@ Every appliance API call is mutual TLS: the appliance presents a certificate iss
 and accepts only clients holding one too. The CA lives in a directory (key 0600) created on
 first use and reused afterwards, so restarting the orchestrator keeps every issued
 certificate valid.
+
+Leaf certificates (the orchestrator's client certificate, each appliance's server certificate)
+are replaced once past ``RENEW_AFTER`` of their lifetime: a new key and certificate from the
+same CA, which every peer accepts at once, so nothing waits for the switch.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from astara.common.files import write_private_atomic
+
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
 CA_VALIDITY = datetime.timedelta(days=3650)
 LEAF_VALIDITY = datetime.timedelta(days=825)
+# Half the lifetime: a renewal that keeps failing leaves more than a year to be noticed.
+RENEW_AFTER = 0.5
 # Issued "now" minus a little, so a peer whose clock is slightly behind accepts it.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 
@@ -43,6 +51,30 @@ class Issued:
     def write(self, cert_path: Path, key_path: Path) -> None:
         cert_path.write_bytes(self.cert_pem)
         _write_private(key_path, self.key_pem)
+
+    def write_identity(self, path: Path) -> None:
+        """Key and certificate in one file, replaced in one step (0600): a reader never sees
+        a new certificate with an old key."""
+        write_private_atomic(path, self.key_pem + self.cert_pem)
+
+
+def renewal_due(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    """Whether ``cert`` is past ``RENEW_AFTER`` of its lifetime (or not valid at all) at
+    ``now``."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return not start <= now < start + (end - start) * RENEW_AFTER
+
+
+def identity_renewal_due(path: Path, now: datetime.datetime) -> bool:
+    """Whether the identity file (see ``Issued.write_identity``) is missing, holds no key, or
+    its certificate is due for renewal."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        return True
+    if b"PRIVATE KEY-----" not in pem:
+        return True
+    return renewal_due(x509.load_pem_x509_certificate(pem), now)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -132,10 +164,12 @@ class CertificateAuthority:
         role: Role,
         ips: Sequence[IpAddress | str] = (),
         dns_names: Sequence[str] = (),
+        now: datetime.datetime | None = None,
     ) -> Issued:
-        """A leaf certificate for a server (an appliance) or a client (the orchestrator)."""
+        """A leaf certificate for a server (an appliance) or a client (the orchestrator),
+        valid from ``now`` (the current time by default)."""
         key = _new_key()
-        now = datetime.datetime.now(datetime.UTC)
+        now = now or datetime.datetime.now(datetime.UTC)
         usage = (
             ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
         )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astara.drivers.metadata import MetadataService, instance_identity
 from astara.wire.document import (
@@ -29,6 +29,7 @@ from astara.wire.document import (
     PortRange,
     StaticRoute,
     Subnet,
+    is_hostname,
     management_overlap,
     route_into_management,
 )
@@ -229,7 +230,7 @@ def render(
     ]
     gateway = snapshot.gateway_port
     external = (
-        _network("external", gateway, macs, [gateway], subnets, [], None)
+        _network(router.id, "external", gateway, macs, [gateway], subnets, [], None)
         if gateway is not None and gateway.fixed_ips
         else None
     )
@@ -239,7 +240,9 @@ def render(
         if nic is gateway:
             continue
         owned = [port for port in snapshot.interface_ports if port.network_id == nic.network_id]
-        internal = _network("internal", nic, macs, owned, subnets, snapshot.network_ports, metadata)
+        internal = _network(
+            router.id, "internal", nic, macs, owned, subnets, snapshot.network_ports, metadata
+        )
         if internal is not None:
             networks.append(internal)
 
@@ -343,6 +346,7 @@ def _route_allowed(router_id: str, route: NeutronRoute, reserved: list[IPNetwork
 
 
 def _network(
+    router_id: str,
     kind: NetworkKind,
     nic: NeutronPort,
     nic_macs: Mapping[str, str],
@@ -368,7 +372,7 @@ def _network(
             for fip in fixed
         ],
         subnets=[_subnet(subnet) for subnet in served],
-        allocations=list(_allocations(nic.network_id, served, network_ports, metadata))
+        allocations=list(_allocations(router_id, nic.network_id, served, network_ports, metadata))
         if kind == "internal"
         else [],
     )
@@ -390,6 +394,7 @@ def _subnet(subnet: NeutronSubnet) -> Subnet:
 
 
 def _allocations(
+    router_id: str,
     network_id: str,
     served: list[NeutronSubnet],
     ports: list[NeutronPort],
@@ -405,15 +410,56 @@ def _allocations(
         )
         if not ips:
             continue
-        yield Allocation(
-            port_id=port.id,
-            mac=port.mac_address,
-            ips=ips,
-            hostname=port.dns_name or hostname_for(ips),
-            instance=instance_identity(
-                port.device_owner, port.device_id, port.project_id, metadata
-            ),
+        # One tenant's port must not stop the router serving every other port: what the
+        # document cannot carry is left out, and said.
+        try:
+            yield Allocation(
+                port_id=port.id,
+                mac=port.mac_address,
+                ips=ips,
+                hostname=_port_hostname(router_id, port, ips),
+                instance=instance_identity(
+                    port.device_owner, port.device_id, port.project_id, metadata
+                ),
+            )
+        except ValidationError as exc:
+            LOG.warning(
+                "router %s: port %s not served (DHCP, DNS, metadata): %s",
+                router_id,
+                port.id,
+                validation_summary(exc),
+            )
+
+
+def served_name(dns_name: str) -> str | None:
+    """The name DHCP and DNS serve for a Neutron ``dns_name``; None when DNS cannot carry it.
+
+    Neutron accepts an absolute name (trailing dot), any case and up to 255 characters; the
+    appliance serves lower-case relative names of at most 253.
+    """
+    name = dns_name.lower().removesuffix(".")
+    return name if is_hostname(name) else None
+
+
+def _port_hostname(router_id: str, port: NeutronPort, ips: list[IPAddress]) -> str:
+    name = served_name(port.dns_name) if port.dns_name else None
+    if port.dns_name and name is None:
+        LOG.warning(
+            "router %s: port %s: dns_name %r cannot be served; serving %s instead",
+            router_id,
+            port.id,
+            port.dns_name,
+            hostname_for(ips),
         )
+    return name or hostname_for(ips)
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """Where and why, without the values (a tenant's data, or a signature, stays out of logs)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'document'}: {error['msg']}"
+        for error in exc.errors(include_input=False)
+    )
 
 
 def _router_owned(port: NeutronPort) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import oslo_messaging
 from oslo_config import cfg
+from oslo_context.context import RequestContext
 
 from astara.neutron.protocol import PUBLISHER, TOPIC, RouterEvent
 
@@ -39,8 +41,20 @@ class EventForwarder:
                 )
             return self._notifier
 
-    def send(self, context: dict[str, Any], event: RouterEvent) -> None:
-        self._get_notifier().info(context, event.event_type, event.to_payload())
+    def send(self, context: Mapping[str, Any], event: RouterEvent) -> None:
+        """``context``: the caller's request context as a dict; only its ids are sent.
+
+        As a new RequestContext: oslo.messaging drops a plain dict (newer releases) or sends it
+        whole, the caller's token included (older ones); a context object of the ids alone is
+        sent, redacted, by every release.
+        """
+        trace = RequestContext(
+            request_id=context.get("request_id"),
+            global_request_id=context.get("global_request_id"),
+            user_id=context.get("user_id"),
+            project_id=context.get("project_id"),
+        )
+        self._get_notifier().info(trace, event.event_type, event.to_payload())
 
 
 def _neutron_notification_transport(conf: cfg.ConfigOpts) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
+import webob.exc
 from neutron.api import extensions
 from neutron.objects import router as router_obj
 from neutron_lib import constants
@@ -70,6 +71,17 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
             core.update_port_status(admin, port_id, port_status)
         return self._show(context, self._l3().get_router(admin, id), None)
 
+    # Neutron routes every verb of a collection to the plugin; without these it answers 500.
+    def get_router_statuses(self, context: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        raise _not_allowed("GET on the collection")
+
+    def create_router_status(self, context: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise _not_allowed("POST")
+
+    def delete_router_status(self, context: Any, id: str, *args: Any, **kwargs: Any) -> None:
+        self._astara_router(context, id)  # 404 for a router that is not Astara's
+        raise _not_allowed("DELETE")
+
     def _l3(self) -> Any:
         return directory.get_plugin(plugin_constants.L3)
 
@@ -102,3 +114,9 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
             },
         }
         return {k: v for k, v in shown.items() if not fields or k in fields}
+
+
+def _not_allowed(what: str) -> webob.exc.HTTPMethodNotAllowed:
+    return webob.exc.HTTPMethodNotAllowed(
+        f"{what} is not supported: {status_api.COLLECTION} has show and update only"
+    )

@@ -13,7 +13,9 @@ them.
 
 Message: ``event_type`` is one of ``EVENT_TYPES`` (``astara.<resource>.<action>``); the payload
 is ``RouterEvent.to_payload()``: the router the orchestrator must reconcile, its project, the
-resource that changed and a short human-readable cause.
+resource that changed and a short human-readable cause. The message's context carries the
+caller's request ids, user and project only, to trace a change; never the caller's token or
+roles (the orchestrator acts with its own credentials).
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ PORT_STATUSES_VALIDATOR = "type:astara_port_statuses"
 RESOURCE_ATTRIBUTE_MAP: dict[str, dict[str, dict[str, Any]]] = {
     COLLECTION: {
         "id": {"allow_post": False, "allow_put": False, "is_visible": True},
-        "project_id": {"allow_post": False, "allow_put": False, "is_visible": True},
+        # Neutron adds the caller's project to every POST body: accepted here so that a POST
+        # reaches the plugin, which answers 405 (it is refused as a whole, never stored).
+        "project_id": {"allow_post": True, "allow_put": False, "is_visible": True},
         "status": {
             "allow_post": False,
             "allow_put": True,

@@ -11,24 +11,37 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
+import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from cryptography import x509
 from pydantic import BaseModel, ValidationError
 
-from astara.common.tls import client_context
-from astara.wire.api import Conflict, Failure, Problems, ServiceHealth
+from astara.common.tls import Issued, client_context
+from astara.wire.api import Conflict, Failure, Message, Problems, ServiceHealth
 from astara.wire.defaults import API_PORT
 from astara.wire.document import REDACTED_READ, ApplianceConfig, Problem, dump_with_secrets
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_APPLY_TIMEOUT = 60.0
 
+
 # One context per credential set: loading the CA and the key pair for every request cost more
 # CPU than the request itself (each router is probed on every step and every reconcile).
-_context = functools.lru_cache(maxsize=8)(client_context)
+@functools.lru_cache(maxsize=8)
+def _loaded(cert: Path, key: Path, ca: Path, file: tuple[int, int]) -> ssl.SSLContext:
+    return client_context(cert, key, ca)
+
+
+def _context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The cached context, loaded again once the certificate file is replaced (a renewal)."""
+    found = cert.stat()
+    return _loaded(cert, key, ca, (found.st_ino, found.st_mtime_ns))
+
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -150,6 +163,18 @@ class ApplianceClient:
         if response.status_code == 500:
             raise ApplyFailed(_body(Failure, response))
         return _success(ServiceHealth, response)
+
+    def server_certificate(self) -> x509.Certificate:
+        """The certificate the appliance presents now (asked over a health request)."""
+        response = self._request("GET", "/v1/health")
+        stream = response.extensions["network_stream"]
+        der = stream.get_extra_info("ssl_object").getpeercert(True)  # DER
+        return x509.load_der_x509_certificate(der)
+
+    def put_credentials(self, issued: Issued) -> None:
+        """Replace the appliance's certificate and key; new connections get them at once."""
+        content = json.dumps({"cert": issued.cert_pem.decode(), "key": issued.key_pem.decode()})
+        _success(Message, self._request("PUT", "/v1/credentials", content=content))
 
     def _request(
         self,

@@ -41,13 +41,22 @@ DEFAULT_OPTS: list[cfg.Opt] = [
         min=1,
         help="Threads that turn notifications into router events (used instead of "
         "executor_thread_pool_size, whose 64 idle threads would each wake every second). "
-        "Handling a notification only queues an event, so one thread keeps up with bursts "
-        "and keeps them in order.",
+        "Handling a notification only queues an event (re-reading a project's routers, which "
+        "a tenant's port change asks for, is done on a thread of its own), so one thread "
+        "keeps up with bursts and keeps them in order.",
     ),
     cfg.PortOpt(
         "appliance_api_port",
         default=API_PORT,
         help="TCP port of the appliances' REST API on the management network.",
+    ),
+    cfg.FloatOpt(
+        "certificate_check_interval",
+        default=3600.0,
+        min=1.0,
+        help="Seconds between checks of the orchestrator's client certificate and every "
+        "appliance's certificate; one past half its lifetime (825 days) is replaced, without "
+        "downtime, by a new one from the same CA.",
     ),
     cfg.FloatOpt(
         "resync_interval",
@@ -128,6 +137,14 @@ WORKERS_OPTS: list[cfg.Opt] = [
         default=4,
         min=1,
         help="Threads per worker process stepping the routers' state machines.",
+    ),
+    cfg.IntOpt(
+        "queue_size",
+        default=1000,
+        min=1,
+        help="Events each worker process's queue holds. When it is full, further events wait "
+        "in the parent, merged per router (so a burst takes memory per router, not per "
+        "event, and no change is lost).",
     ),
 ]
 
@@ -242,6 +259,27 @@ HEALTH_OPTS: list[cfg.Opt] = [
         default=2.0,
         min=0.1,
         help="Seconds between an appliance's heartbeats.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_rate_per_source",
+        default=10.0,
+        min=0.1,
+        help="Heartbeats a second one source address may send on average (an appliance sends "
+        "one per heartbeat_interval); more are dropped before their signature is checked and "
+        "counted as rejected, reason rate_limited.",
+    ),
+    cfg.IntOpt(
+        "heartbeat_burst_per_source",
+        default=20,
+        min=1,
+        help="Heartbeats one source address may send at once above its rate.",
+    ),
+    cfg.IntOpt(
+        "heartbeat_sources",
+        default=65536,
+        min=16,
+        help="Source addresses the heartbeat rate limit keeps track of at a time (memory "
+        "bound; the least recently heard is forgotten first).",
     ),
     cfg.IntOpt(
         "miss_threshold",

@@ -1,20 +1,26 @@
 """Routes events to worker processes: each router has exactly one owner.
 
 The owner is a stable hash of the router id (stable across restarts and hosts, unlike
-Python's hash()), so every event of a router reaches the same process and its inbox.
+Python's hash()), so every event of a router reaches the same process and its inbox. Each
+process's queue is bounded; a ``Feed`` coalesces per router what waits for room in it, so
+``dispatch`` never blocks and a burst costs memory per router, not per event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
 from collections.abc import Callable
+from functools import partial
+from queue import Full
 from typing import TYPE_CHECKING
 
 from astara.orchestrator.events import Event
+from astara.orchestrator.feed import Feed
 from astara.orchestrator.telemetry import ChannelTelemetry, StatusReporter, Telemetry
 from astara.orchestrator.worker import Worker
 
@@ -57,13 +63,18 @@ class Dispatcher:
         self,
         processes: int,
         factory: WorkerFactory,
+        queue_size: int,
         status_interval: float = 2.0,
         channel_size: int = 10000,
     ) -> None:
         # fork: the factory may be a closure over the parsed configuration. Workers are
         # started before the listener's threads exist, so nothing is forked mid-operation.
         self._ctx = multiprocessing.get_context("fork")
-        self._queues = [self._ctx.Queue() for _ in range(processes)]
+        self._queues = [self._ctx.Queue(maxsize=queue_size) for _ in range(processes)]
+        self._feeds = [
+            Feed(partial(q.put, timeout=0.5), name=f"astara-feed-{i}")
+            for i, q in enumerate(self._queues)
+        ]
         # Workers -> parent: statuses and facts (astara.orchestrator.telemetry), bounded.
         self.channel: Channel = self._ctx.Queue(maxsize=channel_size)
         self._procs = [
@@ -84,23 +95,30 @@ class Dispatcher:
         return [proc.pid if proc.is_alive() else None for proc in self._procs]
 
     def queue_sizes(self) -> list[int]:
-        """Events waiting in each worker's queue."""
-        return [queue.qsize() for queue in self._queues]
+        """Events waiting for each worker: in its queue, and coalesced before it."""
+        return [
+            q.qsize() + feed.pending() for q, feed in zip(self._queues, self._feeds, strict=True)
+        ]
 
     def start(self) -> None:
         for proc in self._procs:
             proc.start()
             LOG.info("started worker process %s (pid %s)", proc.name, proc.pid)
+        for feed in self._feeds:  # threads only after the fork
+            feed.start()
 
     def dispatch(self, event: Event) -> None:
-        self._queues[owner(event.resource_id, len(self._queues))].put(event)
+        self._feeds[owner(event.resource_id, len(self._queues))].put(event)
 
     def alive(self) -> bool:
         return all(proc.is_alive() for proc in self._procs)
 
     def stop(self, timeout: float = 15.0) -> None:
+        for feed in self._feeds:
+            feed.stop()
         for queue in self._queues:
-            queue.put(None)
+            with contextlib.suppress(Full):  # a worker that reads nothing is killed below
+                queue.put(None, timeout=timeout)
         for proc in self._procs:
             proc.join(timeout)
             if proc.is_alive():

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from astara.common.files import write_private_atomic
 from astara.orchestrator.breaker import BreakerView, CircuitBreaker
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.health import HealthMonitor
@@ -36,6 +37,13 @@ from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL
 LOG = logging.getLogger(__name__)
 
 BREAKER_FILE = "replacement-paused"
+HEARTBEAT_SECRET_FILE = "heartbeat.secret"  # noqa: S105 (a file name)
+# The secret is the HMAC key of every per-instance key: as strong as the HMAC's own output.
+HEARTBEAT_SECRET_BYTES = 32
+
+
+class WeakSecret(ValueError):
+    """The heartbeat secret on disk is unusable; the message says which file and what to do."""
 
 
 class HeartbeatKeys:
@@ -46,14 +54,30 @@ class HeartbeatKeys:
     """
 
     def __init__(self, state_path: Path) -> None:
-        path = state_path / "heartbeat.secret"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_hex(32))
-        self._secret = bytes.fromhex(path.read_text().strip())
+        """Made (0600, in one step) on first use; WeakSecret when the file holds less than a
+        full secret, so that no key is ever derived from an empty or short one."""
+        path = state_path / HEARTBEAT_SECRET_FILE
+        fresh = secrets.token_hex(HEARTBEAT_SECRET_BYTES) + "\n"
+        write_private_atomic(path, fresh.encode(), replace=False)
+        self._secret = _read_secret(path)
 
     def key_for(self, instance_id: str) -> bytes:
         return hmac.new(self._secret, instance_id.encode(), hashlib.sha256).digest()
+
+
+def _read_secret(path: Path) -> bytes:
+    text = path.read_text().strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) < HEARTBEAT_SECRET_BYTES:
+        raise WeakSecret(
+            f"{path} does not hold a heartbeat secret of {HEARTBEAT_SECRET_BYTES} bytes in hex "
+            f"(found {len(text)} characters): remove it to have a new one made at start; the "
+            "appliances booted with the old one must then be rebuilt"
+        )
+    return secret
 
 
 class InstanceHealth(StrEnum):

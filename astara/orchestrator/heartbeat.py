@@ -11,6 +11,9 @@ few wake-ups a second instead of 500 (a wake-up is the dominant cost of a heartb
 heartbeat is stamped up to ``batch_window`` late, which only delays detection by as much.
 A batch of ``BUSY_BATCH`` or more means wake-ups are already amortised: the thread reads on
 without sleeping, so a heavy load never waits on a receive buffer that may overflow.
+
+A flood from one source address is cut before any signature is checked: each source has a
+token bucket (``SourceLimiter``); what exceeds it is counted as ``rate_limited`` and dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -38,6 +42,43 @@ LOG = logging.getLogger(__name__)
 DEFAULT_MAX_SKEW = 30.0
 DEFAULT_BATCH_WINDOW = 0.5
 BUSY_BATCH = 64
+RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per source address: ``rate`` datagrams a second on average, ``burst`` at once, for at
+    most ``sources`` addresses at a time."""
+
+    rate: float
+    burst: float
+    sources: int
+
+
+class SourceLimiter:
+    """A token bucket per source address, in a table of bounded size.
+
+    When the table is full, the source heard from least recently is forgotten: it comes back
+    with a full bucket, so a flood of forged addresses can only make the limit more lenient
+    for a real appliance, never silence it.
+    """
+
+    def __init__(self, limit: RateLimit) -> None:
+        self._limit = limit
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def allow(self, source: str, now: float) -> bool:
+        tokens, at = self._buckets.pop(source, (self._limit.burst, now))
+        # A clock stepped back refills nothing (and takes nothing away).
+        tokens = min(self._limit.burst, tokens + max(0.0, now - at) * self._limit.rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self._limit.sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,7 @@ class HeartbeatReceiver:
         self,
         bind: tuple[str, int],
         registry: CollectorRegistry,
+        limit: RateLimit,
         *,
         max_skew: float = DEFAULT_MAX_SKEW,
         batch_window: float = DEFAULT_BATCH_WINDOW,
@@ -74,6 +116,7 @@ class HeartbeatReceiver:
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
         self._unflushed: dict[str, float] = {}
+        self._limiter = SourceLimiter(limit)
         self._accepted = Counter(
             "astara_heartbeats_accepted",
             "Heartbeat datagrams accepted",
@@ -85,7 +128,7 @@ class HeartbeatReceiver:
             ["reason"],
             registry=registry,
         )
-        for reason in REJECTION_REASONS:
+        for reason in (*REJECTION_REASONS, RATE_LIMITED):
             self._rejected.labels(reason=reason)
         self._sock: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -116,10 +159,14 @@ class HeartbeatReceiver:
 
     # Validation, callable without a socket.
 
-    def handle(self, datagram: bytes) -> Heartbeat | None:
-        """Validate one datagram; record and return its heartbeat, or count the rejection."""
+    def handle(self, datagram: bytes, source: str | None = None) -> Heartbeat | None:
+        """Validate one datagram (from ``source``, an address, when known); record and return
+        its heartbeat, or count the rejection."""
         now = self._clock()
         with self._lock:
+            if source is not None and not self._limiter.allow(source, now):
+                self._rejected.labels(reason=RATE_LIMITED).inc()
+                return None
             try:
                 beat = decode(datagram, self._key_of, now, self._max_skew, self._sequence_of)
             except HeartbeatRejected as exc:
@@ -240,7 +287,7 @@ class HeartbeatReceiver:
         count = 0
         while True:
             try:
-                datagram = sock.recv(MAX_DATAGRAM + 1)
+                datagram, sender = sock.recvfrom(MAX_DATAGRAM + 1)
             except BlockingIOError:
                 return count
             except OSError as exc:
@@ -248,4 +295,4 @@ class HeartbeatReceiver:
                 LOG.debug("heartbeat socket error: %s", exc)
                 return count
             count += 1
-            self.handle(datagram)
+            self.handle(datagram, sender[0])

@@ -18,8 +18,16 @@ from datetime import UTC, datetime
 from ipaddress import ip_interface
 from typing import Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from astara.drivers.metadata import MetadataService
-from astara.drivers.router import ManagementPort, RouterSnapshot, plugged_ports, render
+from astara.drivers.router import (
+    ManagementPort,
+    RouterSnapshot,
+    plugged_ports,
+    render,
+    validation_summary,
+)
 from astara.orchestrator.appliance_client import (
     ApplianceClient,
     ApplianceError,
@@ -49,6 +57,11 @@ MANAGEMENT_NETWORK = "management"
 HEALTH_CAUSE = "health"  # the cause of the polls the health loop sends for dead instances
 DRIFT_CAUSE = "drift"  # ...and for instances whose heartbeat says their live state drifted
 RECONCILE_CAUSE = "reconcile"  # the periodic poll of every router
+
+
+class RenderFailed(Exception):
+    """The document cannot be rendered from what Neutron says: the same data fails again, so
+    the router goes to ERROR at once instead of retrying."""
 
 
 class RouterSource(Protocol):
@@ -455,6 +468,14 @@ class RouterReconciler:
             document = self._document(snapshot, generation, instance, provided)
             with self._clients(provided.management_address) as client:
                 client.put_config(document)
+        except RenderFailed as exc:
+            self._store.record_error(router_id, f"render: {exc}")
+            self._store.mark_error(router_id, generation)
+            self._store.log(f"ERROR: generation {generation} cannot be rendered: {exc}", router_id)
+            LOG.error(
+                "router %s: ERROR: generation %s cannot be rendered: %s", router_id, generation, exc
+            )
+            return 0.0  # observe again: the state machine now says ERROR (and Neutron hears it)
         except StaleGeneration as exc:
             # The appliance is ahead of the store (a store restored from backup, say): move on.
             self._store.raise_generation(router_id, (exc.applied_generation or 0) + 1)
@@ -499,14 +520,19 @@ class RouterReconciler:
         instance: InstanceRecord,
         provided: Instance,
     ) -> ApplianceConfig:
-        management_port = next(p for p in provided.ports if p.kind == "management")
-        prefixlen = provided.management_prefixlen or self._settings.management_prefixlen
-        address = ip_interface(f"{provided.management_address}/{prefixlen}")
-        management = ManagementPort(
-            network_id=management_port.network_id,
-            mac=management_port.mac,
-            addresses=(address,),
-            mtu=management_port.mtu,
-        )
-        nic_macs = {p.port_id: p.mac for p in provided.ports if p.kind != "management"}
-        return render(snapshot, generation, management, self._settings.metadata, nic_macs)
+        try:
+            management_port = next(p for p in provided.ports if p.kind == "management")
+            prefixlen = provided.management_prefixlen or self._settings.management_prefixlen
+            address = ip_interface(f"{provided.management_address}/{prefixlen}")
+            management = ManagementPort(
+                network_id=management_port.network_id,
+                mac=management_port.mac,
+                addresses=(address,),
+                mtu=management_port.mtu,
+            )
+            nic_macs = {p.port_id: p.mac for p in provided.ports if p.kind != "management"}
+            return render(snapshot, generation, management, self._settings.metadata, nic_macs)
+        except ValidationError as exc:
+            raise RenderFailed(validation_summary(exc)) from exc
+        except Exception as exc:  # any other renderer failure: the same data fails again
+            raise RenderFailed(f"{type(exc).__name__}: {exc}") from exc

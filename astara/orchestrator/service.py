@@ -45,9 +45,15 @@ from astara.orchestrator.breaker import CircuitBreaker
 from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.feed import ProjectPolls
 from astara.orchestrator.health import HealthMonitor
-from astara.orchestrator.health_loop import HealthLoop, HeartbeatKeys, replacement_allowed
-from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.orchestrator.health_loop import (
+    HealthLoop,
+    HeartbeatKeys,
+    WeakSecret,
+    replacement_allowed,
+)
+from astara.orchestrator.heartbeat import HeartbeatReceiver, RateLimit
 from astara.orchestrator.housekeeping import Housekeeping
 from astara.orchestrator.listener import BrokerWatch, NotificationListener
 from astara.orchestrator.local_port import (
@@ -65,6 +71,11 @@ from astara.orchestrator.reconciler import (
     RouterReconciler,
     Settings,
     StatusReporter,
+)
+from astara.orchestrator.rotation import (
+    CLIENT_IDENTITY_FILE,
+    CertificateRotation,
+    renew_client_identity,
 )
 from astara.orchestrator.state import Policy
 from astara.orchestrator.store import Store
@@ -86,13 +97,9 @@ class ClientCredentials:
 
 def load_credentials(state_path: Path) -> tuple[CertificateAuthority, ClientCredentials]:
     ca = CertificateAuthority.load_or_create(state_path / "ca")
-    creds = ClientCredentials(
-        ca=state_path / "ca" / "ca.pem",
-        cert=state_path / "orchestrator-client.pem",
-        key=state_path / "orchestrator-client.key",
-    )
-    if not (creds.cert.exists() and creds.key.exists()):
-        ca.issue("astara-orchestrator", "client").write(creds.cert, creds.key)
+    identity = state_path / CLIENT_IDENTITY_FILE  # key and certificate in one file
+    creds = ClientCredentials(ca=state_path / "ca" / "ca.pem", cert=identity, key=identity)
+    renew_client_identity(ca, identity, datetime.now(UTC))
     if not creds.ca.exists():
         creds.ca.write_bytes(ca.cert_pem)
     return ca, creds
@@ -227,7 +234,12 @@ def build_health_loop(
     state_path = Path(conf.state_path)
     _, creds = load_credentials(state_path)
     health = conf.health
-    receiver = HeartbeatReceiver((host_address, health.heartbeat_port), registry)
+    limit = RateLimit(
+        health.heartbeat_rate_per_source,
+        health.heartbeat_burst_per_source,
+        health.heartbeat_sources,
+    )
+    receiver = HeartbeatReceiver((host_address, health.heartbeat_port), registry, limit)
     loop: HealthLoop
 
     def probe(instance_id: str) -> bool:
@@ -277,9 +289,21 @@ class Orchestrator:
         self._store = Store(conf.database.connection)
         self._neutron = neutron_connection(conf)
         self._dispatcher = Dispatcher(
-            conf.workers.processes, partial(build_worker, conf, host_address)
+            conf.workers.processes,
+            partial(build_worker, conf, host_address),
+            conf.workers.queue_size,
         )
         self._housekeeping: Housekeeping | None = None
+        self._project_polls = ProjectPolls(self.resync)
+        ca, creds = load_credentials(Path(conf.state_path))
+        self._certificates = CertificateRotation(
+            ca,
+            creds.cert,
+            self._store.all_instances,
+            partial(_client, creds, conf.appliance_api_port),
+            lambda: datetime.now(UTC),
+            conf.certificate_check_interval,
+        )
         self._stop = threading.Event()
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -324,6 +348,8 @@ class Orchestrator:
     def run(self) -> None:
         self._dispatcher.start()  # fork before any thread of ours exists
         self._start_housekeeping()
+        self._project_polls.start()
+        self._certificates.start()
         self._board.start()
         self.api.start()
         self._listener.start()
@@ -343,6 +369,8 @@ class Orchestrator:
         self.health.stop()
         self._watch.stop()
         self._listener.stop()
+        self._project_polls.stop()
+        self._certificates.stop()
         self._dispatcher.stop()
         self._board.stop()
         LOG.info("orchestrator stopped")
@@ -444,7 +472,7 @@ class Orchestrator:
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
             if event.resource_type is ResourceType.PROJECT:
-                self.resync(event.resource_id)
+                self._project_polls.ask(event.resource_id)  # Neutron is read off this thread
             else:
                 self._dispatcher.dispatch(event)
 
@@ -473,11 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     oslo_logging.setup(conf, "astara")
     try:
         metadata_service(conf)  # before any process starts: a bad setting stops here
-    except ConfigError as exc:
+        Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        HeartbeatKeys(Path(conf.state_path))  # ...and so does a bad heartbeat secret
+    except (ConfigError, WeakSecret) as exc:
         LOG.error("%s", exc)
         print(f"astara-orchestrator: {exc}", file=sys.stderr)
         return 2
-    Path(conf.state_path).mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(conf.database.connection)
     ca, _ = load_credentials(Path(conf.state_path))
     try:

@@ -16,9 +16,10 @@ Layout, every name starting with the provider's prefix (default ``ast``):
 
 The appliance runs inside its namespace (``ip netns exec``), with its certificate, key, log
 and pid file under ``state_dir/<instance namespace>/`` (and its heartbeat key there, when the
-provider is given a heartbeat target). A JSON record per instance, written
-atomically before anything is created and removed last, lets a new provider object re-adopt
-what exists after a restart.
+provider is given a heartbeat target), confined to that directory: it sees neither the
+orchestrator's secrets nor another appliance's files (``astara.providers.confine``). A JSON
+record per instance, written atomically before anything is created and removed last, lets a
+new provider object re-adopt what exists after a restart.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 from oslo_config import cfg
 from pydantic import BaseModel, ConfigDict
 
-from astara.common.processes import is_alive, process_argv
+from astara.common.processes import first_child, is_alive, process_argv
 from astara.common.tls import CertificateAuthority
 from astara.providers.base import (
     Instance,
@@ -55,6 +56,7 @@ from astara.providers.base import (
     ProviderContext,
     ProviderError,
 )
+from astara.providers.confine import confined
 from astara.wire.defaults import API_PORT
 
 DEFAULT_PREFIX = "ast"
@@ -68,6 +70,7 @@ LOG_FILE = "appliance.log"
 HEARTBEAT_KEY_FILE = "heartbeat.key"
 PROC = Path("/proc")
 STOP_TIMEOUT = 3.0
+CONFINE_TIMEOUT = 2.0  # for the confining process to fork the appliance
 PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,5}")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -380,10 +383,13 @@ class NetnsProvider(Provider):
         heartbeat_target: tuple[str, int] | None = None,
         heartbeat_key: Callable[[str], bytes] | None = None,
         heartbeat_interval: float = 2.0,
+        private_paths: Sequence[Path | str] = (),
     ) -> None:
         """``heartbeat_target`` (host, port) and ``heartbeat_key`` (instance id -> HMAC key)
         together make every appliance booted from now on send heartbeats there, every
-        ``heartbeat_interval`` seconds."""
+        ``heartbeat_interval`` seconds. ``private_paths``: directories no appliance may see
+        (the orchestrator's state: its CA, secrets and keys); the provider's own state
+        directory is always one (see ``astara.providers.confine``)."""
         self.state_dir = Path(state_dir)
         self.ca = ca
         self.names = Names(prefix)
@@ -397,6 +403,7 @@ class NetnsProvider(Provider):
         self.heartbeat_target = heartbeat_target
         self.heartbeat_key = heartbeat_key
         self.heartbeat_interval = heartbeat_interval
+        self.private_paths = (self.state_dir, *map(Path, private_paths))
         self.ip = Ip()
         self.processes = ApplianceProcesses(self.ip)
 
@@ -412,6 +419,7 @@ class NetnsProvider(Provider):
             heartbeat_target=context.heartbeat_target,
             heartbeat_key=context.heartbeat_key,
             heartbeat_interval=context.heartbeat_interval,
+            private_paths=[conf.state_path],  # the orchestrator's CA, secrets and client key
         )
 
     # -- the Provider interface ---------------------------------------------------------
@@ -625,7 +633,17 @@ class NetnsProvider(Provider):
             "--state-dir", str(directory / "appliance"),
             *self._heartbeat_arguments(record, directory),
         ]  # fmt: skip
-        self.processes.start(record.namespace, argv, pid_file, directory / LOG_FILE)
+        started = self.processes.start(
+            record.namespace,
+            confined(self.private_paths, directory, argv),
+            pid_file,
+            directory / LOG_FILE,
+        )
+        # The appliance is the confining process's one child (PID 1 of its own namespace): the
+        # PID file names it, so that a signal sent by its PID reaches the appliance itself.
+        appliance = first_child(started, CONFINE_TIMEOUT)
+        if appliance is not None:
+            write_atomically(pid_file, f"{appliance}\n")
 
     def _heartbeat_arguments(self, record: InstanceRecord, directory: Path) -> builtins.list[str]:
         if self.heartbeat_target is None or self.heartbeat_key is None:

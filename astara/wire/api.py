@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, SecretStr
 
 from astara.wire.document import Problem
 
@@ -54,3 +54,15 @@ class Failure(BaseModel):
 
 class Message(BaseModel):
     detail: str
+
+
+# A P-256 key or certificate in PEM is under 1 kB; room for RSA and a chain.
+MAX_PEM_CHARS = 16384
+
+
+class Credentials(BaseModel):
+    """PUT /v1/credentials: the appliance's new TLS certificate (PEM, from the CA it trusts,
+    naming its management address) and its private key (PEM)."""
+
+    cert: str = Field(max_length=MAX_PEM_CHARS)
+    key: SecretStr = Field(max_length=MAX_PEM_CHARS)

@@ -47,9 +47,14 @@ def _mac(value: str) -> str:
     return value
 
 
+def is_hostname(value: str) -> bool:
+    """Whether a lower-case name fits DNS: at most 253 characters, labels of at most 63."""
+    return len(value) <= 253 and HOSTNAME_RE.fullmatch(value) is not None
+
+
 def _hostname(value: str) -> str:
     value = value.lower()
-    if len(value) > 253 or not HOSTNAME_RE.fullmatch(value):
+    if not is_hostname(value):
         raise ValueError("must be a DNS name: labels of letters, digits and '-'")
     return value
 

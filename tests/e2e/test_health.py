@@ -200,7 +200,7 @@ def client(instance: Instance) -> ApplianceClient:
         instance.management_address,
         ca=creds / "ca" / "ca.pem",
         cert=creds / "orchestrator-client.pem",
-        key=creds / "orchestrator-client.key",
+        key=creds / "orchestrator-client.pem",
     )
 
 

@@ -69,13 +69,14 @@ def flavor_bed() -> Iterator[Endpoint]:
 class Api:
     """The Neutron API as one identity (trusted test headers)."""
 
-    def __init__(self, endpoint: Endpoint, project_id: str, roles: str = "admin") -> None:
+    def __init__(
+        self, endpoint: Endpoint, project_id: str, roles: str = "admin", token: str = ""
+    ) -> None:
         self.project_id = project_id
-        self._http = httpx.Client(
-            base_url=endpoint.url + "/v2.0",
-            headers=trusted_identity(f"user-{roles}", project_id, roles),
-            timeout=30,
-        )
+        headers = trusted_identity(f"user-{roles}", project_id, roles)
+        if token:  # keystonecontext puts it in the request context, as Keystone's would be
+            headers["X-Auth-Token"] = token
+        self._http = httpx.Client(base_url=endpoint.url + "/v2.0", headers=headers, timeout=30)
 
     def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
         return self._http.request(method, path, json=body)
@@ -99,6 +100,7 @@ class EventListener:
         conf([], project="astara-test-plugin-events")
         self._transport = oslo_messaging.get_notification_transport(conf, url=RABBIT_URL)
         self._events: list[RouterEvent] = []
+        self.contexts: dict[str, Any] = {}  # event_type + resource id -> the message's context
         self._cond = threading.Condition()
         self._listener = oslo_messaging.get_notification_listener(
             self._transport,
@@ -114,6 +116,7 @@ class EventListener:
     ) -> None:
         event = RouterEvent.from_notification(event_type, payload)
         with self._cond:
+            self.contexts[event.event_type + event.resource_id] = ctxt
             self._events.append(event)
             self._cond.notify_all()
 
@@ -379,3 +382,46 @@ def test_policies_are_visible_to_the_sample_generator(default_bed: Endpoint) -> 
     ).stdout
     assert '"get_router_status"' in sample
     assert '"update_router_status": "rule:admin_only or role:service"' in sample
+
+
+@pytest.mark.security
+def test_events_carry_the_callers_ids_and_never_a_credential(
+    default_bed: Endpoint, project_id: str, events: EventListener
+) -> None:
+    api = Api(default_bed, project_id, token="gAAAAA-the-callers-keystone-token")  # noqa: S106
+    response = api.call("POST", "/routers", {"router": {"name": "traced"}})
+    assert response.status_code == 201, response.text
+    rid = response.json()["router"]["id"]
+    events.wait_for(rid, "astara.router.create", rid)
+    sent = events.contexts["astara.router.create" + rid]
+    assert sent["request_id"] == response.headers["X-Openstack-Request-Id"]
+    assert (sent["user"], sent["project_id"]) == ("user-admin", project_id)
+    assert "gAAAAA" not in str(sent)
+    assert not sent.get("roles") and not sent.get("is_admin")
+
+
+@pytest.mark.security
+def test_what_the_status_api_does_not_do_is_405_or_404_and_changes_nothing(
+    default_bed: Endpoint, project_id: str
+) -> None:
+    api = Api(default_bed, project_id)
+    rid = api.create("routers", name="r")["id"]
+    collection = "/astara/router_statuses"
+    answers = {
+        "list": api.call("GET", collection),
+        "create": api.call("POST", collection, {"router_status": {"status": "ERROR"}}),
+        "create (empty)": api.call("POST", collection, {"router_status": {}}),
+        "delete": api.call("DELETE", f"{collection}/{rid}"),
+        "delete (unknown)": api.call("DELETE", f"{collection}/{uuid.uuid4()}"),
+    }
+    codes = {name: response.status_code for name, response in answers.items()}
+    assert codes == {
+        "list": 405,
+        "create": 400,  # "Attribute 'status' not allowed in POST"
+        "create (empty)": 405,
+        "delete": 405,
+        "delete (unknown)": 404,
+    }, {name: response.text for name, response in answers.items()}
+    assert "show and update only" in answers["delete"].text
+    assert api.ok("GET", f"/routers/{rid}")["router"]["status"] == "ACTIVE"
+    assert api.ok("GET", f"{collection}/{rid}")["router_status"]["status"] == "ACTIVE"

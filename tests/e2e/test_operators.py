@@ -87,7 +87,7 @@ class World:
             found.management_address,
             ca=creds / "ca" / "ca.pem",
             cert=creds / "orchestrator-client.pem",
-            key=creds / "orchestrator-client.key",
+            key=creds / "orchestrator-client.pem",
         )
 
     def kill(self, instance_id: str) -> None:

@@ -62,7 +62,7 @@ class World:
             instances[0].management_address,
             ca=creds / "ca" / "ca.pem",
             cert=creds / "orchestrator-client.pem",
-            key=creds / "orchestrator-client.key",
+            key=creds / "orchestrator-client.pem",
         )
 
     def appliance_pid(self) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from astara.orchestrator.health import HealthMonitor
 from astara.orchestrator.heartbeat import HeartbeatReceiver
 from astara.wire.defaults import API_PORT
 from astara.wire.heartbeat import Heartbeat, encode
+from tests.unit.test_heartbeat import LIMIT
 
 pytestmark = pytest.mark.functional
 
@@ -115,7 +116,7 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def receiver(namespaces: None, registry: CollectorRegistry) -> Iterator[HeartbeatReceiver]:
     # No batch window: each datagram is stamped on arrival, to time the sender's rhythm.
-    receiver = HeartbeatReceiver((ORCHESTRATOR_IP, 0), registry, batch_window=0.0)
+    receiver = HeartbeatReceiver((ORCHESTRATOR_IP, 0), registry, LIMIT, batch_window=0.0)
     receiver.register(INSTANCE, KEY)
     with netns(ORCHESTRATOR_NS):
         receiver.start()

@@ -83,6 +83,7 @@ def test_openapi_schema_publishes_every_route(client: TestClient) -> None:
         "/v1/config",
         "/v1/counters",
         "/v1/reapply",
+        "/v1/credentials",
     }
     assert "ApplianceConfig" in schema["components"]["schemas"]
 

@@ -21,6 +21,7 @@ from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.store import Store
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
+from tests.unit.test_heartbeat import LIMIT
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +38,7 @@ def loop_with(
         store.update_instance(f"i{n}", ever_reachable=True)
     clock = FakeClock()
     registry = CollectorRegistry()
-    receiver = HeartbeatReceiver(("::1", 0), registry, clock=clock)
+    receiver = HeartbeatReceiver(("::1", 0), registry, LIMIT, clock=clock)
     monitor = HealthMonitor(receiver, lambda iid: False, clock, interval=1.0, miss_threshold=3)
     breaker = CircuitBreaker(registry, clock, window=60, max_dead_share=0.3, min_deaths=3)
     sent: list[Event] = []

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from astara.appliance.heartbeat import DriftWatch, HeartbeatSender, RunningState
-from astara.orchestrator.heartbeat import HeartbeatReceiver
+from astara.orchestrator.heartbeat import HeartbeatReceiver, RateLimit
 from astara.wire.heartbeat import (
     MAX_DATAGRAM,
     BadSignature,
@@ -30,6 +30,8 @@ from tests.unit.clock import FakeClock
 pytestmark = pytest.mark.unit
 
 KEY = b"k" * 32
+# Lenient enough for any test that is not about the limit itself.
+LIMIT = RateLimit(rate=1000.0, burst=1000.0, sources=16)
 NOW = 1_700_000_000.0
 BEAT = Heartbeat(
     instance_id="3f1c2a4e-0000-4000-8000-000000000001",
@@ -210,7 +212,7 @@ def test_sender_skips_a_beat_when_state_is_unavailable(receiver_pair) -> None:
 @pytest.fixture
 def receiver_pair():
     registry = CollectorRegistry()
-    receiver = HeartbeatReceiver(("127.0.0.1", 0), registry)
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), registry, LIMIT)
     receiver.register(BEAT.instance_id, KEY)
     receiver.start()
     yield receiver, registry
@@ -232,7 +234,7 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def receiver(clock: FakeClock, registry: CollectorRegistry) -> HeartbeatReceiver:
-    receiver = HeartbeatReceiver(("127.0.0.1", 0), registry, clock=clock)
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), registry, LIMIT, clock=clock)
     receiver.register(BEAT.instance_id, KEY)
     return receiver
 
@@ -318,7 +320,7 @@ def test_flush_hands_over_one_batch_and_keeps_it_on_failure(
 def test_receiver_reads_in_batches_and_stops_promptly(monkeypatch) -> None:
     """Datagrams arriving within the batch window are read in one wake-up; stop does not
     wait for the window to end."""
-    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), batch_window=0.4)
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), LIMIT, batch_window=0.4)
     receiver.register(BEAT.instance_id, KEY)
     batches: list[tuple[float, int]] = []
     drain = receiver._drain
@@ -350,7 +352,7 @@ def test_receiver_reads_in_batches_and_stops_promptly(monkeypatch) -> None:
 
 def test_receiver_reads_on_without_sleeping_under_load(monkeypatch) -> None:
     monkeypatch.setattr("astara.orchestrator.heartbeat.BUSY_BATCH", 1)  # every batch is busy
-    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), batch_window=5.0)
+    receiver = HeartbeatReceiver(("127.0.0.1", 0), CollectorRegistry(), LIMIT, batch_window=5.0)
     receiver.register(BEAT.instance_id, KEY)
     receiver.start()
     try:
