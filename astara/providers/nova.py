@@ -194,8 +194,10 @@ class NovaProvider(Provider):
         for server in self._cloud.servers([self._itag(instance_id)]):
             if server.status not in GONE:
                 self._cloud.delete_server(server.id)
+        # No detach first: Nova refuses one on a server being deleted; deleting the port is
+        # enough (Nova unplugs it, or already has).
         for port in self._cloud.ports(tags=[self._itag(instance_id)]):
-            self._remove_port(port)
+            self._cloud.delete_port(port.id)
 
     def list(self) -> builtins.list[Instance]:
         found = []
