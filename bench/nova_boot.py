@@ -164,7 +164,7 @@ def main() -> int:
         say("peer: the appliance image as plain Nova servers")
         peer = [peer_boot(box) for _ in range(args.peer)]
         say(summary("peer (plain Nova server of the image, create -> API answers)", peer))
-        box.orchestrator.start()
+        box.start()
         say(f"cold: {args.routers} routers, two at a time")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             jobs = [
@@ -180,19 +180,13 @@ def main() -> int:
         replaced = [replace_once(box, rid) for rid in routers[: args.replace]]
         say(summary("replace", replaced))
         say(f"warm: a pool of {args.pool}")
-        box.down()
-        box.pool_size = args.pool
-        box.write_config()
-        box.orchestrator.start()
+        box.restart(pool_size=args.pool)
         wait_pool(box, args.pool)
         warm = [router_to_configured(box, tenant, 100 + i, hard=False) for i in range(args.pool)]
         say(summary("warm", warm))
     finally:
-        box.down()
         tenant.cleanup()
-        box.pool_size = 0
-        box.write_config()
-        box.orchestrator.start()  # drains the pool...
+        box.restart(pool_size=0)  # drains the pool
         time.sleep(box.housekeeping_interval * 2)
         box.down()
     print(

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,26 @@ class NovaBox:
         port = ensure_local_port(service.network, OvsInterfaceDriver(), self.management())
         self.host_address = str(ipaddress.ip_interface(port.addresses[0]).ip)
         self.write_config()
+        self.start()
+
+    def start(self) -> None:
+        """Start the orchestrator and wait until it serves (its store is migrated by then)."""
         self.orchestrator.start()
+        wait_for(self._serves, 120, "astara-orchestrator's management API", 0.5)
+
+    def restart(self, pool_size: int) -> None:
+        """The orchestrator again, with a warm pool of ``pool_size`` servers."""
+        self.down()
+        self.pool_size = pool_size
+        self.write_config()
+        self.start()
+
+    def _serves(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/", timeout=2):
+                return True
+        except OSError:
+            return False
 
     def management(self) -> ManagementSettings:
         management = self.info.management

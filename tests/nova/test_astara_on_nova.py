@@ -209,7 +209,7 @@ def test_a_kill_mid_boot_converges_and_a_deleted_router_leaves_nothing(
     router_id = tenant.router(subnet)
     wait_for(lambda: box.servers_of(router_id), 120, "the appliance server requested")
     box.orchestrator.kill(signal.SIGKILL)  # mid-boot: the server is not up yet
-    box.orchestrator.start()
+    box.start()
     box.wait_active(router_id, 400)
     assert len(box.servers_of(router_id)) == 1
     # No orphan server or port: those the crash left are removed by the housekeeping.
@@ -287,10 +287,7 @@ def _answers(box: NovaBox, instance_id: str) -> bool:
 def test_a_new_router_takes_a_server_from_the_warm_pool_which_is_refilled_and_drained(
     box: NovaBox, tenant: Tenant
 ) -> None:
-    box.down()
-    box.pool_size = 1
-    box.write_config()
-    box.orchestrator.start()
+    box.restart(pool_size=1)
     try:
         wait_for(lambda: len(_pool(box)) == 1, 120, "a pooled server")
         ((pooled, _),) = _pool(box)
@@ -304,10 +301,7 @@ def test_a_new_router_takes_a_server_from_the_warm_pool_which_is_refilled_and_dr
         assert served_in < 45, f"served from the pool in {served_in:.1f} s"  # cold: over 60
         wait_for(lambda: [i for i, _ in _pool(box)] not in ([], [pooled]), 120, "the refill")
     finally:
-        box.down()
-        box.pool_size = 0
-        box.write_config()
-        box.orchestrator.start()
+        box.restart(pool_size=0)
     # Without a pool: the pooled servers are deleted (as on an image or flavor change).
     wait_for(lambda: _pool(box) == [], 180, "the pool drained")
     assert box.router(router_id) is not None  # the router's own server stays
