@@ -479,7 +479,8 @@ class OpenStackBed:
         host.Outside(self.state_dir / "outside").up(config.EXTERNAL_BRIDGE, gateway)
         flavors = operator.ensure_flavors(admin)
         group = operator.ensure_server_group(service)
-        self.say("operator set-up: management and external networks, flavors, server group")
+        operator.size_quotas(admin, project.id)
+        self.say("operator set-up: management and external networks, flavors, server group, quotas")
         return BedInfo(
             state_dir=str(self.state_dir),
             clouds_yaml=str(self.clouds_yaml),
