@@ -101,6 +101,7 @@ OPERATIONS = [
     ("GET", "/v1/config"),
     ("PUT", "/v1/config"),
     ("POST", "/v1/reapply"),
+    ("PUT", "/v1/credentials"),
 ]
 
 
@@ -110,9 +111,10 @@ def test_every_published_operation_is_fuzzed(api_schema: schemathesis.BaseSchema
     assert published == set(OPERATIONS)
 
 
-# Negative data needs something to break: only PUT has a body (the GETs take no input).
+# Negative data needs something to break: only the PUTs have a body (the GETs take no input).
 CASES = [(method, path, GenerationMode.POSITIVE) for method, path in OPERATIONS] + [
-    ("PUT", "/v1/config", GenerationMode.NEGATIVE)
+    ("PUT", "/v1/config", GenerationMode.NEGATIVE),
+    ("PUT", "/v1/credentials", GenerationMode.NEGATIVE),
 ]
 
 

@@ -250,7 +250,12 @@ def test_a_boot_nova_refuses_puts_the_router_in_error_with_novas_reason(
         record = box.router(router_id)
         assert record is not None and record.last_error is not None
         assert "Quota exceeded for instances" in record.last_error
-        assert tenant.conn.network.get_router(router_id).status == "ERROR"
+        # The store says ERROR a moment before Neutron is told.
+        wait_for(
+            lambda: tenant.conn.network.get_router(router_id).status == "ERROR",
+            30,
+            "ERROR in Neutron",
+        )
         assert box.servers_of(router_id) == []
         log = Path(box.orchestrator.log).read_text()
         assert f"router {router_id}: boot failed" in log and "Quota exceeded" in log

@@ -572,7 +572,7 @@ def test_rotation_renews_each_appliance_past_half_its_certificates_life(tmp_path
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     fresh = certificate_of(ca.issue("appliance-i1", "server", ips=["fd00::2"]).cert_pem)
     appliances = FakeAppliances({"fd00::2": fresh, "fd00::3": fresh})
-    clock = [NOW]
+    clock = [datetime.now(UTC)]  # not NOW: the certificates are stamped now, minutes later
     rotation = CertificateRotation(
         ca,
         tmp_path / "orchestrator-client.pem",

@@ -201,8 +201,14 @@ class Libvirt:
     def remove_domains(self, under: Path) -> None:
         for name in self.domains(under):
             say(f"removing domain {name}")
-            virsh("destroy", name, check=False)
-            virsh("undefine", "--nvram", name, check=False)
+            try:
+                virsh("destroy", name, check=False)
+                virsh("undefine", "--nvram", name, check=False)
+            except subprocess.TimeoutExpired:
+                # libvirtd busy (Nova deleting guests at the same time): the guest's QEMU is
+                # ours to stop, and libvirtd itself is stopped next.
+                say(f"virsh timed out on {name}; killing its QEMU")
+                subprocess.run(["pkill", "-KILL", "-f", f"guest={name},"], check=False)
 
     def down(self) -> None:
         for daemon in reversed(self.daemons()):
