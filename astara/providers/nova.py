@@ -154,7 +154,7 @@ class NovaProvider(Provider):
         server = self._server(spec.instance_id)
         if server is None:
             management = self._management_port(spec.instance_id, spec.router_id)
-            self._create_server(
+            server = self._create_server(
                 spec.instance_id,
                 management,
                 [f"{ROUTER_TAG}{spec.router_id}"],
@@ -164,10 +164,8 @@ class NovaProvider(Provider):
             LOG.info(
                 "router %s: server for instance %s requested", spec.router_id, spec.instance_id
             )
-        found = self.get(spec.instance_id)
-        if found is None:
-            raise ProviderError(f"instance {spec.instance_id}: server vanished after boot")
-        return found
+        # The server as Nova answered (no second look), its ports as Neutron has them.
+        return self._observe(spec.instance_id, server)
 
     def plug(self, instance: Instance, port: PortSpec) -> Instance:
         server = self._server(instance.id)
@@ -353,9 +351,9 @@ class NovaProvider(Provider):
         tags: builtins.list[str],
         image_id: str,
         flavor_id: str,
-    ) -> None:
+    ) -> ServerInfo:
         bootstrap = self._bootstrap(instance_id, management)
-        self._cloud.create_server(
+        return self._cloud.create_server(
             name=f"astara-{instance_id}",
             image_id=image_id,
             flavor_id=flavor_id,
@@ -445,14 +443,20 @@ class NovaProvider(Provider):
 
 
 def coordination_lock(conf: cfg.ConfigOpts) -> Callable[[], ContextManager[object]]:
-    """The warm pool's lock: tooz, on ``[coordination] backend_url`` or files in state_path."""
+    """The warm pool's lock: tooz, on ``[coordination] backend_url`` or files in state_path.
+
+    The coordinator starts at the first hand-out, not here: the provider is also built in the
+    parent before it forks its workers, which must hold no thread of tooz's then."""
     url = conf.coordination.backend_url or f"file://{conf.state_path}/locks"
-    coordinator = coordination.get_coordinator(url, f"astara-{uuid.uuid4()}".encode())
-    coordinator.start(start_heart=True)
+    started: list[coordination.CoordinationDriver] = []
 
     @contextlib.contextmanager
     def held() -> Iterator[object]:
-        with coordinator.get_lock(b"astara-warm-pool") as lock:
+        if not started:
+            coordinator = coordination.get_coordinator(url, f"astara-{uuid.uuid4()}".encode())
+            coordinator.start(start_heart=True)
+            started.append(coordinator)
+        with started[0].get_lock(b"astara-warm-pool") as lock:
             yield lock
 
     return held
