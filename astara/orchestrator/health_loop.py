@@ -216,7 +216,7 @@ class HealthLoop:
             self._clear.clear()
             self._breaker.clear("operator")
         dead = self._monitor.tick(ignore=self._unmanaged)
-        self._dead = frozenset(dead)
+        already_dead, self._dead = self._dead, frozenset(dead)
         self._breaker.observe(self.watched(), dead)
         if self._breaker.allow_replacement():
             self._flag.unlink(missing_ok=True)
@@ -225,13 +225,20 @@ class HealthLoop:
             return dead
         self._poll_drifted()
         for instance_id in dead:
-            self._poll(instance_id, HEALTH_CAUSE, "missed its heartbeats and its probe: replacing")
+            # Polled every tick until replaced, but said once: a router in ERROR keeps its
+            # dead instance and would repeat the warning every second.
+            self._poll(
+                instance_id,
+                HEALTH_CAUSE,
+                "missed its heartbeats and its probe: replacing",
+                logging.DEBUG if instance_id in already_dead else logging.WARNING,
+            )
         return dead
 
-    def _poll(self, instance_id: str, cause: str, why: str) -> None:
+    def _poll(self, instance_id: str, cause: str, why: str, level: int = logging.WARNING) -> None:
         """Ask the step of the instance's router to look at it now."""
         router_id = self._known[instance_id].router_id
-        LOG.warning("router %s: instance %s %s", router_id, instance_id, why)
+        LOG.log(level, "router %s: instance %s %s", router_id, instance_id, why)
         self._dispatch(
             Event(
                 ResourceType.ROUTER,

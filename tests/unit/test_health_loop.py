@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,22 @@ def test_the_silent_instance_has_its_router_polled(tmp_path: Path) -> None:
     # Level-triggered: polled on every tick while dead (the inbox coalesces repeats).
     assert {e.resource_id for e in sent} == {"r9"}
     assert {(e.cause, e.instance_id) for e in sent} == {("health", "i9")}
+
+
+def test_a_dead_instance_is_polled_every_tick_but_warned_of_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop, _, clock, sent = loop_with(tmp_path, routers=1)
+    loop.tick()
+    loop_logger = "astara.orchestrator.health_loop"
+    with caplog.at_level(logging.DEBUG, logger=loop_logger):
+        for _ in range(8):
+            clock.now += 1
+            loop.tick()
+    polls = [e for e in sent if e.instance_id == "i0"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == loop_logger]
+    assert len(polls) >= 3
+    assert len(warnings) == 1
 
 
 def test_a_fresh_heartbeat_vouches_for_its_instance(tmp_path: Path) -> None:
