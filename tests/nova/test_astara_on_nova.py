@@ -23,7 +23,7 @@ from pathlib import Path
 import openstack
 import pytest
 
-from astara.testing.netns import wait_for
+from astara.testing.netns import TopologyError, wait_for
 from astara.testing.nova_box import (
     OUTSIDE_ECHO_PORT,
     WORKLOAD_IMAGE,
@@ -294,7 +294,7 @@ def test_a_new_router_takes_a_server_from_the_warm_pool_which_is_refilled_and_dr
 ) -> None:
     box.restart(pool_size=1)
     try:
-        wait_for(lambda: len(_pool(box)) == 1, 120, "a pooled server")
+        wait_for(lambda: len(_pool(box)) == 1, 120, "a pooled server", 2)
         ((pooled, _),) = _pool(box)
         wait_for(lambda: _answers(box, pooled), 400, "the pooled appliance answering", 2)
         _, subnet = tenant.network("10.71.6.0/24")
@@ -304,10 +304,15 @@ def test_a_new_router_takes_a_server_from_the_warm_pool_which_is_refilled_and_dr
         served_in = time.monotonic() - started
         assert _instance(box, router_id) == pooled
         assert served_in < 45, f"served from the pool in {served_in:.1f} s"  # cold: over 60
-        wait_for(lambda: [i for i, _ in _pool(box)] not in ([], [pooled]), 120, "the refill")
+        wait_for(lambda: [i for i, _ in _pool(box)] not in ([], [pooled]), 120, "the refill", 2)
     finally:
         box.restart(pool_size=0)
     # Without a pool: the pooled servers are deleted (as on an image or flavor change).
-    wait_for(lambda: _pool(box) == [], 180, "the pool drained")
+    try:
+        wait_for(lambda: _pool(box) == [], 300, "the pool drained", 2)
+    except TopologyError as error:
+        said = [line for line in box.orchestrator.log.read_text().splitlines() if "pool" in line]
+        left = _pool(box)
+        raise AssertionError(f"{error}: left {left}; the orchestrator said {said[-8:]}") from error
     assert box.router(router_id) is not None  # the router's own server stays
     assert len(box.servers_of(router_id)) == 1
