@@ -10,15 +10,16 @@ VENV="$ASTARA_ROOT/.venv"
 # Debian packages: the appliance's data plane (nftables, dnsmasq, radvd...), the tools the
 # tests use as workloads (udhcpc, ping, arping), what building the venvs needs, the browser
 # the dashboard's browser tests drive (headless Chromium and its WebDriver), the OpenStack
-# bed's hypervisor and switch (libvirt + QEMU for Nova, genisoimage for config drives, Open
-# vSwitch for Neutron's OVS agent, libvirt-dev to build libvirt-python), and what
+# bed's hypervisor and switch (libvirt + QEMU for Nova, genisoimage for config drives, tini to
+# reap the QEMUs libvirt daemonizes, Open vSwitch for Neutron's OVS agent, libvirt-dev to build
+# libvirt-python), and what
 # astara-image builds images with (mmdebstrap, e2fsprogs, fdisk, GRUB for BIOS, cpio).
 DEBIAN_PACKAGES=(
     python3 python3-venv python3-dev gcc
     iproute2 nftables iptables conntrack dnsmasq-base radvd
     udhcpc isc-dhcp-client ndisc6 iputils-ping iputils-arping socat procps psmisc
     chromium chromium-driver
-    libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage
+    libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage tini
     openvswitch-switch pkg-config libvirt-dev util-linux
     mmdebstrap debian-archive-keyring e2fsprogs fdisk grub-pc-bin cpio gzip
 )

@@ -35,6 +35,7 @@ from astara.appliance.nftables import TABLES, NftablesSubsystem
 from astara.appliance.radvd import RadvdSubsystem
 from astara.appliance.status import KernelLiveState, KernelStatus
 from astara.appliance.subsystem import Subsystem
+from astara.appliance.supervisor import become_subreaper
 from astara.wire.defaults import API_PORT
 from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL, DEFAULT_INTERVAL, MAX_ID_BYTES
 
@@ -318,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything written from now on (ours and our daemons') is private unless made otherwise.
     os.umask(0o077)
     ensure_dir(args.state_dir, TRAVERSABLE_DIR)
+    become_subreaper()
 
     firewall = NftablesSubsystem()
     management = ManagementDomain(management_destinations(beats))

@@ -32,7 +32,11 @@ def process_children(pid: int) -> list[int]:
 
 
 def become_subreaper() -> None:
-    """Adopt our daemons' orphans (radvd's privsep helper outlives it), so we can reap them."""
+    """Adopt our daemons' orphans (radvd's privsep helper outlives it), so we can reap them.
+
+    Called once by the appliance's main, never by a library: a process that adopts orphans
+    must reap them, and a test runner that became one by using ``Daemon`` kept every orphan
+    of the session (libvirt's QEMUs among them) as a zombie libvirt took for alive."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
@@ -89,7 +93,6 @@ class Daemon:
             return False
         self.stop()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        become_subreaper()
         with os.fdopen(open_private_log(self.log_file), "ab") as log:
             self._child = subprocess.Popen(
                 list(argv),

@@ -9,9 +9,17 @@ import httpx
 import openstack
 import pytest
 
+from astara.common.processes import is_alive, process_state
 from astara.testing.netns import wait_for
 from astara.testing.openstack_bed.bed import OpenStackBed
-from astara.testing.openstack_bed.probes import boot, domains, link_exists, ovs_port, tap_name
+from astara.testing.openstack_bed.probes import (
+    boot,
+    domains,
+    link_exists,
+    ovs_port,
+    qemu_pid,
+    tap_name,
+)
 from tests.nova.conftest import TenantNet
 
 pytestmark = pytest.mark.nova
@@ -82,6 +90,8 @@ def test_a_server_boots_and_takes_a_second_port_bound_and_wired_by_the_ovs_agent
         assert tap.external_ids["iface-id"] == first.id
         domain = admin.compute.get_server(server.id).instance_name
         assert domain in domains()
+        qemu = qemu_pid(domain)
+        assert is_alive(qemu)
 
         demo.compute.create_server_interface(server, port_id=second.id)
         attached = wait_for(
@@ -100,3 +110,6 @@ def test_a_server_boots_and_takes_a_second_port_bound_and_wired_by_the_ovs_agent
     assert not link_exists(tap_name(first.id))
     assert ovs_port(tap_name(first.id)) is None
     assert domain not in domains()
+    # Reaped, not a zombie: libvirt takes a zombie QEMU for alive and every later destroy of
+    # it waits, until Nova's calls pile up behind it.
+    assert process_state(qemu) is None

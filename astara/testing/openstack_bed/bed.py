@@ -49,6 +49,7 @@ DEBIAN_TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
     "genisoimage": "genisoimage",
+    "tini": "tini",
     "ovs-vswitchd": "openvswitch-switch",
 }
 # WSGI applications: daemon name -> (module, layout port name, environment of its config).

@@ -161,6 +161,11 @@ class Libvirt:
     capabilities and probed again at every domain start (about 50 s per boot). libvirtd runs
     in a mount namespace of its own where /dev/kvm is a root-only null device, so KVM is
     consistently absent for it; nothing outside that namespace changes.
+
+    libvirtd runs under ``tini -s``: the QEMUs it daemonizes are orphans, and PID 1 here does
+    not reap them. An unreaped QEMU is a zombie libvirt takes for alive: every destroy then
+    waits for it ("Failed to terminate process ... Device or resource busy"), Nova's calls pile
+    up behind it until libvirtd drops Nova's connection, and attaches and deletes fail.
     """
 
     state_dir: Path
@@ -176,7 +181,7 @@ class Libvirt:
             libvirtd = ("unshare", "--mount", "--propagation", "private", "sh", "-c", mask)
         return (
             Daemon("virtlogd", ("virtlogd",), self.state_dir),
-            Daemon("libvirtd", libvirtd, self.state_dir),
+            Daemon("libvirtd", ("tini", "-s", "--", *libvirtd), self.state_dir),
         )
 
     def up(self) -> None:

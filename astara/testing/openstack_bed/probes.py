@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openstack
@@ -58,6 +59,11 @@ def link_exists(name: str) -> bool:
 def domains() -> list[str]:
     """Every libvirt domain, running or not (``virsh list --all``)."""
     return host.virsh("list", "--all", "--name").split()
+
+
+def qemu_pid(domain: str) -> int:
+    """The pid of a running domain's QEMU (from the pid file libvirt keeps)."""
+    return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text())
 
 
 def boot(
