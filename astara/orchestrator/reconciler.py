@@ -308,6 +308,10 @@ class RouterReconciler:
             return InstanceView(booted_at, False, instance.ever_reachable, None), provided, False
         if not instance.ever_reachable:
             self._store.update_instance(instance.id, ever_reachable=True, health="up")
+        if instance.management_address != provided.management_address:
+            # A crash between the provider's boot and its record left the store without the
+            # address, and the health loop watches only instances that have one.
+            self._store.update_instance(instance.id, management_address=provided.management_address)
         view = InstanceView(booted_at, True, True, health.generation)
         return view, provided, bool(health.drift)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from astara.orchestrator.reconciler import (
 )
 from astara.orchestrator.state import Policy, State
 from astara.orchestrator.store import Store
-from astara.providers.base import Instance, PortSpec
+from astara.providers.base import Instance, InstanceSpec, PortSpec
 from astara.providers.noop import NoopProvider
 from astara.wire.api import ServiceHealth
 from astara.wire.document import ApplianceConfig
@@ -170,6 +171,21 @@ def test_anything_short_of_a_matching_vouch_asks_the_appliance(parts, cause, vou
     appliance.calls.clear()
     reconciler.step(ROUTER_ID, event)
     assert appliance.calls == ["health"]
+
+
+def test_an_instance_booted_before_a_crash_gets_its_address_recorded(store: Store) -> None:
+    """The orchestrator died between the provider's boot and the store's record of the
+    address: the instance it adopts must still be watched by heartbeats (which need it)."""
+    appliance, provider = FakeAppliance(), NoopProvider()
+    reconciler = reconciler_for(store, appliance, provider)
+    instance_id = str(uuid.uuid4())
+    # What the boot step had done when the orchestrator died: the record, the provider's boot.
+    store.ensure_router(ROUTER_ID, snapshot_of(recorded()).router.project_id)
+    store.add_instance(instance_id, ROUTER_ID, provider.name, instance_id)
+    booted = provider.boot(InstanceSpec(instance_id=instance_id, router_id=ROUTER_ID, ports=()))
+    reconciler.step(ROUTER_ID, poll("test"))
+    (instance,) = store.instances(ROUTER_ID)
+    assert (instance.id, instance.management_address) == (instance_id, booted.management_address)
 
 
 def test_drift_poll_checks_the_api_and_reapplies(parts) -> None:
