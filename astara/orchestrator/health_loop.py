@@ -1,13 +1,14 @@
 """The orchestrator's watch over its appliances: heartbeats, probes, replacement, breaker.
 
-Runs in the parent process. Every tick it (1) follows the store's list of instances, so the
-heartbeat receiver knows every instance's key; (2) asks the HealthMonitor which instances of
-managed routers are dead (silent past the threshold and not answering a probe); (3) tells the
-circuit breaker, and unless mass failure opened it, (4) sends the dead instances' routers a
-poll, whose step finds the instance dead and replaces it; (5) sends a poll to the routers whose
-heartbeat says their live state drifted, whose step re-applies. Last-seen times reach the store
-in one batch per flush. ``vouch`` lends the periodic reconcile what the latest heartbeats say,
-so that it need not ask every appliance's API.
+Runs in the parent process. Every tick it (1) follows the store's list of instances (at most
+once a second), so the heartbeat receiver knows every instance's key; (2) asks the
+HealthMonitor which instances of managed routers are dead (silent past the threshold and not
+answering a probe); (3) tells the circuit breaker, and unless mass failure opened it, (4)
+sends the dead instances' routers a poll, whose step finds the instance dead and replaces it;
+(5) sends a poll to the routers whose heartbeat says their live state drifted, whose step
+re-applies. Ticks come every half heartbeat interval and at once when a probe ends. Last-seen
+times reach the store in one batch per flush. ``vouch`` lends the periodic reconcile what the
+latest heartbeats say, so that it need not ask every appliance's API.
 """
 
 from __future__ import annotations
@@ -117,12 +118,14 @@ class HealthLoop:
         interval: float,
         fresh_within: float,
         flush_every: float = 30.0,
+        follow_every: float = 1.0,
         drift_poll_every: float = DEFAULT_DRIFT_CHECK_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``fresh_within``: how old a heartbeat may be to vouch for its instance;
         ``drift_poll_every``: how often a router whose heartbeats keep saying "drifted" is
-        polled again (the appliance checks its drift that often)."""
+        polled again (the appliance checks its drift that often); ``follow_every``: how often
+        the store's list of instances is read (ticks come faster, for detection's sake)."""
         self._store = store
         self._receiver = receiver
         self._monitor = monitor
@@ -132,6 +135,8 @@ class HealthLoop:
         self._flag = state_path / BREAKER_FILE
         self._interval = interval
         self._flush_every = flush_every
+        self._follow_every = follow_every
+        self._followed_at = float("-inf")
         self._fresh_within = fresh_within
         self._drift_poll_every = drift_poll_every
         self._clock = clock
@@ -150,9 +155,17 @@ class HealthLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self._monitor.close()  # wakes the thread from its wait
         self._thread.join()
         self._receiver.stop()
-        self._monitor.close()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout``, less when a probe ends: its verdict is due at once."""
+        self._monitor.wait(timeout)
+
+    def probing(self) -> int:
+        """Probes queued or running."""
+        return self._monitor.probing()
 
     def clear_breaker(self) -> None:
         """An operator's go-ahead (SIGUSR1): replacement resumes at the next tick."""
@@ -211,7 +224,9 @@ class HealthLoop:
         return known.management_address if known else None
 
     def tick(self) -> list[str]:
-        self._follow_store()
+        if self._clock() - self._followed_at >= self._follow_every:
+            self._follow_store()
+            self._followed_at = self._clock()
         if self._clear.is_set():
             self._clear.clear()
             self._breaker.clear("operator")
@@ -288,7 +303,10 @@ class HealthLoop:
 
     def _run(self) -> None:
         last_flush = time.monotonic()
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            self.wait(self._interval)
+            if self._stop.is_set():
+                return
             try:
                 self.tick()
                 if time.monotonic() - last_flush >= self._flush_every:

@@ -7,6 +7,7 @@ worker process steps its routers' state machines on a small pool of threads.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import signal
@@ -16,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import openstack
@@ -169,7 +169,7 @@ def build_worker(
         source=NeutronRouterSource(neutron, plugin.owns if conf.neutron.plugin_events else None),
         store=Store(conf.database.connection),
         provider=provider,
-        clients=partial(
+        clients=functools.partial(
             _client, creds, conf.appliance_api_port, apply_timeout=conf.appliance_apply_timeout
         ),
         status=status,
@@ -232,7 +232,7 @@ def build_health_loop(
     registry: CollectorRegistry,
 ) -> HealthLoop:
     state_path = Path(conf.state_path)
-    _, creds = load_credentials(state_path)
+    ca, creds = load_credentials(state_path)
     health = conf.health
     limit = RateLimit(
         health.heartbeat_rate_per_source,
@@ -242,10 +242,26 @@ def build_health_loop(
     receiver = HeartbeatReceiver((host_address, health.heartbeat_port), registry, limit)
     loop: HealthLoop
 
+    # Made in the probe's thread, after the workers were forked (as the housekeeper's is).
+    provider = functools.cache(
+        lambda: provider_from_config(conf, provider_context(conf, ca, host_address))
+    )
+
     def probe(instance_id: str) -> bool:
         address = loop.probe_address(instance_id)
         if address is None:
             return False
+        # The provider's word first: an instance gone, stopped or failed needs no timeout.
+        # Its own trouble (a cloud API down) proves nothing: the API probe decides then.
+        try:
+            found = provider().get(instance_id)
+        except Exception as exc:
+            LOG.info("probe of %s: the provider cannot tell (%s)", instance_id, exc)
+        else:
+            if found is None or found.state != "running":
+                state = found.state if found else "gone"
+                LOG.info("probe of %s: the provider says it is %s", instance_id, state)
+                return False
         try:
             with _client(creds, conf.appliance_api_port, address, health.probe_timeout) as client:
                 client.health()
@@ -259,6 +275,7 @@ def build_health_loop(
         interval=health.heartbeat_interval,
         miss_threshold=health.miss_threshold,
         probe_timeout=health.probe_timeout,
+        registry=registry,
     )
     breaker = CircuitBreaker(
         registry,
@@ -274,7 +291,8 @@ def build_health_loop(
         HeartbeatKeys(state_path),
         dispatch,
         state_path,
-        interval=min(1.0, health.heartbeat_interval),
+        # Half an interval: a silence is noticed at most that late.
+        interval=min(1.0, health.heartbeat_interval / 2),
         # Two intervals: one lost datagram does not cost an appliance API call.
         fresh_within=2 * health.heartbeat_interval,
     )
@@ -290,7 +308,7 @@ class Orchestrator:
         self._neutron = neutron_connection(conf)
         self._dispatcher = Dispatcher(
             conf.workers.processes,
-            partial(build_worker, conf, host_address),
+            functools.partial(build_worker, conf, host_address),
             conf.workers.queue_size,
         )
         self._housekeeping: Housekeeping | None = None
@@ -300,7 +318,7 @@ class Orchestrator:
             ca,
             creds.cert,
             self._store.all_instances,
-            partial(_client, creds, conf.appliance_api_port),
+            functools.partial(_client, creds, conf.appliance_api_port),
             lambda: datetime.now(UTC),
             conf.certificate_check_interval,
         )

@@ -24,6 +24,7 @@ from stevedore import driver
 from astara.common.tls import CertificateAuthority
 from astara.wire.defaults import API_PORT
 from astara.wire.document import Identifier, MacAddress, NetworkKind
+from astara.wire.heartbeat import DEFAULT_INTERVAL
 
 ENTRY_POINT_NAMESPACE = "astara.providers"
 
@@ -96,7 +97,7 @@ class ProviderContext:
     api_port: int = API_PORT
     heartbeat_target: tuple[str, int] | None = None
     heartbeat_key: Callable[[str], bytes] | None = None
-    heartbeat_interval: float = 2.0
+    heartbeat_interval: float = DEFAULT_INTERVAL
 
 
 class Provider(abc.ABC):

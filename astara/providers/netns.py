@@ -58,6 +58,7 @@ from astara.providers.base import (
 )
 from astara.providers.confine import confined
 from astara.wire.defaults import API_PORT
+from astara.wire.heartbeat import DEFAULT_INTERVAL
 
 DEFAULT_PREFIX = "ast"
 DEFAULT_MANAGEMENT_SUBNET = "fdca:3ba5:a17a:acda::/64"
@@ -382,7 +383,7 @@ class NetnsProvider(Provider):
         api_port: int = API_PORT,
         heartbeat_target: tuple[str, int] | None = None,
         heartbeat_key: Callable[[str], bytes] | None = None,
-        heartbeat_interval: float = 2.0,
+        heartbeat_interval: float = DEFAULT_INTERVAL,
         private_paths: Sequence[Path | str] = (),
     ) -> None:
         """``heartbeat_target`` (host, port) and ``heartbeat_key`` (instance id -> HMAC key)

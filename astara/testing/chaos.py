@@ -126,6 +126,18 @@ def cut_management_link(bed: RouterBed, instance: Instance) -> None:
     Namespace(provider.names.fabric_ns).run(["ip", "link", "set", link, "down"])
 
 
+def starve_appliance(bed: RouterBed, instance: Instance, seconds: float) -> None:
+    """No CPU at all for ``seconds`` (SIGSTOP, then SIGCONT): the worst a busy host does to a
+    healthy appliance. A CPU quota would let the heartbeat thread slip through now and then;
+    this stops every beat for the whole stall."""
+    pid = bed.appliance_pid(instance)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 FAILURES: dict[str, Callable[[RouterBed, Instance], None]] = {
     "kill": kill_appliance,
     "freeze": freeze_appliance,

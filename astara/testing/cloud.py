@@ -114,7 +114,6 @@ class CloudInABox:
             "health": {
                 "backoff_initial": "0.5",
                 "backoff_max": "5",
-                "heartbeat_interval": "1",
                 **self.health,
             },
             "database": {

@@ -31,6 +31,7 @@ from astara.testing.chaos import (
     fresh_state,
     instance_namespaces,
     kill_appliance,
+    starve_appliance,
 )
 from astara.testing.cloud import CloudInABox
 from astara.testing.mariadb import create_database, drop_database
@@ -81,6 +82,23 @@ def test_failure_is_detected_and_the_router_replaced(bed: RouterBed, kind: str) 
     assert not (STATE / "orchestrator" / BREAKER_FILE).exists()
 
 
+def test_an_appliance_starved_of_cpu_for_3_s_is_probed_and_kept(bed: RouterBed) -> None:
+    eventually(bed.pings_out, 30, "traffic before the stall")
+    old = bed.instance()
+    before = probes()
+    starve_appliance(bed, old, 3.0)
+    # The positive signal: the stall was long enough to be suspected (1.5 s of silence), and
+    # the probe it called for was answered once the appliance had CPU again.
+    eventually(lambda: probes()["answered"] > before["answered"], 10, "the probe answered")
+    assert probes()["failed"] == before["failed"]
+    eventually(bed.pings_out, 10, "traffic after the stall")
+    assert [i.id for i in bed.instances()] == [old.id]
+
+
+def probes() -> dict[str, float]:
+    return counters("astara_health_probes_total", "result")
+
+
 def test_orchestrator_killed_while_replacing_converges_to_one_instance(bed: RouterBed) -> None:
     old = bed.instance()
     kill_appliance(bed, old)
@@ -118,12 +136,17 @@ def test_forged_replayed_and_malformed_heartbeats_are_rejected_and_counted(
 
 
 def rejected() -> dict[str, float]:
+    return counters("astara_heartbeats_rejected_total", "reason")
+
+
+def counters(name: str, label: str) -> dict[str, float]:
+    """One labelled counter of the orchestrator's metrics, by its label's value."""
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
     found: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("astara_heartbeats_rejected_total{"):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            found[reason] = float(line.rsplit(" ", 1)[1])
+        if line.startswith(name + "{"):
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            found[value] = float(line.rsplit(" ", 1)[1])
     return found
 
 

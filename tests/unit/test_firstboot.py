@@ -30,7 +30,12 @@ def _document(**changes: object) -> dict[str, object]:
         "ca_pem": "CA",
         "cert_pem": "CERT",
         "key_pem": KEY_PEM,
-        "heartbeat": {"host": "fdca:3ba5::1", "port": 5555, "key_hex": HEARTBEAT_KEY},
+        "heartbeat": {
+            "host": "fdca:3ba5::1",
+            "port": 5555,
+            "key_hex": HEARTBEAT_KEY,
+            "interval": 1.5,
+        },
     }
     doc.update(changes)
     return doc
@@ -61,7 +66,7 @@ def test_the_plan_writes_private_files_and_starts_the_appliance_on_the_managemen
     assert args.instance_id == "inst-1"
     assert args.heartbeat == ("fdca:3ba5::1", 5555)
     assert args.heartbeat_key_file == tmp_path / "etc/heartbeat.key"
-    assert args.heartbeat_interval == 2.0
+    assert args.heartbeat_interval == 1.5  # the bootstrap's, not the default
     assert args.drift_check_interval == 30.0
 
     env = result.env_file.content.decode()

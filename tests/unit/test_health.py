@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pytest
 
@@ -77,15 +78,33 @@ def monitor(rig: Rig) -> Iterator[HealthMonitor]:
     monitor.close()
 
 
+class Ticking(Protocol):
+    """The HealthMonitor, or the HealthLoop around one."""
+
+    def tick(self) -> list[str]: ...
+    def probing(self) -> int: ...
+    def wait(self, timeout: float) -> None: ...
+
+
+def settle(watcher: Ticking) -> list[str]:
+    """Tick, let the probes that tick started end (each wakes ``wait``), tick again."""
+    watcher.tick()
+    deadline = time.monotonic() + 5
+    while watcher.probing() and time.monotonic() < deadline:
+        watcher.wait(0.05)
+    return watcher.tick()
+
+
 def test_beating_instances_are_not_probed(monitor: HealthMonitor, rig: Rig) -> None:
     rig.source.seen = {"a": NOW - 1, "b": NOW - 8}
-    assert monitor.tick() == []
+    assert settle(monitor) == []
     assert rig.probe.calls == []
 
 
 def test_silent_and_unanswering_is_dead_until_heard_again(monitor: HealthMonitor, rig: Rig) -> None:
     rig.source.seen = {"a": NOW - 9, "ok": NOW}
-    assert monitor.tick() == ["a"]
+    assert monitor.tick() == []  # probing: a tick never waits for a probe
+    assert settle(monitor) == ["a"]
     rig.clock.now += 1
     assert monitor.tick() == ["a"]  # still dead, without probing again
     assert rig.probe.calls == ["a"]
@@ -95,33 +114,96 @@ def test_silent_and_unanswering_is_dead_until_heard_again(monitor: HealthMonitor
     assert monitor.tick() == []
 
 
-def test_hung_and_raising_probes_count_as_failed(monitor: HealthMonitor, rig: Rig) -> None:
+def test_a_refusing_instance_is_dead_while_a_hung_one_is_still_probed(
+    monitor: HealthMonitor, rig: Rig
+) -> None:
     rig.source.seen = {"hung": NOW - 10, "broken": NOW - 10}
+    assert monitor.tick() == []
+    monitor.wait(5)  # woken by the first probe to end: the refused one
+    assert monitor.tick() == ["broken"]  # not held up by the hung probe
+    rig.clock.now += 0.1
+    assert monitor.tick() == ["broken"]  # the hung one is within its timeout
+    rig.clock.now += 0.15
     assert monitor.tick() == ["broken", "hung"]
+
+
+def test_a_probe_waiting_for_a_thread_has_not_started_its_timeout(rig: Rig) -> None:
+    rig.source.seen = {"hung": NOW - 10}
+    one = HealthMonitor(
+        rig.source, rig.probe, rig.clock, interval=2.0, probe_timeout=0.2, max_parallel_probes=1
+    )
+    try:
+        assert one.tick() == []
+        rig.source.seen["queued"] = NOW - 10
+        assert one.tick() == []
+        rig.clock.now += 1
+        assert one.tick() == ["hung"]  # the queued one never ran: not judged yet
+        rig.probe.hang.set()
+        deadline = time.monotonic() + 5
+        while "queued" not in rig.probe.calls and time.monotonic() < deadline:
+            one.wait(0.05)
+        assert settle(one) == ["hung", "queued"]
+    finally:
+        one.close()
+
+
+def test_an_answer_after_a_stall_spares_the_instance(rig: Rig) -> None:
+    """A CPU-starved appliance answers late but within the timeout: it is not replaced."""
+    stalled = threading.Event()
+
+    def slow(instance_id: str) -> bool:
+        stalled.wait(5)
+        return True
+
+    patient = HealthMonitor(rig.source, slow, rig.clock, interval=2.0, probe_timeout=3.0)
+    try:
+        rig.source.seen = {"a": NOW - 9}
+        assert patient.tick() == []
+        rig.clock.now += 2.9
+        assert patient.tick() == []  # still within the timeout
+        stalled.set()
+        assert settle(patient) == []
+        rig.clock.now += 5
+        assert patient.tick() == []  # vouched for a threshold by the answer
+    finally:
+        patient.close()
+
+
+def test_a_heartbeat_during_the_probe_makes_its_failure_moot(
+    monitor: HealthMonitor, rig: Rig
+) -> None:
+    rig.source.seen = {"hung": NOW - 10}
+    assert monitor.tick() == []
+    rig.source.seen["hung"] = rig.clock.now  # beats again while the probe hangs
+    rig.clock.now += 1
+    assert monitor.tick() == []
+    assert monitor.probing() == 0
 
 
 def test_a_successful_probe_vouches_for_one_threshold(monitor: HealthMonitor, rig: Rig) -> None:
     rig.source.seen = {"a": NOW - 10}
     rig.probe.answers["a"] = True
-    assert monitor.tick() == []
+    assert settle(monitor) == []
     rig.clock.now += 5
     assert monitor.tick() == []
     assert rig.probe.calls == ["a"]  # vouched: not probed again within the threshold
     rig.clock.now += 4
     rig.probe.answers["a"] = False
-    assert monitor.tick() == ["a"]
+    assert settle(monitor) == ["a"]
     assert rig.probe.calls == ["a", "a"]
 
 
 def test_probes_run_in_parallel(rig: Rig) -> None:
     rig.source.seen = {f"slow-{i}": NOW - 10 for i in range(5)}
+    together = threading.Barrier(5, timeout=5)
 
-    def slow(instance_id: str) -> bool:
-        time.sleep(0.15)
+    def meet(instance_id: str) -> bool:
+        together.wait()  # breaks (and the probe fails) unless all five run at once
         return True
 
-    parallel = HealthMonitor(rig.source, slow, rig.clock, interval=2.0, probe_timeout=0.5)
+    parallel = HealthMonitor(rig.source, meet, rig.clock, interval=2.0, probe_timeout=10)
     try:
-        assert parallel.tick() == []  # five 0.15 s probes fit in a 0.5 s timeout together
+        assert settle(parallel) == []
+        assert not together.broken
     finally:
         parallel.close()

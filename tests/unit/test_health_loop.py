@@ -22,6 +22,7 @@ from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.store import Store
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
+from tests.unit.test_health import settle
 from tests.unit.test_heartbeat import LIMIT
 
 pytestmark = pytest.mark.unit
@@ -139,7 +140,7 @@ def test_mass_death_opens_the_breaker_until_an_operator_clears_it(tmp_path: Path
     allowed = replacement_allowed(tmp_path)
     loop.tick()
     clock.now += 5
-    dead = loop.tick()
+    dead = settle(loop)
     assert dead == ["i0", "i1", "i2", "i3"]
     assert sent == []  # 4 of 4 dead: a network problem, nothing is replaced
     assert not allowed()

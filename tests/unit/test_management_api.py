@@ -31,6 +31,7 @@ from astara.orchestrator.telemetry import WorkerStatus
 from astara.orchestrator.worker import SchedulerStatus, ThreadStatus
 from astara.wire.heartbeat import Heartbeat, encode
 from tests.unit.clock import FakeClock
+from tests.unit.test_health import settle
 from tests.unit.test_health_loop import loop_with
 
 pytestmark = pytest.mark.unit
@@ -314,7 +315,7 @@ def test_the_breaker_resets_only_when_open(api: Api) -> None:
     with api.client(ADMIN) as client:
         closed = client.post("/v1/breaker/reset")
         api.clock.now += 10  # every instance silent: 3 of 3 dead opens it
-        api.loop.tick()
+        settle(api.loop)
         shown = client.get("/v1/breaker").json()
         reset = client.post("/v1/breaker/reset")
         api.loop.tick()
