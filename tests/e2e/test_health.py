@@ -3,7 +3,7 @@
 The real cloud-in-a-box (Neutron with Astara's plugin, RabbitMQ, astara-orchestrator, netns
 appliances). A workload behind the router pings the outside world through SNAT; after each
 failure, detection and replacement must bring that traffic back within BOUND seconds (a
-generous bound: the real target, 15 s, is what bench/failure.py measures).
+generous bound: the real target, an outage of at most 6 s, is what bench/failure.py measures).
 """
 
 from __future__ import annotations

@@ -124,10 +124,10 @@ def ensure_server_group(conn: openstack.connection.Connection, name: str = APPLI
 
 
 def size_quotas(conn: openstack.connection.Connection, project_id: str) -> None:
-    """Nova's default quota (10 servers) in Astara's project stops replacements, which boot the
-    new server before deleting the old one, once 10 routers run: size it for the routers, one
-    replacement each and the warm pool (here: no limit)."""
-    conn.set_compute_quotas(project_id, instances=-1, cores=-1, ram=-1)
+    """Nova's default quotas (10 servers, 10 members per server group) in Astara's project stop
+    replacements, which boot the new server before deleting the old one, once 10 routers run:
+    size them for the routers, one replacement each and the warm pool (here: no limit)."""
+    conn.set_compute_quotas(project_id, instances=-1, cores=-1, ram=-1, server_group_members=-1)
     conn.set_network_quotas(project_id, port=-1)
 
 
