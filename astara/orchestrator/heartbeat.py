@@ -160,8 +160,15 @@ class HeartbeatReceiver:
     # Validation, callable without a socket.
 
     def handle(self, datagram: bytes, source: str | None = None) -> Heartbeat | None:
-        """Validate one datagram (from ``source``, an address, when known); record and return
-        its heartbeat, or count the rejection."""
+        """Validate one datagram (from ``source``, an address, when known); record, count
+        and return its heartbeat, or count the rejection."""
+        beat = self._accept(datagram, source)
+        if beat is not None:
+            self._accepted.inc()
+        return beat
+
+    def _accept(self, datagram: bytes, source: str | None) -> Heartbeat | None:
+        """``handle`` but for the count of accepted ones (the server thread counts a batch)."""
         now = self._clock()
         with self._lock:
             if source is not None and not self._limiter.allow(source, now):
@@ -175,7 +182,6 @@ class HeartbeatReceiver:
                 return None
             self._peers[beat.instance_id].sighting = Sighting(last_seen=now, heartbeat=beat)
             self._unflushed[beat.instance_id] = now
-        self._accepted.inc()
         return beat
 
     def _key_of(self, instance_id: str) -> bytes | None:
@@ -284,15 +290,19 @@ class HeartbeatReceiver:
     def _drain(self, sock: socket.socket) -> int:
         """Read every datagram waiting and return how many; one more byte than allowed
         reveals oversized ones."""
-        count = 0
-        while True:
-            try:
-                datagram, sender = sock.recvfrom(MAX_DATAGRAM + 1)
-            except BlockingIOError:
-                return count
-            except OSError as exc:
-                # ICMP errors surface here on some stacks; they are not heartbeats.
-                LOG.debug("heartbeat socket error: %s", exc)
-                return count
-            count += 1
-            self.handle(datagram, sender[0])
+        count = accepted = 0
+        try:
+            while True:
+                try:
+                    datagram, sender = sock.recvfrom(MAX_DATAGRAM + 1)
+                except BlockingIOError:
+                    return count
+                except OSError as exc:
+                    # ICMP errors surface here on some stacks; they are not heartbeats.
+                    LOG.debug("heartbeat socket error: %s", exc)
+                    return count
+                count += 1
+                accepted += self._accept(datagram, sender[0]) is not None
+        finally:
+            if accepted:
+                self._accepted.inc(accepted)  # once a batch: a counter's lock per datagram adds up

