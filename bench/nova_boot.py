@@ -160,6 +160,8 @@ def main() -> int:
     box.down()  # the peer's servers are no router's: the housekeeping would remove them
     admin = bed.connect("astara-admin")
     tenant = Tenant(bed, upload_built_image(admin, build_image("workload"), "astara-test-workload"))
+    # Neutron's default of 10 routers a project: the cold routers and the warm ones are more.
+    admin.set_network_quotas(tenant.conn.current_project_id, router=-1)
     try:
         say("peer: the appliance image as plain Nova servers")
         peer = [peer_boot(box) for _ in range(args.peer)]
