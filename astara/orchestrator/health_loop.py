@@ -185,6 +185,15 @@ class HealthLoop:
             return None
         return beat.instance_id, beat.generation
 
+    def awaiting_verdict(self, router_id: str) -> bool:
+        """Whether an instance of the router is silent or found dead: the health loop is on it,
+        and a periodic reconcile would only wait on its API (holding up the router's replacement
+        behind a timeout)."""
+        return any(
+            self.health_of(iid).status in (InstanceHealth.SILENT, InstanceHealth.DEAD)
+            for iid in self._by_router.get(router_id, [])
+        )
+
     def health_of(self, instance_id: str) -> HealthView:
         known = self._known.get(instance_id)
         sighting = self._receiver.snapshot_of(instance_id)

@@ -416,6 +416,11 @@ class Orchestrator:
         for router_id, project in routers:
             if self._stop.wait(gap):
                 return
+            if self.health.awaiting_verdict(router_id):
+                LOG.debug(
+                    "router %s: periodic reconcile skipped, its appliance is silent", router_id
+                )
+                continue
             instance_id, generation = self.health.vouch(router_id) or (None, None)
             self._dispatcher.dispatch(
                 Event(

@@ -75,6 +75,32 @@ def test_the_silent_instance_has_its_router_polled(tmp_path: Path) -> None:
     assert {(e.cause, e.instance_id) for e in sent} == {("health", "i9")}
 
 
+def test_a_silent_or_dead_instance_keeps_the_periodic_reconcile_away(tmp_path: Path) -> None:
+    loop, receiver, clock, _ = loop_with(tmp_path, routers=2)
+    keys = HeartbeatKeys(tmp_path)
+    loop.tick()
+
+    def beat(second: int, *instances: str) -> None:
+        for iid in instances:
+            beat = Heartbeat(iid, second, clock.now, 1, "d")
+            assert receiver.handle(encode(beat, keys.key_for(iid))) is not None
+
+    beat(1, "i0", "i1")
+    assert not loop.awaiting_verdict("r0")
+    assert not loop.awaiting_verdict("r1")
+    clock.now += 2.5  # i1 falls silent (fresh_within is 2 s)
+    beat(2, "i0")
+    assert loop.health_of("i1").status == "silent"
+    assert loop.awaiting_verdict("r1")
+    assert not loop.awaiting_verdict("r0")
+    clock.now += 3
+    beat(3, "i0")
+    settle(loop)
+    assert loop.health_of("i1").status == "dead"
+    assert loop.awaiting_verdict("r1")
+    assert not loop.awaiting_verdict("r0")
+
+
 def test_a_dead_instance_is_polled_every_tick_but_warned_of_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
