@@ -1,14 +1,15 @@
 """The orchestrator's watch over its appliances: heartbeats, probes, replacement, breaker.
 
-Runs in the parent process. Every tick it (1) follows the store's list of instances (every
-``follow_every``), so the heartbeat receiver knows every instance's key; (2) asks the
-HealthMonitor which instances of managed routers are dead (silent past the threshold and not
-answering a probe); (3) tells the circuit breaker, and unless mass failure opened it, (4)
-sends the dead instances' routers a poll, whose step finds the instance dead and replaces it;
-(5) sends a poll to the routers whose heartbeat says their live state drifted, whose step
-re-applies. Ticks come every half heartbeat interval and at once when a probe ends. Last-seen
-times reach the store in one batch per flush. ``vouch`` lends the periodic reconcile what the
-latest heartbeats say, so that it need not ask every appliance's API.
+Runs in the parent process. Every tick it (1) follows the store's list of instances (once a
+second, reading it only when it changed), so the heartbeat receiver knows every instance's
+key; (2) asks the HealthMonitor which instances of managed routers are dead (silent past the
+threshold and not answering a probe); (3) tells the circuit breaker, and unless mass failure
+opened it, (4) sends the dead instances' routers a poll, whose step finds the instance dead
+and replaces it; (5) sends a poll to the routers whose heartbeat says their live state
+drifted, whose step re-applies. Ticks come every half heartbeat interval and at once when a
+probe ends. Last-seen times reach the store in one batch per flush. ``vouch`` lends the
+periodic reconcile what the latest heartbeats say, so that it need not ask every appliance's
+API.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL
 LOG = logging.getLogger(__name__)
 
 BREAKER_FILE = "replacement-paused"
-# Reading 5,000 instances costs about 50 ms: every 5 s, that is 1 % of a core. A new instance
-# is watched at most that late (and the boot timeout covers it until then).
-DEFAULT_FOLLOW_EVERY = 5.0
+# The store is looked at once a second, but the instances are read (about 50 ms for 5,000)
+# only when its signature changed, or at the latest every DEFAULT_REREAD_EVERY seconds.
+DEFAULT_FOLLOW_EVERY = 1.0
+DEFAULT_REREAD_EVERY = 30.0
 HEARTBEAT_SECRET_FILE = "heartbeat.secret"  # noqa: S105 (a file name)
 # The secret is the HMAC key of every per-instance key: as strong as the HMAC's own output.
 HEARTBEAT_SECRET_BYTES = 32
@@ -140,6 +142,8 @@ class HealthLoop:
         self._flush_every = flush_every
         self._follow_every = follow_every
         self._followed_at = float("-inf")
+        self._signature: tuple[object, ...] | None = None
+        self._read_at = float("-inf")
         self._fresh_within = fresh_within
         self._drift_poll_every = drift_poll_every
         self._clock = clock
@@ -296,10 +300,15 @@ class HealthLoop:
             self._poll(instance_id, DRIFT_CAUSE, "reports its live state drifted")
 
     def _follow_store(self) -> None:
+        signature = self._store.watch_signature()
+        now = self._clock()
+        if signature == self._signature and now - self._read_at < DEFAULT_REREAD_EVERY:
+            self._unmanaged = frozenset(self._store.unmanaged_instance_ids() & self._known.keys())
+            return
+        self._signature, self._read_at = signature, now
         current = {i.id: i for i in self._store.watched_instances()}
         for gone in self._known.keys() - current.keys():
             self._receiver.unregister(gone)
-        now = self._clock()
         for instance_id, record in current.items():
             if instance_id not in self._known or (
                 record.ever_reachable and not self._known[instance_id].ever_reachable

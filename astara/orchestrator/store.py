@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
+    case,
     create_engine,
     func,
     select,
@@ -394,6 +395,18 @@ class Store:
         query = select(*columns).where(InstanceRow.management_address.is_not(None))
         with self.engine.connect() as connection:
             return [_record(WatchedInstance, row) for row in connection.execute(query)]
+
+    def watch_signature(self) -> tuple[object, ...]:
+        """Changes whenever ``watched_instances`` would (an instance added, removed, given an
+        address or first reachable), for the price of one aggregate row."""
+        query = select(
+            func.count(),
+            func.count(InstanceRow.management_address),
+            func.sum(case((InstanceRow.ever_reachable, 1), else_=0)),
+            func.max(InstanceRow.created_at),
+        )
+        with self.engine.connect() as connection:
+            return tuple(connection.execute(query).one())
 
     def unmanaged_instance_ids(self) -> set[str]:
         """The instances of routers an operator unmanaged."""

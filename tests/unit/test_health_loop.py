@@ -101,6 +101,27 @@ def test_a_silent_or_dead_instance_keeps_the_periodic_reconcile_away(tmp_path: P
     assert not loop.awaiting_verdict("r0")
 
 
+def test_a_replacement_is_watched_within_a_second_of_answering(tmp_path: Path) -> None:
+    loop, _, clock, _ = loop_with(tmp_path, routers=2)
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    loop.tick()
+    for _ in range(3):  # the store unchanged: nothing new
+        clock.now += 1
+        loop.tick()
+    store.add_instance("i-new", "r0", "netns", "i-new", management_address="fd00::99")
+    clock.now += 1
+    loop.tick()
+    assert loop.health_of("i-new").status == "booting"  # followed, not yet judged
+    store.update_instance("i-new", ever_reachable=True)
+    clock.now += 1
+    loop.tick()
+    assert loop.health_of("i-new").status == "silent"  # watched: its silence now counts
+    store.remove_instance("i1")
+    clock.now += 1
+    loop.tick()
+    assert loop.health_of("i1").status == "unwatched"
+
+
 def test_a_dead_instance_is_polled_every_tick_but_warned_of_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
