@@ -85,6 +85,8 @@ def test_failure_is_detected_and_the_router_replaced(bed: RouterBed, kind: str) 
 def test_an_appliance_starved_of_cpu_for_3_s_is_probed_and_kept(bed: RouterBed) -> None:
     eventually(bed.pings_out, 30, "traffic before the stall")
     old = bed.instance()
+    # Watched (a replacement of the previous test is followed within a second or so).
+    eventually(watched_and_alive, 15, "the appliance watched and beating")
     before = probes()
     starve_appliance(bed, old, 3.0)
     # The positive signal: the stall was long enough to be suspected (1.5 s of silence), and
@@ -93,6 +95,10 @@ def test_an_appliance_starved_of_cpu_for_3_s_is_probed_and_kept(bed: RouterBed) 
     assert probes()["failed"] == before["failed"]
     eventually(bed.pings_out, 10, "traffic after the stall")
     assert [i.id for i in bed.instances()] == [old.id]
+
+
+def watched_and_alive() -> bool:
+    return counters("astara_instances", "health").get("alive") == 1.0
 
 
 def probes() -> dict[str, float]:
