@@ -141,11 +141,11 @@ def peer(directory: Path, port: int, seconds: float) -> tuple[float, float]:
     sock.bind(("127.0.0.1", port))
     sock.settimeout(0.5)
     handled = [0]
-    stop = [False]
+    stop = threading.Event()
     last: dict[str, int] = {}
 
     def serve() -> None:
-        while not stop[0]:
+        while not stop.is_set():
             try:
                 datagram, _ = sock.recvfrom(MAX_DATAGRAM + 1)
             except TimeoutError:
@@ -164,7 +164,7 @@ def peer(directory: Path, port: int, seconds: float) -> tuple[float, float]:
     try:
         return measure(seconds, lambda: float(handled[0]))
     finally:
-        stop[0] = True
+        stop.set()
         thread.join()
         sock.close()
 

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -70,9 +70,8 @@ class _Probe:
     """One probe of one silence: started when a thread took it, ended with its answer."""
 
     silent_since: float  # the last sign of life it is about
-    future: concurrent.futures.Future[bool] | None = None
     started: float | None = None  # the monitor's clock; a queued probe's time does not run
-    answered: bool | None = field(default=None)
+    answered: bool | None = None
 
 
 class HealthMonitor:
@@ -177,8 +176,8 @@ class HealthMonitor:
         pending = self._probes.get(instance_id)
         if pending is None or pending.silent_since != silent_since:
             pending = _Probe(silent_since)
-            pending.future = self._pool.submit(self._run_probe, instance_id, pending)
-            pending.future.add_done_callback(lambda _: self._ended.set())
+            future = self._pool.submit(self._run_probe, instance_id, pending)
+            future.add_done_callback(lambda _: self._ended.set())
             self._probes[instance_id] = pending
             return None
         if pending.answered is not None:

@@ -130,7 +130,8 @@ class HealthLoop:
         """``fresh_within``: how old a heartbeat may be to vouch for its instance;
         ``drift_poll_every``: how often a router whose heartbeats keep saying "drifted" is
         polled again (the appliance checks its drift that often); ``follow_every``: how often
-        the store's list of instances is read (ticks come faster, for detection's sake)."""
+        the store is looked at for changed instances (ticks come faster, for detection's
+        sake)."""
         self._store = store
         self._receiver = receiver
         self._monitor = monitor
@@ -302,10 +303,14 @@ class HealthLoop:
     def _follow_store(self) -> None:
         signature = self._store.watch_signature()
         now = self._clock()
-        if signature == self._signature and now - self._read_at < DEFAULT_REREAD_EVERY:
-            self._unmanaged = frozenset(self._store.unmanaged_instance_ids() & self._known.keys())
-            return
-        self._signature, self._read_at = signature, now
+        if signature != self._signature or now - self._read_at >= DEFAULT_REREAD_EVERY:
+            self._signature, self._read_at = signature, now
+            self._read_instances(now)
+        # An unmanaged router's instances are left alone: their heartbeats are still
+        # accepted (and shown), but they are not judged, probed, counted or replaced.
+        self._unmanaged = frozenset(self._store.unmanaged_instance_ids() & self._known.keys())
+
+    def _read_instances(self, now: float) -> None:
         current = {i.id: i for i in self._store.watched_instances()}
         for gone in self._known.keys() - current.keys():
             self._receiver.unregister(gone)
@@ -320,9 +325,6 @@ class HealthLoop:
         by_router: dict[str, list[str]] = {}
         for record in current.values():
             by_router.setdefault(record.router_id, []).append(record.id)
-        # An unmanaged router's instances are left alone: their heartbeats are still
-        # accepted (and shown), but they are not judged, probed, counted or replaced.
-        self._unmanaged = frozenset(self._store.unmanaged_instance_ids() & current.keys())
         self._known, self._by_router = current, by_router
 
     def _run(self) -> None:
