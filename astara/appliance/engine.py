@@ -25,10 +25,10 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from astara.appliance.heartbeat import RunningState
-from astara.appliance.status import LiveStateProbe
+from astara.appliance.status import LiveState, LiveStateProbe
 from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
 from astara.wire.api import Health
-from astara.wire.document import ApplianceConfig, config_digest, dump_with_secrets, problems
+from astara.wire.document import ApplianceConfig, dump_with_secrets, problems, text_digest
 
 LOG = logging.getLogger(__name__)
 
@@ -78,13 +78,14 @@ class ConfigStore:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / STATE_FILE
 
-    def save(self, config: ApplianceConfig) -> None:
+    def save(self, text: str) -> None:
+        """Keep ``text`` (a document's ``dump_with_secrets``) as the last good document."""
         # The directory stays traversable: daemons that dropped root read their files below it.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(dump_with_secrets(config))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
@@ -153,8 +154,11 @@ class Engine:
         self._lock = threading.Lock()
         self._current: ApplianceConfig | None = None
         self._health = Health()
-        # Fingerprint of the live state the last apply produced; None when unknown.
-        self._live: str | None = None
+        # The live state the last apply produced; None when unknown.
+        self._live: LiveState | None = None
+        # The last live state read in full or for a record: a record reads only what the
+        # subsystems changed since (None: read everything).
+        self._base: LiveState | None = None
         # Set once the last successful apply's digest and fingerprint are recorded.
         self._recorded = threading.Event()
         self._recorded.set()
@@ -188,7 +192,7 @@ class Engine:
                 return True
             try:
                 links = self._resolve_links(_macs(self._current))
-                return self._probe.digest(links) != self._live
+                return self._probe.read(links) != self._live
             except Exception:
                 LOG.exception("live state unreadable: counted as drift")
                 return True
@@ -290,7 +294,7 @@ class Engine:
                     if rollback_errors:
                         detail += "; rollback also failed: " + "; ".join(rollback_errors)
                     elif previous is not None:
-                        self._live = self._fingerprint(previous, links)
+                        self._live = self._base = self._record_live(previous, links)
                 self._fail(started, subsystem.name, detail)
             LOG.debug(
                 "generation %d: %s in %.1f ms",
@@ -313,21 +317,23 @@ class Engine:
         self._record(desired, links)
 
     def _record(self, desired: ApplianceConfig, links: LinkMap) -> None:
-        """Save the document, digest it and fingerprint the live state, after the answer: for
-        1,000 floating IPs and 5,000 rules each takes longer than applying a one-address
-        change. A crash before the save loses nothing: the orchestrator sees the older
-        generation at the next probe and pushes the newer one again."""
+        """Save the document, digest it and read the live state, after the answer: for 1,000
+        floating IPs and 5,000 rules this takes longer than applying a one-address change. A
+        crash before the save loses nothing: the orchestrator sees the older generation at
+        the next probe and pushes the newer one again."""
         recorded = self._recorded = threading.Event()
 
         def work() -> None:
+            text = dump_with_secrets(desired)
             with self._saving:
                 if self._current is desired:  # a newer apply saves its own
-                    self.store.save(desired)
-            digest = config_digest(desired)
-            live = self._fingerprint(desired, links)
+                    self.store.save(text)
+            digest = text_digest(text)
+            # Under the lock: what is read is what this apply produced, and a read since the
+            # base is right only if no apply writes while it runs.
             with self._lock:
                 if self._current is desired:  # not overtaken by a newer apply
-                    self._live = live
+                    self._live = self._base = self._record_live(desired, links, self._base)
                     self._health = self._health.model_copy(update={"config_digest": digest})
             recorded.set()
 
@@ -340,14 +346,18 @@ class Engine:
         """Whether the last apply's digest and fingerprint are recorded (waiting up to timeout)."""
         return self._recorded.wait(timeout)
 
-    def _fingerprint(self, config: ApplianceConfig, links: LinkMap) -> str | None:
-        """The probe's digest over the interfaces of ``config`` only: those of an older
-        document may be unplugged later, which is no drift."""
+    def _record_live(
+        self, config: ApplianceConfig, links: LinkMap, since: LiveState | None = None
+    ) -> LiveState | None:
+        """Record the live state on the interfaces of ``config`` only (those of an older
+        document may be unplugged later, which is no drift)."""
         if self._probe is None:
             return None
         macs = _macs(config)
         try:
-            return self._probe.digest({mac: name for mac, name in links.items() if mac in macs})
+            return self._probe.record(
+                {mac: name for mac, name in links.items() if mac in macs}, since
+            )
         except Exception:
             LOG.exception("live state unreadable after the apply: drift will be reported")
             return None

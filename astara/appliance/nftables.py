@@ -616,11 +616,13 @@ class RuleCounter:
 
 
 class NftRunner(Protocol):
-    """Runs nft scripts and lists the ruleset as nft's JSON."""
+    """Runs nft scripts and lists as nft's JSON."""
 
     def run(self, script: str) -> None: ...
 
-    def list_json(self) -> dict[str, Any]: ...
+    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
+        """``nft -j list <what>``: the whole ruleset, or one "table <family> <name>"."""
+        ...
 
 
 class NftCli:
@@ -637,9 +639,12 @@ class NftCli:
         if done.returncode != 0:
             raise ApplyStepError("firewall", done.stderr.strip() or f"nft exit {done.returncode}")
 
-    def list_json(self) -> dict[str, Any]:
+    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
         done = subprocess.run(
-            [*self.command, "-j", "list", "ruleset"], capture_output=True, text=True, check=False
+            [*self.command, "-j", "list", *what.split()],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise ApplyStepError("firewall", done.stderr.strip())
@@ -690,8 +695,8 @@ class LibNftables:
     def run(self, script: str) -> None:
         self._command(script, 0)
 
-    def list_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self._command("list ruleset", NFT_CTX_OUTPUT_JSON))
+    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self._command(f"list {what}", NFT_CTX_OUTPUT_JSON))
         return result
 
     def close(self) -> None:
@@ -752,6 +757,13 @@ class NftablesSubsystem:
         self.runner = runner if runner is not None else default_runner()
         # A delta is only safe on top of exactly what this applier put there.
         self._applied: Applied | None = None
+        # Tables written since take_changed last looked: a delta writes the NAT table only.
+        self._changed: set[str] = set()
+
+    def take_changed(self) -> frozenset[str]:
+        """The tables this applier wrote (or tried to) since the last call."""
+        changed, self._changed = frozenset(self._changed), set()
+        return changed
 
     def apply(
         self,
@@ -761,6 +773,7 @@ class NftablesSubsystem:
     ) -> None:
         if desired is None:
             self._applied = None
+            self._changed.update(TABLES)
             self.runner.run(render_removal())
             return
         applied, self._applied = self._applied, None
@@ -777,6 +790,7 @@ class NftablesSubsystem:
             delta = element_updates(applied.maps, maps)
             try:
                 if delta:
+                    self._changed.add(NAT_TABLE)
                     self.runner.run(delta)
             except ApplyStepError:
                 pass  # the live tables were changed behind our back: replace them below
@@ -787,6 +801,7 @@ class NftablesSubsystem:
             script = render_ruleset(desired, links)
         except ValueError as exc:  # an interface of the document is not in the link map
             raise ApplyStepError(self.name, str(exc)) from exc
+        self._changed.update(TABLES)
         self.runner.run(script)
         self._applied = Applied(desired, dict(links), inputs, maps)
 

@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import json
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,12 +161,14 @@ _VOLATILE_NFT_KEYS = frozenset({"handle", "counter"})
 
 @dataclass(frozen=True)
 class LiveState:
-    """What an apply leaves in the kernel and the process table, in a comparable form."""
+    """What an apply leaves in the kernel and the process table, in a comparable form: equal
+    exactly when the same things are live, whatever order they were read in."""
 
-    addresses: tuple[str, ...]
-    routes: tuple[str, ...]
-    ruleset: str
-    daemons: tuple[str, ...]
+    addresses: frozenset[str]
+    routes: frozenset[str]
+    # (table, table_fingerprint) of each of Astara's nftables tables, in a fixed order.
+    tables: tuple[tuple[str, str], ...]
+    daemons: frozenset[str]
 
 
 def _without_volatile(value: Any) -> Any:
@@ -185,36 +187,13 @@ def _without_volatile(value: Any) -> Any:
     return value
 
 
-def _table_of(item: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(family, table) an item of nft's JSON listing belongs to; None for metainfo."""
-    for kind, body in item.items():
-        if isinstance(body, dict) and "family" in body:
-            return body["family"], body["name"] if kind == "table" else body["table"]
-    return None
-
-
-def ruleset_fingerprint(listing: Mapping[str, Any], tables: Iterable[str]) -> str:
-    """``nft -j list ruleset`` reduced to ``tables`` ("family name"), without handles and
-    counters: equal exactly when those tables hold the same rules, sets and elements."""
-    ours = {tuple(table.split()) for table in tables}
+def table_fingerprint(listing: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``nft -j list table ...`` without handles and counters: equal exactly
+    when the table holds the same chains, rules, sets and elements."""
     kept = [
-        _without_volatile(item) for item in listing.get("nftables", []) if _table_of(item) in ours
+        _without_volatile(item) for item in listing.get("nftables", []) if "metainfo" not in item
     ]
-    return json.dumps(kept, sort_keys=True)
-
-
-def live_digest(state: LiveState) -> str:
-    """SHA-256 (hex) of a live state; the order of what was read does not matter."""
-    canonical = json.dumps(
-        {
-            "addresses": sorted(state.addresses),
-            "routes": sorted(state.routes),
-            "ruleset": state.ruleset,
-            "daemons": sorted(state.daemons),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def running_daemons(state_dir: Path) -> tuple[str, ...]:
@@ -232,36 +211,57 @@ def running_daemons(state_dir: Path) -> tuple[str, ...]:
 
 
 class LiveStateProbe(Protocol):
-    def digest(self, links: LinkMap) -> str:
-        """Fingerprint of the live state on the interfaces of ``links`` (MAC -> name)."""
+    def read(self, links: LinkMap) -> LiveState:
+        """The live state on the interfaces of ``links`` (MAC -> name), all of it read."""
+        ...
+
+    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
+        """The live state an apply produced: what was written since the last record is read
+        again, the rest is taken from ``since`` (that record's state; None: read it all)."""
         ...
 
 
 class KernelLiveState:
     """Reads addresses and routes of the managed interfaces, Astara's nftables tables and the
-    daemons' pid files, in the namespace it runs in."""
+    daemons' pid files, in the namespace it runs in.
+
+    Listing and fingerprinting 5,000 rules takes about 150 ms; a floating-IP delta writes only
+    the NAT table, which lists in a few. ``take_changed`` names the tables written since it was
+    last called, so a record lists those tables only.
+    """
 
     def __init__(
         self,
-        list_ruleset: Callable[[], Mapping[str, Any]],
+        list_json: Callable[[str], Mapping[str, Any]],
         tables: Iterable[str],
         state_dir: Path,
+        take_changed: Callable[[], Collection[str]],
     ) -> None:
-        self._list_ruleset = list_ruleset
+        self._list_json = list_json
         self._tables = tuple(tables)
         self._state_dir = state_dir
+        self._take_changed = take_changed
 
     def read(self, links: LinkMap) -> LiveState:
+        return self._read(links, {})
+
+    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
+        changed = self._take_changed()
+        kept = {} if since is None else dict(since.tables)
+        return self._read(links, {t: fp for t, fp in kept.items() if t not in changed})
+
+    def _read(self, links: LinkMap, kept: Mapping[str, str]) -> LiveState:
+        """Everything but the fingerprints of the ``kept`` tables."""
         by_index = {index: name for index, name in socket.if_nameindex()}
         managed = set(links.values())
         dump = KernelDump()
         try:
-            addresses = [
+            addresses = frozenset(
                 f"{by_index[a.index]} {a.ip}/{a.prefixlen}"
                 for a in dump.addresses()
                 if by_index.get(a.index) in managed and not ipaddress.ip_address(a.ip).is_link_local
-            ]
-            routes = [
+            )
+            routes = frozenset(
                 f"{r.dst or 'default'}/{r.dst_len} via {r.gateway} dev {by_index[r.oif]} "
                 f"proto {r.proto} table {r.table}"
                 for r in dump.routes()
@@ -269,15 +269,15 @@ class KernelLiveState:
                 and r.oif is not None
                 and by_index.get(r.oif) in managed
                 and not (r.dst or "").startswith("fe80:")
-            ]
+            )
         finally:
             dump.close()
         return LiveState(
-            addresses=tuple(addresses),
-            routes=tuple(routes),
-            ruleset=ruleset_fingerprint(self._list_ruleset(), self._tables),
-            daemons=running_daemons(self._state_dir),
+            addresses=addresses,
+            routes=routes,
+            tables=tuple(
+                (table, kept.get(table) or table_fingerprint(self._list_json(f"table {table}")))
+                for table in self._tables
+            ),
+            daemons=frozenset(running_daemons(self._state_dir)),
         )
-
-    def digest(self, links: LinkMap) -> str:
-        return live_digest(self.read(links))

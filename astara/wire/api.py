@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
-from astara.wire.document import Problem
+from astara.wire.document import Problem, Secret
 
 ApplyResult = Literal["none", "applied", "unchanged", "failed"]
 
@@ -65,4 +65,4 @@ class Credentials(BaseModel):
     naming its management address) and its private key (PEM)."""
 
     cert: str = Field(max_length=MAX_PEM_CHARS)
-    key: SecretStr = Field(max_length=MAX_PEM_CHARS)
+    key: Secret = Field(max_length=MAX_PEM_CHARS)

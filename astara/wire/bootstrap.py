@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, IPvAnyAddress, IPvAnyInterface, SecretStr
+from pydantic import Field, IPvAnyAddress, IPvAnyInterface
 
 from astara.wire.defaults import API_PORT
-from astara.wire.document import Identifier, MacAddress, Port, Strict, dump_with_secrets
+from astara.wire.document import (
+    Identifier,
+    MacAddress,
+    Port,
+    Secret,
+    Strict,
+    dump_with_secrets,
+)
 from astara.wire.heartbeat import DEFAULT_DRIFT_CHECK_INTERVAL, DEFAULT_INTERVAL
 
 CONFIG_DRIVE_LABEL = "config-2"
@@ -39,7 +46,7 @@ class ManagementLink(Strict):
 class HeartbeatTarget(Strict):
     host: IPvAnyAddress
     port: Port
-    key_hex: SecretStr = Field(description="this instance's HMAC key, hex")
+    key_hex: Secret = Field(description="this instance's HMAC key, hex")
     interval: float = Field(DEFAULT_INTERVAL, gt=0, le=60)
     drift_check_interval: float = Field(DEFAULT_DRIFT_CHECK_INTERVAL, gt=0, le=3600)
 
@@ -53,7 +60,7 @@ class Bootstrap(Strict):
     api_port: Port = API_PORT
     ca_pem: Pem = Field(min_length=1, max_length=16384)
     cert_pem: Pem = Field(min_length=1, max_length=16384)
-    key_pem: SecretStr
+    key_pem: Secret
     heartbeat: HeartbeatTarget | None = None
 
     def to_user_data(self) -> bytes:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.nftables import NftablesSubsystem, NftCli, render_ruleset
+from astara.appliance.nftables import TABLES, NftablesSubsystem, NftCli, render_ruleset
+from astara.appliance.status import KernelLiveState
 from astara.appliance.subsystem import ApplyStepError
 from astara.wire.document import ApplianceConfig
 
@@ -406,3 +407,29 @@ def test_libnftables_runner_in_the_namespace(bed: Path) -> None:
             text=True,
             check=True,
         )
+
+
+def test_the_record_after_a_floating_ip_delta_lists_the_nat_table_only(
+    bed: Path, firewall: NftablesSubsystem, tmp_path: Path
+) -> None:
+    listed: list[str] = []
+
+    def list_json(what: str = "ruleset") -> dict[str, Any]:
+        listed.append(what)
+        return firewall.runner.list_json(what)
+
+    # Links are left out: the namespace's addresses are not what this test is about.
+    probe = KernelLiveState(list_json, TABLES, tmp_path, firewall.take_changed)
+    first = document()
+    firewall.apply(first, None, LINKS)
+    base = probe.record({}, None)
+    fips = [*first.floating_ips, {"floating_ip": "172.24.0.12", "fixed_ip": "10.0.0.6"}]
+    firewall.apply(document(generation=2, floating_ips=fips), first, LINKS)
+    listed.clear()
+    after = probe.record({}, base)
+    assert listed == ["table ip astara_nat"]
+    # What the record kept equals what reading everything finds, and differs from before.
+    assert after == probe.read({}) != base
+    # A change behind our back to the table the record did not list is still seen.
+    in_ns(ROUTER, "nft", "flush", "chain", "inet", "astara_filter", "forward")
+    assert probe.read({}) != after

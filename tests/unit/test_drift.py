@@ -9,31 +9,23 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.status import LiveState, live_digest, ruleset_fingerprint, running_daemons
+from astara.appliance.status import (
+    KernelLiveState,
+    LiveState,
+    running_daemons,
+    table_fingerprint,
+)
 
 pytestmark = pytest.mark.unit
 
 TABLES = ("inet astara_filter", "ip astara_nat")
 
 
-def listing(
-    rules: list[str], elements: list[str], handle: int = 1, packets: int = 0
-) -> dict[str, Any]:
-    """A small ``nft -j list ruleset`` answer: our filter table, our NAT map, someone else's."""
+def filter_listing(rules: list[str], handle: int = 1, packets: int = 0) -> dict[str, Any]:
+    """A small ``nft -j list table inet astara_filter`` answer."""
     items: list[dict[str, Any]] = [
         {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
         {"table": {"family": "inet", "name": "astara_filter", "handle": handle}},
-        {"table": {"family": "inet", "name": "other", "handle": handle + 1}},
-        {"rule": {"family": "inet", "table": "other", "chain": "c", "handle": 99, "expr": []}},
-        {
-            "map": {
-                "family": "ip",
-                "table": "astara_nat",
-                "name": "fip_dnat",
-                "handle": handle + 2,
-                "elem": [[key, "10.0.0.5"] for key in elements],
-            }
-        },
     ]
     for index, comment in enumerate(rules):
         items.append(
@@ -51,53 +43,95 @@ def listing(
     return {"nftables": items}
 
 
-def test_counters_and_handles_do_not_count() -> None:
-    before = ruleset_fingerprint(listing(["a", "b"], ["1.1.1.1"]), TABLES)
-    after = ruleset_fingerprint(listing(["a", "b"], ["1.1.1.1"], handle=40, packets=7), TABLES)
-    assert before == after
+def nat_listing(elements: list[str], handle: int = 1) -> dict[str, Any]:
+    """A small ``nft -j list table ip astara_nat`` answer: one map."""
+    return {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip", "name": "astara_nat", "handle": handle}},
+            {
+                "map": {
+                    "family": "ip",
+                    "table": "astara_nat",
+                    "name": "fip_dnat",
+                    "handle": handle + 2,
+                    "elem": [[key, "10.0.0.5"] for key in elements],
+                }
+            },
+        ]
+    }
+
+
+def test_counters_handles_and_nft_version_do_not_count() -> None:
+    before = table_fingerprint(filter_listing(["a", "b"]))
+    after = filter_listing(["a", "b"], handle=40, packets=7)
+    after["nftables"][0]["metainfo"]["version"] = "1.0.9"
+    assert before == table_fingerprint(after)
 
 
 def test_element_order_does_not_count_but_rule_order_does() -> None:
-    base = ruleset_fingerprint(listing(["a", "b"], ["1.1.1.1", "2.2.2.2"]), TABLES)
-    assert base == ruleset_fingerprint(listing(["a", "b"], ["2.2.2.2", "1.1.1.1"]), TABLES)
-    assert base != ruleset_fingerprint(listing(["b", "a"], ["1.1.1.1", "2.2.2.2"]), TABLES)
+    base = table_fingerprint(nat_listing(["1.1.1.1", "2.2.2.2"]))
+    assert base == table_fingerprint(nat_listing(["2.2.2.2", "1.1.1.1"]))
+    rules = table_fingerprint(filter_listing(["a", "b"]))
+    assert rules != table_fingerprint(filter_listing(["b", "a"]))
 
 
 def test_flushed_rules_or_elements_change_the_fingerprint() -> None:
-    base = ruleset_fingerprint(listing(["a", "b"], ["1.1.1.1"]), TABLES)
-    assert base != ruleset_fingerprint(listing([], ["1.1.1.1"]), TABLES)
-    assert base != ruleset_fingerprint(listing(["a", "b"], []), TABLES)
+    assert table_fingerprint(filter_listing(["a", "b"])) != table_fingerprint(filter_listing([]))
+    assert table_fingerprint(nat_listing(["1.1.1.1"])) != table_fingerprint(nat_listing([]))
 
 
-def test_other_tables_are_not_ours() -> None:
-    ours = listing(["a"], [])
-    theirs = listing(["a"], [])
-    theirs["nftables"][3]["rule"]["expr"] = [{"accept": None}]
-    assert ruleset_fingerprint(ours, TABLES) == ruleset_fingerprint(theirs, TABLES)
-    assert ruleset_fingerprint({"nftables": []}, TABLES) != ruleset_fingerprint(ours, TABLES)
+class FakeTables:
+    """nft's listings of our two tables, and the subsystem's record of what it wrote."""
+
+    def __init__(self) -> None:
+        self.listings = {
+            "table inet astara_filter": filter_listing(["a"]),
+            "table ip astara_nat": nat_listing(["1.1.1.1"]),
+        }
+        self.listed: list[str] = []
+        self.changed: set[str] = set()
+
+    def list_json(self, what: str) -> dict[str, Any]:
+        self.listed.append(what)
+        return self.listings[what]
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
 
 
-def state(**changes: Any) -> LiveState:
-    base: dict[str, Any] = {
-        "addresses": ("eth1 10.1.0.1/24", "eth0 fdca::5/64"),
-        "routes": ("default/0 via 172.24.4.1 dev eth1 proto 78",),
-        "ruleset": "[]",
-        "daemons": ("dhcp/dnsmasq-n1.pid=42",),
-    }
-    base.update(changes)
-    return LiveState(**base)
+def test_a_read_since_an_earlier_one_lists_only_the_tables_written_since(tmp_path: Path) -> None:
+    nft = FakeTables()
+    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, nft.take_changed)
+    base = probe.record({}, None)
+    assert sorted(nft.listed) == ["table inet astara_filter", "table ip astara_nat"]
+    nft.listings["table ip astara_nat"] = nat_listing(["1.1.1.1", "2.2.2.2"])
+    nft.changed, nft.listed = {"ip astara_nat"}, []
+    after = probe.record({}, base)
+    assert nft.listed == ["table ip astara_nat"]
+    assert after == probe.read({}) != base
+    # Nothing written since: nothing listed.
+    nft.listed = []
+    assert probe.record({}, after) == after and nft.listed == []
 
 
-def test_live_digest_ignores_read_order_and_sees_every_part() -> None:
-    digest = live_digest(state())
-    assert digest == live_digest(state(addresses=("eth0 fdca::5/64", "eth1 10.1.0.1/24")))
-    for change in (
-        {"addresses": ("eth0 fdca::5/64",)},
-        {"routes": ()},
-        {"ruleset": "[{}]"},
-        {"daemons": ("dhcp/dnsmasq-n1.pid=43",)},
-    ):
-        assert live_digest(state(**change)) != digest
+def test_a_drift_check_leaves_what_was_written_for_the_next_record(tmp_path: Path) -> None:
+    nft = FakeTables()
+    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, nft.take_changed)
+    nft.changed = {"ip astara_nat"}
+    probe.read({})
+    assert nft.changed == {"ip astara_nat"}
+
+
+def test_live_states_compare_whatever_order_they_were_read_in() -> None:
+    def state(addresses: tuple[str, ...]) -> LiveState:
+        return LiveState(frozenset(addresses), frozenset(), (), frozenset())
+
+    assert state(("eth1 10.1.0.1/24", "eth0 fdca::5/64")) == state(
+        ("eth0 fdca::5/64", "eth1 10.1.0.1/24")
+    )
+    assert state(("eth0 fdca::5/64",)) != state(("eth0 fdca::5/64", "eth1 10.1.0.1/24"))
 
 
 def test_running_daemons_lists_live_pid_files_only(tmp_path: Path) -> None:

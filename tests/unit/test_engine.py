@@ -26,6 +26,7 @@ from astara.appliance.engine import (
     StaleGeneration,
 )
 from astara.appliance.heartbeat import RunningState
+from astara.appliance.status import LiveState
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.wire.api import Health
 from astara.wire.document import ApplianceConfig, config_digest
@@ -366,18 +367,28 @@ def test_applies_are_serialised(tmp_path: Path) -> None:
 
 
 class FakeProbe:
-    """Test double for the live-state reader: a mutable 'kernel' fingerprint per link map."""
+    """Test double for the live-state reader: a mutable 'kernel' state per link map."""
 
     def __init__(self) -> None:
         self.state = "pristine"
         self.seen: list[dict[str, str]] = []
+        self.since: list[LiveState | None] = []
         self.broken = False
 
-    def digest(self, links: LinkMap) -> str:
+    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
+        self.since.append(since)
+        return self.read(links)
+
+    def read(self, links: LinkMap) -> LiveState:
         self.seen.append(dict(links))
         if self.broken:
             raise OSError("nft: cannot list")
-        return f"{self.state}:{sorted(links.items())}"
+        return LiveState(
+            addresses=frozenset(f"{name} {self.state}" for name in links.values()),
+            routes=frozenset(),
+            tables=(),
+            daemons=frozenset(),
+        )
 
 
 def probed_engine(
@@ -421,6 +432,24 @@ def test_drift_looks_only_at_the_interfaces_of_the_applied_document(tmp_path: Pa
         engine, document(2, interfaces=[{"mac": MAC_MGMT}], networks=mgmt_only["networks"][:1])
     )
     assert probe.seen[-1] == {MAC_MGMT: "eth0"}
+    assert engine.drift() is False
+
+
+def test_a_record_reads_since_the_last_one_and_in_full_after_a_failed_read(
+    tmp_path: Path,
+) -> None:
+    engine, _, probe = probed_engine(tmp_path)
+    recorded(engine, document(1))
+    assert probe.since[-1] is None
+    first = probe.read(probe.seen[-1])
+    recorded(engine, document(2))
+    assert probe.since[-1] == first
+    probe.broken = True
+    recorded(engine, document(3))
+    probe.broken = False
+    recorded(engine, document(4))
+    # What the failed read would have been based on is unknown: everything is read again.
+    assert probe.since[-1] is None
     assert engine.drift() is False
 
 

@@ -377,7 +377,7 @@ class RecordingRunner:
         if self.fail_on is not None and self.fail_on in script:
             raise ApplyStepError("firewall", "Error: boom")
 
-    def list_json(self) -> dict[str, Any]:
+    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
         return {"nftables": []}
 
 
@@ -395,6 +395,22 @@ def test_applier_uses_a_delta_only_on_top_of_what_it_applied() -> None:
     assert runner.scripts[2].startswith("table inet astara_filter")
     subsystem.apply(None, first, LINKS)
     assert runner.scripts[3] == render_removal()
+
+
+def test_applier_names_the_tables_it_wrote_a_delta_the_nat_table_only() -> None:
+    subsystem = NftablesSubsystem(RecordingRunner())
+    first = document()
+    second = document(generation=2, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    subsystem.apply(first, None, LINKS)
+    assert subsystem.take_changed() == {"inet astara_filter", "ip astara_nat"}
+    assert subsystem.take_changed() == set()
+    subsystem.apply(second, first, LINKS)
+    assert subsystem.take_changed() == {"ip astara_nat"}
+    # Only the generation moved: the NAT elements are the same and nothing is written.
+    subsystem.apply(second.model_copy(update={"generation": 3}), second, LINKS)
+    assert subsystem.take_changed() == set()
+    subsystem.apply(None, second, LINKS)
+    assert subsystem.take_changed() == {"inet astara_filter", "ip astara_nat"}
 
 
 def test_applier_reports_an_unknown_interface_as_its_step_error() -> None:
