@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -42,6 +43,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_MAX_SKEW = 30.0
 DEFAULT_BATCH_WINDOW = 0.25
 BUSY_BATCH = 64
+MAX_BATCH = 1024  # datagrams judged under one hold of the lock
 RATE_LIMITED = "rate_limited"
 
 
@@ -81,8 +83,7 @@ class SourceLimiter:
         return len(self._buckets)
 
 
-@dataclass(frozen=True)
-class Sighting:
+class Sighting(NamedTuple):
     """The last accepted heartbeat of an instance and when it arrived (receiver's clock)."""
 
     last_seen: float
@@ -171,17 +172,21 @@ class HeartbeatReceiver:
         """``handle`` but for the count of accepted ones (the server thread counts a batch)."""
         now = self._clock()
         with self._lock:
-            if source is not None and not self._limiter.allow(source, now):
-                self._rejected.labels(reason=RATE_LIMITED).inc()
-                return None
-            try:
-                beat = decode(datagram, self._key_of, now, self._max_skew, self._sequence_of)
-            except HeartbeatRejected as exc:
-                self._rejected.labels(reason=exc.reason).inc()
-                LOG.debug("heartbeat rejected (%s): %s", exc.reason, exc)
-                return None
-            self._peers[beat.instance_id].sighting = Sighting(last_seen=now, heartbeat=beat)
-            self._unflushed[beat.instance_id] = now
+            return self._judge(datagram, source, now)
+
+    def _judge(self, datagram: bytes, source: str | None, now: float) -> Heartbeat | None:
+        """Validate and record one datagram; the caller holds the lock."""
+        if source is not None and not self._limiter.allow(source, now):
+            self._rejected.labels(reason=RATE_LIMITED).inc()
+            return None
+        try:
+            beat = decode(datagram, self._key_of, now, self._max_skew, self._sequence_of)
+        except HeartbeatRejected as exc:
+            self._rejected.labels(reason=exc.reason).inc()
+            LOG.debug("heartbeat rejected (%s): %s", exc.reason, exc)
+            return None
+        self._peers[beat.instance_id].sighting = Sighting(now, beat)
+        self._unflushed[beat.instance_id] = now
         return beat
 
     def _key_of(self, instance_id: str) -> bytes | None:
@@ -288,21 +293,31 @@ class HeartbeatReceiver:
                     return
 
     def _drain(self, sock: socket.socket) -> int:
-        """Read every datagram waiting and return how many; one more byte than allowed
+        """Read every datagram waiting and judge them, ``MAX_BATCH`` at a time under one look
+        at the clock and one hold of the lock; return how many. One more byte than allowed
         reveals oversized ones."""
-        count = accepted = 0
-        try:
-            while True:
-                try:
-                    datagram, sender = sock.recvfrom(MAX_DATAGRAM + 1)
-                except BlockingIOError:
-                    return count
-                except OSError as exc:
-                    # ICMP errors surface here on some stacks; they are not heartbeats.
-                    LOG.debug("heartbeat socket error: %s", exc)
-                    return count
-                count += 1
-                accepted += self._accept(datagram, sender[0]) is not None
-        finally:
-            if accepted:
-                self._accepted.inc(accepted)  # once a batch: a counter's lock per datagram adds up
+        count = 0
+        while True:
+            batch: list[tuple[bytes, Any]] = []
+            try:
+                while len(batch) < MAX_BATCH:
+                    batch.append(sock.recvfrom(MAX_DATAGRAM + 1))
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                # ICMP errors surface here on some stacks; they are not heartbeats.
+                LOG.debug("heartbeat socket error: %s", exc)
+            if batch:
+                now = self._clock()
+                with self._lock:
+                    accepted = sum(
+                        self._judge(datagram, sender[0], now) is not None
+                        for datagram, sender in batch
+                    )
+                if accepted:
+                    self._accepted.inc(
+                        accepted
+                    )  # once a batch: a counter's lock per datagram adds up
+                count += len(batch)
+            if len(batch) < MAX_BATCH:
+                return count

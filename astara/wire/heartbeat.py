@@ -22,8 +22,7 @@ import hmac
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 # Twice a second: a dead appliance is found within 5 s (see the orchestrator's [health]).
 DEFAULT_INTERVAL = 0.5
@@ -40,8 +39,10 @@ MAX_DATAGRAM = _HEADER.size + MAX_ID_BYTES + MAX_DIGEST_BYTES + _TAG_SIZE
 _U64_MAX = 2**64 - 1
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
+    """One heartbeat's content. A named tuple: built once per datagram received (10,000 a
+    second for 5,000 appliances), where a frozen dataclass costs three times as much."""
+
     instance_id: str
     sequence: int
     sent_at: float  # the sender's wall clock, seconds since the epoch

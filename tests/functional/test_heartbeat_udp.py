@@ -8,7 +8,6 @@ opened inside it from this test process (setns on the calling thread only).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import itertools
 import os
 import signal
@@ -181,10 +180,10 @@ def test_bad_datagrams_are_rejected_and_counted(
     datagrams = {
         "accepted": encode(good, KEY),
         "replay": encode(good, KEY),  # the same bytes again
-        "bad_signature": encode(dataclasses.replace(good, sequence=11), os.urandom(32)),
+        "bad_signature": encode(good._replace(sequence=11), os.urandom(32)),
         "malformed": b"\x00" * 40,
-        "stale": encode(dataclasses.replace(good, sequence=12, sent_at=now - 600), KEY),
-        "unknown_instance": encode(dataclasses.replace(good, instance_id="tG-nobody"), KEY),
+        "stale": encode(good._replace(sequence=12, sent_at=now - 600), KEY),
+        "unknown_instance": encode(good._replace(instance_id="tG-nobody"), KEY),
     }
     with netns(APPLIANCE_NS), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for datagram in datagrams.values():
