@@ -226,9 +226,7 @@ def worker(fips: int, rules: int, runs: int) -> None:
                 [links, firewall],
                 Path(state),
                 lambda macs: {mac: LINKS[mac] for mac in macs if mac in LINKS},
-                KernelLiveState(
-                    firewall.runner.list_json, TABLES, Path(state), firewall.take_changed
-                ),
+                KernelLiveState(firewall.runner.list_json, TABLES, Path(state), firewall.versions),
             )
             t0 = time.perf_counter()
             engine.apply(base)

@@ -156,9 +156,10 @@ class Engine:
         self._health = Health()
         # The live state the last apply produced; None when unknown.
         self._live: LiveState | None = None
-        # The last live state read in full or for a record: a record reads only what the
-        # subsystems changed since (None: read everything).
+        # The last live state recorded: the next record reads again only what the subsystems
+        # wrote since (None: everything).
         self._base: LiveState | None = None
+        self._converges = 0  # applies started: a record read while another ran is discarded
         # Set once the last successful apply's digest and fingerprint are recorded.
         self._recorded = threading.Event()
         self._recorded.set()
@@ -274,6 +275,7 @@ class Engine:
         self, desired: ApplianceConfig, previous: ApplianceConfig | None, roll_back: bool
     ) -> None:
         started = time.perf_counter()
+        self._converges += 1
         # Until this apply succeeds, what is live matches no recorded fingerprint.
         self._live = None
         try:
@@ -322,6 +324,7 @@ class Engine:
         crash before the save loses nothing: the orchestrator sees the older generation at
         the next probe and pushes the newer one again."""
         recorded = self._recorded = threading.Event()
+        converge = self._converges
 
         def work() -> None:
             text = dump_with_secrets(desired)
@@ -329,11 +332,12 @@ class Engine:
                 if self._current is desired:  # a newer apply saves its own
                     self.store.save(text)
             digest = text_digest(text)
-            # Under the lock: what is read is what this apply produced, and a read since the
-            # base is right only if no apply writes while it runs.
+            live = self._record_live(desired, links, self._base)
             with self._lock:
+                # Another apply since (even one rolled back) may have written during the read.
+                if self._converges == converge:
+                    self._live = self._base = live
                 if self._current is desired:  # not overtaken by a newer apply
-                    self._live = self._base = self._record_live(desired, links, self._base)
                     self._health = self._health.model_copy(update={"config_digest": digest})
             recorded.set()
 
@@ -355,7 +359,7 @@ class Engine:
             return None
         macs = _macs(config)
         try:
-            return self._probe.record(
+            return self._probe.read(
                 {mac: name for mac, name in links.items() if mac in macs}, since
             )
         except Exception:

@@ -757,13 +757,16 @@ class NftablesSubsystem:
         self.runner = runner if runner is not None else default_runner()
         # A delta is only safe on top of exactly what this applier put there.
         self._applied: Applied | None = None
-        # Tables written since take_changed last looked: a delta writes the NAT table only.
-        self._changed: set[str] = set()
+        # How many times each table was written (or tried): a delta writes the NAT table only.
+        self._writes: dict[str, int] = dict.fromkeys(TABLES, 0)
 
-    def take_changed(self) -> frozenset[str]:
-        """The tables this applier wrote (or tried to) since the last call."""
-        changed, self._changed = frozenset(self._changed), set()
-        return changed
+    def versions(self) -> dict[str, int]:
+        """Per table, a number that moves each time this applier writes to it."""
+        return dict(self._writes)
+
+    def _wrote(self, *tables: str) -> None:
+        for table in tables:
+            self._writes[table] += 1
 
     def apply(
         self,
@@ -773,7 +776,7 @@ class NftablesSubsystem:
     ) -> None:
         if desired is None:
             self._applied = None
-            self._changed.update(TABLES)
+            self._wrote(*TABLES)
             self.runner.run(render_removal())
             return
         applied, self._applied = self._applied, None
@@ -790,7 +793,7 @@ class NftablesSubsystem:
             delta = element_updates(applied.maps, maps)
             try:
                 if delta:
-                    self._changed.add(NAT_TABLE)
+                    self._wrote(NAT_TABLE)
                     self.runner.run(delta)
             except ApplyStepError:
                 pass  # the live tables were changed behind our back: replace them below
@@ -801,7 +804,7 @@ class NftablesSubsystem:
             script = render_ruleset(desired, links)
         except ValueError as exc:  # an interface of the document is not in the link map
             raise ApplyStepError(self.name, str(exc)) from exc
-        self._changed.update(TABLES)
+        self._wrote(*TABLES)
         self.runner.run(script)
         self._applied = Applied(desired, dict(links), inputs, maps)
 

@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_subsystems(args.state_dir, firewall, management, args.dnsmasq_user),
         args.state_dir,
         resolve_links,
-        KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir, firewall.take_changed),
+        KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir, firewall.versions),
         link_wait=args.link_wait,
     )
 

@@ -11,8 +11,8 @@ import hashlib
 import ipaddress
 import json
 import socket
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -169,6 +169,9 @@ class LiveState:
     # (table, table_fingerprint) of each of Astara's nftables tables, in a fixed order.
     tables: tuple[tuple[str, str], ...]
     daemons: frozenset[str]
+    # The writer's version of each table when it was read: what is not the live state but
+    # says which fingerprints a later record can take over.
+    versions: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 def _without_volatile(value: Any) -> Any:
@@ -211,13 +214,9 @@ def running_daemons(state_dir: Path) -> tuple[str, ...]:
 
 
 class LiveStateProbe(Protocol):
-    def read(self, links: LinkMap) -> LiveState:
-        """The live state on the interfaces of ``links`` (MAC -> name), all of it read."""
-        ...
-
-    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
-        """The live state an apply produced: what was written since the last record is read
-        again, the rest is taken from ``since`` (that record's state; None: read it all)."""
+    def read(self, links: LinkMap, since: LiveState | None = None) -> LiveState:
+        """The live state on the interfaces of ``links`` (MAC -> name). With ``since`` (an
+        earlier read), what nobody wrote since is taken from it, the rest read again."""
         ...
 
 
@@ -226,8 +225,8 @@ class KernelLiveState:
     daemons' pid files, in the namespace it runs in.
 
     Listing and fingerprinting 5,000 rules takes about 150 ms; a floating-IP delta writes only
-    the NAT table, which lists in a few. ``take_changed`` names the tables written since it was
-    last called, so a record lists those tables only.
+    the NAT table, which lists in a few. ``versions`` gives the writer's count of writes per
+    table, so a record lists again only the tables whose count moved since the earlier read.
     """
 
     def __init__(
@@ -235,23 +234,23 @@ class KernelLiveState:
         list_json: Callable[[str], Mapping[str, Any]],
         tables: Iterable[str],
         state_dir: Path,
-        take_changed: Callable[[], Collection[str]],
+        versions: Callable[[], Mapping[str, int]],
     ) -> None:
         self._list_json = list_json
         self._tables = tuple(tables)
         self._state_dir = state_dir
-        self._take_changed = take_changed
+        self._versions = versions
 
-    def read(self, links: LinkMap) -> LiveState:
-        return self._read(links, {})
-
-    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
-        changed = self._take_changed()
-        kept = {} if since is None else dict(since.tables)
-        return self._read(links, {t: fp for t, fp in kept.items() if t not in changed})
-
-    def _read(self, links: LinkMap, kept: Mapping[str, str]) -> LiveState:
-        """Everything but the fingerprints of the ``kept`` tables."""
+    def read(self, links: LinkMap, since: LiveState | None = None) -> LiveState:
+        # Looked at before reading: a write while this reads makes the next read list again.
+        versions = dict(self._versions())
+        kept: dict[str, str] = {}
+        if since is not None:
+            kept = {
+                table: fingerprint
+                for table, fingerprint in since.tables
+                if table in versions and since.versions.get(table) == versions[table]
+            }
         by_index = {index: name for index, name in socket.if_nameindex()}
         managed = set(links.values())
         dump = KernelDump()
@@ -280,4 +279,5 @@ class KernelLiveState:
                 for table in self._tables
             ),
             daemons=frozenset(running_daemons(self._state_dir)),
+            versions=versions,
         )

@@ -419,14 +419,14 @@ def test_the_record_after_a_floating_ip_delta_lists_the_nat_table_only(
         return firewall.runner.list_json(what)
 
     # Links are left out: the namespace's addresses are not what this test is about.
-    probe = KernelLiveState(list_json, TABLES, tmp_path, firewall.take_changed)
+    probe = KernelLiveState(list_json, TABLES, tmp_path, firewall.versions)
     first = document()
     firewall.apply(first, None, LINKS)
-    base = probe.record({}, None)
+    base = probe.read({})
     fips = [*first.floating_ips, {"floating_ip": "172.24.0.12", "fixed_ip": "10.0.0.6"}]
     firewall.apply(document(generation=2, floating_ips=fips), first, LINKS)
     listed.clear()
-    after = probe.record({}, base)
+    after = probe.read({}, base)
     assert listed == ["table ip astara_nat"]
     # What the record kept equals what reading everything finds, and differs from before.
     assert after == probe.read({}) != base

@@ -82,7 +82,7 @@ def test_flushed_rules_or_elements_change_the_fingerprint() -> None:
 
 
 class FakeTables:
-    """nft's listings of our two tables, and the subsystem's record of what it wrote."""
+    """nft's listings of our two tables, and the writer's count of writes to each."""
 
     def __init__(self) -> None:
         self.listings = {
@@ -90,38 +90,39 @@ class FakeTables:
             "table ip astara_nat": nat_listing(["1.1.1.1"]),
         }
         self.listed: list[str] = []
-        self.changed: set[str] = set()
+        self.writes = dict.fromkeys(TABLES, 0)
 
     def list_json(self, what: str) -> dict[str, Any]:
         self.listed.append(what)
         return self.listings[what]
 
-    def take_changed(self) -> set[str]:
-        changed, self.changed = self.changed, set()
-        return changed
+    def versions(self) -> dict[str, int]:
+        return dict(self.writes)
 
 
 def test_a_read_since_an_earlier_one_lists_only_the_tables_written_since(tmp_path: Path) -> None:
     nft = FakeTables()
-    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, nft.take_changed)
-    base = probe.record({}, None)
+    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, nft.versions)
+    base = probe.read({})
     assert sorted(nft.listed) == ["table inet astara_filter", "table ip astara_nat"]
     nft.listings["table ip astara_nat"] = nat_listing(["1.1.1.1", "2.2.2.2"])
-    nft.changed, nft.listed = {"ip astara_nat"}, []
-    after = probe.record({}, base)
+    nft.writes["ip astara_nat"] += 1
+    nft.listed = []
+    after = probe.read({}, base)
     assert nft.listed == ["table ip astara_nat"]
     assert after == probe.read({}) != base
-    # Nothing written since: nothing listed.
+    # Nothing written since: nothing listed; a read without an earlier one lists everything.
     nft.listed = []
-    assert probe.record({}, after) == after and nft.listed == []
+    assert probe.read({}, after) == after and nft.listed == []
+    assert probe.read({}) == after and len(nft.listed) == 2
 
 
-def test_a_drift_check_leaves_what_was_written_for_the_next_record(tmp_path: Path) -> None:
+def test_a_table_without_a_writer_count_is_always_listed_again(tmp_path: Path) -> None:
     nft = FakeTables()
-    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, nft.take_changed)
-    nft.changed = {"ip astara_nat"}
-    probe.read({})
-    assert nft.changed == {"ip astara_nat"}
+    probe = KernelLiveState(nft.list_json, TABLES, tmp_path, lambda: {})
+    base = probe.read({})
+    nft.listed = []
+    assert probe.read({}, base) == base and len(nft.listed) == 2
 
 
 def test_live_states_compare_whatever_order_they_were_read_in() -> None:

@@ -367,28 +367,34 @@ def test_applies_are_serialised(tmp_path: Path) -> None:
 
 
 class FakeProbe:
-    """Test double for the live-state reader: a mutable 'kernel' state per link map."""
+    """Test double for the live-state reader: a mutable 'kernel' state per link map.
+
+    ``hold``: the next read takes its state, says so on the first event and returns it only
+    once the second is set (an apply may run meanwhile)."""
 
     def __init__(self) -> None:
         self.state = "pristine"
         self.seen: list[dict[str, str]] = []
         self.since: list[LiveState | None] = []
         self.broken = False
+        self.hold: tuple[threading.Event, threading.Event] | None = None
 
-    def record(self, links: LinkMap, since: LiveState | None) -> LiveState:
-        self.since.append(since)
-        return self.read(links)
-
-    def read(self, links: LinkMap) -> LiveState:
+    def read(self, links: LinkMap, since: LiveState | None = None) -> LiveState:
         self.seen.append(dict(links))
+        self.since.append(since)
         if self.broken:
             raise OSError("nft: cannot list")
-        return LiveState(
+        state = LiveState(
             addresses=frozenset(f"{name} {self.state}" for name in links.values()),
             routes=frozenset(),
             tables=(),
             daemons=frozenset(),
         )
+        if self.hold is not None:
+            (taken, release), self.hold = self.hold, None
+            taken.set()
+            release.wait(5)
+        return state
 
 
 def probed_engine(
@@ -450,6 +456,22 @@ def test_a_record_reads_since_the_last_one_and_in_full_after_a_failed_read(
     recorded(engine, document(4))
     # What the failed read would have been based on is unknown: everything is read again.
     assert probe.since[-1] is None
+    assert engine.drift() is False
+
+
+def test_a_record_read_while_another_apply_ran_is_discarded(tmp_path: Path) -> None:
+    engine, _, probe = probed_engine(tmp_path, fail={"ra": {3}})
+    recorded(engine, document(1))
+    taken, release = threading.Event(), threading.Event()
+    probe.hold = (taken, release)
+    engine.apply(document(2))
+    assert taken.wait(5)  # generation 2's record has read the state of the moment...
+    probe.state = "written by generation 3, then rolled back"
+    with pytest.raises(ApplyFailed):
+        engine.apply(document(3))  # ...which this apply changes, and its rollback reads
+    release.set()
+    assert engine.wait_recorded(5)
+    assert engine.current == document(2)
     assert engine.drift() is False
 
 

@@ -11,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from astara.appliance.nftables import (
+    FILTER_TABLE,
+    NAT_TABLE,
+    TABLES,
     NftablesSubsystem,
     RuleCounter,
     firewall_key,
@@ -397,20 +400,22 @@ def test_applier_uses_a_delta_only_on_top_of_what_it_applied() -> None:
     assert runner.scripts[3] == render_removal()
 
 
-def test_applier_names_the_tables_it_wrote_a_delta_the_nat_table_only() -> None:
+def test_applier_counts_the_writes_to_each_table_a_delta_the_nat_table_only() -> None:
     subsystem = NftablesSubsystem(RecordingRunner())
     first = document()
     second = document(generation=2, floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    start = subsystem.versions()
     subsystem.apply(first, None, LINKS)
-    assert subsystem.take_changed() == {"inet astara_filter", "ip astara_nat"}
-    assert subsystem.take_changed() == set()
+    full = subsystem.versions()
+    assert all(full[table] != start[table] for table in TABLES)
     subsystem.apply(second, first, LINKS)
-    assert subsystem.take_changed() == {"ip astara_nat"}
+    delta = subsystem.versions()
+    assert (delta[FILTER_TABLE], delta[NAT_TABLE]) == (full[FILTER_TABLE], full[NAT_TABLE] + 1)
     # Only the generation moved: the NAT elements are the same and nothing is written.
     subsystem.apply(second.model_copy(update={"generation": 3}), second, LINKS)
-    assert subsystem.take_changed() == set()
+    assert subsystem.versions() == delta
     subsystem.apply(None, second, LINKS)
-    assert subsystem.take_changed() == {"inet astara_filter", "ip astara_nat"}
+    assert all(subsystem.versions()[table] != delta[table] for table in TABLES)
 
 
 def test_applier_reports_an_unknown_interface_as_its_step_error() -> None:
