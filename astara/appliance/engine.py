@@ -182,23 +182,25 @@ class Engine:
 
         None before the first apply, without a probe, and while an apply runs: health
         checks must answer at once, not wait for a long apply. A live state that cannot
-        be read (an interface gone, nft failing) counts as drift.
+        be read (an interface gone, nft failing) counts as drift. The read runs outside the
+        lock (an apply must not wait for it); an apply that starts meanwhile makes it None.
         """
         if not self._recorded.is_set() or not self._lock.acquire(blocking=False):
             return None
         try:
-            if self._current is None or self._probe is None:
-                return None
-            if self._live is None:
-                return True
-            try:
-                links = self._resolve_links(_macs(self._current))
-                return self._probe.read(links) != self._live
-            except Exception:
-                LOG.exception("live state unreadable: counted as drift")
-                return True
+            current, live, converge = self._current, self._live, self._converges
         finally:
             self._lock.release()
+        if current is None or self._probe is None:
+            return None
+        if live is None:
+            return True
+        try:
+            drifted = self._probe.read(self._resolve_links(_macs(current))) != live
+        except Exception:
+            LOG.exception("live state unreadable: counted as drift")
+            drifted = True
+        return drifted if self._converges == converge else None
 
     def reapply(self) -> Health:
         """Apply the current document again through every subsystem as if from scratch

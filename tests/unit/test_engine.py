@@ -475,6 +475,28 @@ def test_a_record_read_while_another_apply_ran_is_discarded(tmp_path: Path) -> N
     assert engine.drift() is False
 
 
+def test_an_apply_does_not_wait_for_a_drift_check_which_then_answers_unknown(
+    tmp_path: Path,
+) -> None:
+    engine, _, probe = probed_engine(tmp_path)
+    recorded(engine, document(1))
+    taken, release = threading.Event(), threading.Event()
+    probe.hold = (taken, release)
+    verdict: list[bool | None] = []
+    checking = threading.Thread(target=lambda: verdict.append(engine.drift()))
+    checking.start()
+    assert taken.wait(5)
+    applying = threading.Thread(target=engine.apply, args=(document(2),))
+    applying.start()
+    applying.join(5)
+    finished_while_held = not applying.is_alive()
+    release.set()
+    checking.join(5)
+    applying.join(5)
+    assert finished_while_held
+    assert verdict == [None]  # read across an apply: no verdict either way
+
+
 def test_reapply_runs_every_step_without_a_previous_document_and_clears_drift(
     tmp_path: Path,
 ) -> None:
