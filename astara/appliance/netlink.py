@@ -17,7 +17,7 @@ import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -314,10 +314,13 @@ class KernelDump:
                 found.append(KernelAddress(index, family, prefixlen, socket.inet_ntop(family, raw)))
         return found
 
-    def routes(self) -> list[KernelRoute]:
+    def routes(self, tables: Collection[int] | None = None) -> list[KernelRoute]:
+        """Routes of every table, or of ``tables`` (ids below 256) only: the local table holds
+        a route per address, a thousand with as many floating IPs, not worth decoding."""
         found = []
         request = _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
-        for body, attrs in self._dump(RTM_GETROUTE, request, _RTMSG):
+        keep = None if tables is None else (lambda body: body[4] in tables)
+        for body, attrs in self._dump(RTM_GETROUTE, request, _RTMSG, keep):
             family, dst_len, _, _, table, proto, _, kind, _ = body
             if RTA_TABLE in attrs:
                 table = struct.unpack("=I", attrs[RTA_TABLE])[0]
@@ -339,8 +342,13 @@ class KernelDump:
         return found
 
     def _dump(
-        self, msg_type: int, request: bytes, header: struct.Struct
+        self,
+        msg_type: int,
+        request: bytes,
+        header: struct.Struct,
+        keep: Callable[[tuple[int, ...]], bool] | None = None,
     ) -> Iterator[tuple[tuple[int, ...], dict[int, bytes]]]:
+        """Headers and attributes of each message of a dump (those ``keep`` accepts)."""
         self._seq += 1
         seq = self._seq
         length = _NLMSGHDR.size + len(request)
@@ -359,10 +367,9 @@ class KernelDump:
                     code = -struct.unpack_from("=i", data, start + _NLMSGHDR.size)[0]
                     raise OSError(code, f"netlink dump failed: {os.strerror(code)}")
                 body_at = start + _NLMSGHDR.size
-                yield (
-                    header.unpack_from(data, body_at),
-                    _attributes(data, body_at + header.size, start + size),
-                )
+                body = header.unpack_from(data, body_at)
+                if keep is None or keep(body):
+                    yield body, _attributes(data, body_at + header.size, start + size)
 
 
 def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:

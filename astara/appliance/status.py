@@ -182,12 +182,18 @@ def _without_volatile(value: Any) -> Any:
             if key not in _VOLATILE_NFT_KEYS
         }
         if isinstance(kept.get("elem"), list):
-            # A hash set may list the same elements in another order once re-created.
-            kept["elem"] = sorted(kept["elem"], key=lambda elem: json.dumps(elem, sort_keys=True))
+            # A hash set may list the same elements in another order once re-created (nft
+            # prints an element's keys in a fixed order, so its repr is a canonical sort key).
+            kept["elem"] = sorted(kept["elem"], key=repr)
         return kept
     if isinstance(value, list):
         return [_without_volatile(item) for item in value]
     return value
+
+
+def _is_link_local(ip: str) -> bool:
+    # Text first: a thousand floating IPs would each be parsed only to say no.
+    return ip.startswith("169.254.") or (":" in ip and ipaddress.ip_address(ip).is_link_local)
 
 
 def table_fingerprint(listing: Mapping[str, Any]) -> str:
@@ -258,14 +264,13 @@ class KernelLiveState:
             addresses = frozenset(
                 f"{by_index[a.index]} {a.ip}/{a.prefixlen}"
                 for a in dump.addresses()
-                if by_index.get(a.index) in managed and not ipaddress.ip_address(a.ip).is_link_local
+                if by_index.get(a.index) in managed and not _is_link_local(a.ip)
             )
             routes = frozenset(
                 f"{r.dst or 'default'}/{r.dst_len} via {r.gateway} dev {by_index[r.oif]} "
                 f"proto {r.proto} table {r.table}"
-                for r in dump.routes()
-                if r.table in (MAIN_TABLE, MANAGEMENT_TABLE)
-                and r.oif is not None
+                for r in dump.routes(tables=(MAIN_TABLE, MANAGEMENT_TABLE))
+                if r.oif is not None
                 and by_index.get(r.oif) in managed
                 and not (r.dst or "").startswith("fe80:")
             )
