@@ -119,7 +119,7 @@ def _internal_v4_subnets(config: ApplianceConfig) -> list[str]:
     ]
 
 
-def _external_v4(config: ApplianceConfig) -> ipaddress.IPv4Address | None:
+def external_v4(config: ApplianceConfig) -> ipaddress.IPv4Address | None:
     ext = config.network("external")
     if ext is None:
         return None
@@ -406,7 +406,7 @@ def _nat_chains(config: ApplianceConfig, ifaces: Interfaces) -> tuple[list[str],
                 f"{where} {key} @{keys_set(f'pf_keep_{proto}')} counter dnat ip to {key} map "
                 f'@pf_keep_{proto} comment "pf-keep-{proto}"'
             )
-    ext_ip = _external_v4(config)
+    ext_ip = external_v4(config)
     if ifaces.external:
         out = f'oifname "{ifaces.external}"'
         post.append(
@@ -556,7 +556,7 @@ def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
     is equal, a change is an element update (DHCP allocations, routes... do not count)."""
     return (
         [(net.kind, net.interface_mac) for net in config.networks],
-        _external_v4(config),
+        external_v4(config),
         _internal_v4_subnets(config),
         config.snat_enabled,
         config.metadata is not None,

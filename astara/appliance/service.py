@@ -22,6 +22,7 @@ import uvicorn
 from pyroute2.netlink.exceptions import NetlinkError
 
 from astara.appliance.api import DEFAULT_API_THREADS, DEFAULT_MAX_BODY_BYTES, create_app
+from astara.appliance.conntrack import ConntrackSubsystem
 from astara.appliance.credentials import TlsIdentity
 from astara.appliance.dnsmasq import DEFAULT_USER as DNSMASQ_USER
 from astara.appliance.dnsmasq import DnsmasqSubsystem
@@ -267,6 +268,7 @@ def build_subsystems(
     return [
         LinksSubsystem(management=management),
         firewall,
+        ConntrackSubsystem(),
         DnsmasqSubsystem(state_dir / "dhcp", user=dnsmasq_user),
         RadvdSubsystem(state_dir / "ra"),
         MetadataSubsystem(),

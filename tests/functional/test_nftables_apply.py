@@ -433,3 +433,56 @@ def test_the_record_after_a_floating_ip_delta_lists_the_nat_table_only(
     # A change behind our back to the table the record did not list is still seen.
     in_ns(ROUTER, "nft", "flush", "chain", "inet", "astara_filter", "forward")
     assert probe.read({}) != after
+
+
+# Applies a document over another through the conntrack subsystem, in the router namespace.
+CUT_IN_NAMESPACE = textwrap.dedent(
+    """
+    import json, sys
+    from astara.appliance.conntrack import ConntrackSubsystem
+    from astara.wire.document import ApplianceConfig
+    desired, previous = (ApplianceConfig.model_validate(d) for d in json.load(sys.stdin))
+    ConntrackSubsystem().apply(desired, previous, {})
+    """
+)
+
+
+def test_a_moved_floating_ip_ends_the_connections_it_carried(
+    bed: Path, firewall: NftablesSubsystem
+) -> None:
+    first = document()
+    moved = document(
+        generation=2, floating_ips=[{"floating_ip": "172.24.0.10", "fixed_ip": "10.0.0.6"}]
+    )
+    firewall.apply(first, None, LINKS)
+    connect = [sys.executable, str(bed / "client.py"), "172.24.0.10", str(PORT), "2"]
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", OUTSIDE, *connect],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        assert client.stdout.readline().strip() == "172.24.0.254 10.0.0.5"
+        client.stdin.write("before\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "before"
+        firewall.apply(moved, first, LINKS)
+        subprocess.run(
+            ["ip", "netns", "exec", ROUTER, sys.executable, "-c", CUT_IN_NAMESPACE],
+            input=json.dumps([moved.model_dump(mode="json"), first.model_dump(mode="json")]),
+            text=True,
+            check=True,
+        )
+        client.stdin.write("after\n")
+        client.stdin.flush()
+        # The next segment is judged afresh, sent to the new fixed IP, which knows no such
+        # connection: reset (a kept conntrack entry would have echoed "after" from 10.0.0.5).
+        assert client.stdout.readline().strip() != "after"
+        assert client.wait(10) != 0
+    finally:
+        client.kill()
+        client.wait()
+    assert greeting(bed, OUTSIDE, "172.24.0.10") == "172.24.0.254 10.0.0.6"

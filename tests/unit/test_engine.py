@@ -195,8 +195,10 @@ def test_failure_rolls_back_the_taken_steps_in_reverse(tmp_path: Path) -> None:
     assert steps(journal) == [
         ("addresses", 2, 1),
         ("firewall", 2, 1),
+        ("conntrack", 2, 1),
         ("dhcp", 2, 1),
         ("dhcp", 1, 2),
+        ("conntrack", 1, 2),
         ("firewall", 1, 2),
         ("addresses", 1, 2),
     ]
@@ -529,7 +531,12 @@ def test_failed_reapply_is_not_rolled_back_and_reports_drift(tmp_path: Path) -> 
         engine.reapply()
     assert info.value.step == "dhcp"
     # Rolling back to "no previous document" would tear the router down: nothing runs after.
-    assert steps(journal) == [("addresses", 1, None), ("firewall", 1, None), ("dhcp", 1, None)]
+    assert steps(journal) == [
+        ("addresses", 1, None),
+        ("firewall", 1, None),
+        ("conntrack", 1, None),
+        ("dhcp", 1, None),
+    ]
     assert engine.current == document(1)
     assert engine.drift() is True
 

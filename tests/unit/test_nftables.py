@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from astara.appliance.conntrack import ConntrackSubsystem, Cut, stale_translations
 from astara.appliance.nftables import (
     FILTER_TABLE,
     NAT_TABLE,
@@ -565,3 +568,80 @@ def _bounds(value: str) -> tuple[int, int]:
         return int(net.network_address), int(net.broadcast_address)
     low, _, high = value.partition("-")
     return int(low), int(high or low)
+
+
+# --- connections of removed translations (conntrack) ----------------------------------------
+
+
+def forward(external_port: int, internal_ip: str = "10.0.0.6", **changes: Any) -> dict[str, Any]:
+    return {
+        "id": "pf1",
+        "external_ip": "172.24.0.20",
+        "protocol": "tcp",
+        "external_port": {"first": external_port, "last": external_port + 9},
+        "internal_ip": internal_ip,
+        "internal_port": {"first": external_port, "last": external_port + 9},
+        **changes,
+    }
+
+
+def test_a_moved_or_removed_floating_ip_ends_its_connections_both_ways() -> None:
+    first = document(floating_ips=[fip("172.24.0.10", "10.0.0.5"), fip("172.24.0.11", "10.0.0.7")])
+    moved = document(floating_ips=[fip("172.24.0.10", "10.0.0.6"), fip("172.24.0.11", "10.0.0.7")])
+    assert stale_translations(first, moved) == [
+        Cut(destination="172.24.0.10"),
+        Cut(source="10.0.0.5", translated_to="172.24.0.10"),
+    ]
+    assert stale_translations(first, document(floating_ips=[fip("172.24.0.11", "10.0.0.7")])) == [
+        Cut(destination="172.24.0.10"),
+        Cut(source="10.0.0.5", translated_to="172.24.0.10"),
+    ]
+    assert stale_translations(first, first.model_copy(update={"generation": 2})) == []
+
+
+def test_a_changed_port_forward_ends_connections_to_its_ports_but_a_new_id_alone_does_not() -> None:
+    first = document(port_forwards=[forward(8000)])
+    assert stale_translations(first, document(port_forwards=[forward(8000, id="pf2")])) == []
+    cut = Cut(destination="172.24.0.20", protocol=socket.IPPROTO_TCP, ports=(8000, 8009))
+    assert stale_translations(first, document(port_forwards=[forward(8000, "10.0.0.9")])) == [cut]
+    assert stale_translations(first, document()) == [cut]
+    assert cut.matches(8009, None) and not cut.matches(8010, None) and not cut.matches(None, None)
+
+
+def test_source_nat_through_an_old_gateway_address_ends_when_it_changes_or_stops() -> None:
+    first = document()
+    old = Cut(translated_to="172.24.0.1")
+    assert stale_translations(first, document(snat_enabled=False)) == [old]
+    networks = first.model_dump(mode="json")["networks"]
+    networks[1]["addresses"] = ["172.24.0.2/24"]
+    assert stale_translations(first, document(networks=networks)) == [old]
+    assert stale_translations(first, None) == [old]
+    assert stale_translations(document(snat_enabled=False), None) == []
+    assert old.matches(80, "172.24.0.1") and not old.matches(80, "172.24.0.9")
+
+
+class RecordingTable:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.cuts: list[list[Cut]] = []
+        self.error = error
+
+    def cut(self, cuts: Iterable[Cut]) -> int:
+        self.cuts.append(list(cuts))
+        if self.error is not None:
+            raise self.error
+        return 1
+
+
+def test_the_conntrack_subsystem_cuts_only_over_a_previous_document_and_never_fails() -> None:
+    first = document(floating_ips=[fip("172.24.0.10", "10.0.0.5")])
+    table = RecordingTable()
+    subsystem = ConntrackSubsystem(table)
+    subsystem.apply(first, None, LINKS)  # a first apply, a re-apply or a restore
+    subsystem.apply(first, first, LINKS)
+    assert table.cuts == []
+    subsystem.apply(document(), first, LINKS)
+    assert table.cuts == [stale_translations(first, document())]
+    # The new rules are in; lingering connections end with their timeout, no rollback.
+    ConntrackSubsystem(RecordingTable(OSError("no conntrack netlink"))).apply(
+        document(), first, LINKS
+    )
