@@ -25,7 +25,7 @@ from astara.appliance.files import (
 )
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.appliance.supervisor import Daemon
-from astara.wire.document import ApplianceConfig, Network, Subnet
+from astara.wire.document import DEFAULT_MTU, ApplianceConfig, Network, Subnet
 
 DEFAULT_LEASE_SECONDS = 86400
 # dnsmasq drops root after start-up and re-reads its hosts and options files as this account
@@ -147,7 +147,7 @@ def _router_ip(network: Network, subnet: Subnet) -> str | None:
     return next((str(a.ip) for a in network.addresses if a.ip in subnet.cidr), None)
 
 
-def _subnet_opts(network: Network, tag: str, subnet: Subnet) -> Iterator[str]:
+def _subnet_opts(network: Network, tag: str, subnet: Subnet, mtu: int) -> Iterator[str]:
     if subnet.cidr.version == 6:
         if subnet.dns_nameservers:
             servers = ",".join(f"[{ip}]" for ip in subnet.dns_nameservers)
@@ -156,6 +156,8 @@ def _subnet_opts(network: Network, tag: str, subnet: Subnet) -> Iterator[str]:
     router = _router_ip(network, subnet) if subnet.gateway_ip is not None else None
     # An empty router option stops dnsmasq from offering itself on gateway-less subnets.
     yield f"tag:{tag},option:router" + (f",{router}" if router else "")
+    # Option 26: a VM on a network narrower than Ethernet (an overlay) must not send 1500.
+    yield f"tag:{tag},option:mtu,{mtu}"
     if subnet.dns_nameservers:
         yield f"tag:{tag},option:dns-server," + ",".join(str(ip) for ip in subnet.dns_nameservers)
     routes = [(str(r.destination), str(r.nexthop)) for r in subnet.host_routes]
@@ -168,8 +170,10 @@ def _subnet_opts(network: Network, tag: str, subnet: Subnet) -> Iterator[str]:
         )
 
 
-def render_opts(network: Network) -> str:
-    lines = [line for tag, s in dhcp_subnets(network) for line in _subnet_opts(network, tag, s)]
+def render_opts(network: Network, mtu: int = DEFAULT_MTU) -> str:
+    lines = [
+        line for tag, s in dhcp_subnets(network) for line in _subnet_opts(network, tag, s, mtu)
+    ]
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -179,6 +183,7 @@ def render(
     state_dir: Path,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     user: str = DEFAULT_USER,
+    mtu: int = DEFAULT_MTU,
 ) -> DnsmasqInstance | None:
     """Everything one network's dnsmasq needs, or None when the network serves no DHCP."""
     if not dhcp_subnets(network):
@@ -188,7 +193,7 @@ def render(
         network_id=network.id,
         argv=render_argv(network, ifname, paths, lease_seconds, user),
         hosts=render_hosts(network),
-        opts=render_opts(network),
+        opts=render_opts(network, mtu),
     )
 
 
@@ -203,7 +208,8 @@ def desired_instances(
         return {}
     found = {}
     for net in config.internal_networks():
-        instance = render(net, links[net.interface_mac], state_dir, lease_seconds, user)
+        ifname, mtu = links[net.interface_mac], config.mtu(net.interface_mac)
+        instance = render(net, ifname, state_dir, lease_seconds, user, mtu)
         if instance is not None:
             found[net.id] = instance
     return found

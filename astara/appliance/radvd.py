@@ -47,6 +47,7 @@ class RaInterface:
     prefixes: tuple[RaPrefix, ...]
     rdnss: tuple[str, ...] = ()
     deprecated: tuple[str, ...] = ()
+    mtu: int | None = None  # advertised (RFC 4861 MTU option) when known
 
 
 def advertised_prefixes(
@@ -73,9 +74,12 @@ def ra_interfaces(
     """What radvd advertises; ``deprecated`` holds (interface, prefix) pairs being withdrawn."""
     prefixes = advertised_prefixes(config, links)
     rdnss: dict[str, list[str]] = {}
+    mtus: dict[str, int] = {}
     if config is not None:
         for net in config.internal_networks():
             ifname = links.get(net.interface_mac)
+            if ifname in prefixes:
+                mtus[ifname] = config.mtu(net.interface_mac)
             for subnet in net.subnets:
                 if ifname in prefixes and subnet.ipv6_ra_mode is not None:
                     servers = rdnss.setdefault(ifname, [])
@@ -90,6 +94,7 @@ def ra_interfaces(
             prefixes=tuple(sorted(prefixes.get(ifname, []))),
             rdnss=tuple(dict.fromkeys(rdnss.get(ifname, []))),
             deprecated=tuple(old.get(ifname, [])),
+            mtu=mtus.get(ifname),
         )
         for ifname in sorted(prefixes.keys() | old.keys())
     ]
@@ -123,6 +128,8 @@ def render_conf(interfaces: Sequence[RaInterface]) -> str:
             f"\tAdvManagedFlag {'on' if 'dhcpv6-stateful' in modes else 'off'};",
             f"\tAdvOtherConfigFlag {'on' if 'dhcpv6-stateless' in modes else 'off'};",
         ]
+        if iface.mtu is not None:
+            lines.append(f"\tAdvLinkMTU {iface.mtu};")
         for prefix in iface.prefixes:
             autonomous = prefix.mode != "dhcpv6-stateful"
             lines += _prefix_block(prefix.cidr, autonomous, PREFERRED_LIFETIME, VALID_LIFETIME)

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astara.drivers.metadata import MetadataService, instance_identity
 from astara.wire.document import (
+    DEFAULT_MTU,
+    MAX_MTU,
+    MIN_MTU,
     Allocation,
     ApplianceConfig,
     FloatingIP,
@@ -51,7 +54,6 @@ ROUTER_OWNERS = frozenset(
         GATEWAY_OWNER,
     }
 )
-MIN_MTU, MAX_MTU = 1280, 9216
 
 
 class NeutronModel(BaseModel):
@@ -505,7 +507,7 @@ def _port_range(single: int | None, span: str | None) -> PortRange:
 
 
 def _mtu(mtu: int | None) -> int:
-    return min(max(mtu or 1500, MIN_MTU), MAX_MTU)
+    return min(max(mtu or DEFAULT_MTU, MIN_MTU), MAX_MTU)
 
 
 def _unique(subnets: Iterable[NeutronSubnet]) -> list[NeutronSubnet]:

@@ -43,7 +43,8 @@ case "$1" in
     ip -4 addr flush dev "$interface" scope global
     ip addr add "$ip/$mask" dev "$interface"
     [ -n "$router" ] && { set -- $router; ip route replace default via "$1" dev "$interface"; }
-    [ -n "$dns" ] && { for s in $dns; do echo "nameserver $s"; done; } > "$RESOLV_CONF" ;;
+    [ -n "$dns" ] && { for s in $dns; do echo "nameserver $s"; done; } > "$RESOLV_CONF"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu" ;;
 esac
 exit 0
 """
@@ -266,6 +267,9 @@ class Topology:
                 str(timeout),
                 "-T",
                 "1",
+                # As a VM's client does: ask for the interface MTU (option 26) and apply it.
+                "-O",
+                "mtu",
             ],
             timeout=timeout * 2 + 5,
         )

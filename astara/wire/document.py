@@ -38,6 +38,8 @@ SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 # The narrowest consumer of a generation: the orchestrator's store keeps it in an SQL INTEGER
 # column (signed 32 bits on MariaDB and PostgreSQL); heartbeats carry an unsigned 64-bit one.
 MAX_GENERATION = 2**31 - 1
+# Ethernet's; IPv6 needs at least 1280; 9216 is the largest jumbo frame switches carry.
+DEFAULT_MTU, MIN_MTU, MAX_MTU = 1500, 1280, 9216
 
 
 def _mac(value: str) -> str:
@@ -105,7 +107,7 @@ class Interface(Strict):
     """A NIC of the appliance, found by MAC (kernel names are the appliance's business)."""
 
     mac: MacAddress
-    mtu: int = Field(1500, ge=1280, le=9216)
+    mtu: int = Field(DEFAULT_MTU, ge=MIN_MTU, le=MAX_MTU)
 
 
 class HostRoute(Strict):
@@ -271,6 +273,10 @@ class ApplianceConfig(Strict):
 
     def internal_networks(self) -> list[Network]:
         return [net for net in self.networks if net.kind == "internal"]
+
+    def mtu(self, mac: str) -> int:
+        """The MTU of the interface with ``mac``."""
+        return next((iface.mtu for iface in self.interfaces if iface.mac == mac), DEFAULT_MTU)
 
 
 class Problem(BaseModel):

@@ -11,6 +11,7 @@ The subsystems run in the test process with its thread moved into the router nam
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import sys
@@ -243,6 +244,23 @@ def test_dhcp_serves_the_fixed_ip_and_default_route(bed: Bed) -> None:
     lease = bed.topo.dhcp(bed.c1, "tBc1")
     assert str(lease) == "10.31.1.10/24"
     assert "default via 10.31.1.1" in bed.c1.run(["ip", "route"]).stdout
+
+
+def test_dhcp_gives_the_network_mtu(bed: Bed) -> None:
+    bed.c1.run(["ip", "link", "set", "dev", "tBc1", "mtu", "1500"])
+    bed.topo.dhcp(bed.c1, "tBc1")
+    assert "mtu 1450" in bed.c1.run(["ip", "link", "show", "tBc1"]).stdout
+
+
+def test_router_advertisements_carry_the_mtu(bed: Bed) -> None:
+    def advert() -> str:
+        # Nothing until the client's link-local address has passed duplicate detection and
+        # radvd may answer (it spaces its advertisements by seconds).
+        done = bed.c1.run(["rdisc6", "-1", "-w", "2000", "tBc1"], check=False)
+        return done.stdout if "Hop limit" in done.stdout else ""
+
+    found = str(wait_for(advert, 20, "a router advertisement on tB-c1"))
+    assert re.search(r"^\s*MTU\s*:\s*1450 bytes", found, re.M), found
 
 
 def test_host_added_later_is_served_after_a_reload_by_the_same_process(bed: Bed) -> None:

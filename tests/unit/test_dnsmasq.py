@@ -123,6 +123,7 @@ def test_opts_router_dns_and_classless_routes_per_subnet() -> None:
     opts = render_opts(network([V4, STATEFUL, SLAAC])).splitlines()
     assert opts == [
         "tag:s0,option:router,10.0.0.1",
+        "tag:s0,option:mtu,1500",
         "tag:s0,option:dns-server,192.0.2.53,192.0.2.54",
         "tag:s0,option:classless-static-route,192.168.9.0/24,10.0.0.254,0.0.0.0/0,10.0.0.1",
         "tag:s1,option6:dns-server,[2001:db8::53]",
@@ -131,7 +132,7 @@ def test_opts_router_dns_and_classless_routes_per_subnet() -> None:
 
 def test_gatewayless_subnet_gets_an_empty_router_option() -> None:
     bare = {"id": "v4", "cidr": "10.0.0.0/24"}
-    assert render_opts(network([bare])) == "tag:s0,option:router\n"
+    assert render_opts(network([bare])) == "tag:s0,option:router\ntag:s0,option:mtu,1500\n"
 
 
 def test_instances_only_for_internal_networks_with_dhcp() -> None:
@@ -140,7 +141,7 @@ def test_instances_only_for_internal_networks_with_dhcp() -> None:
             "generation": 1,
             "router_id": "r",
             "hostname": "r",
-            "interfaces": [{"mac": "02:00:00:00:00:02"}, {"mac": "02:00:00:00:00:03"}],
+            "interfaces": [{"mac": "02:00:00:00:00:02"}, {"mac": "02:00:00:00:00:03", "mtu": 1400}],
             "networks": [
                 {
                     "id": "ext",
@@ -157,4 +158,6 @@ def test_instances_only_for_internal_networks_with_dhcp() -> None:
     found = desired_instances(doc, links, STATE)
     assert list(found) == ["net-1"]
     assert "--interface=eth2" in found["net-1"].argv
+    # The network's MTU (its interface's) reaches the VMs as DHCP option 26.
+    assert "tag:s0,option:mtu,1400" in found["net-1"].opts.splitlines()
     assert desired_instances(None, links, STATE) == {}

@@ -34,7 +34,9 @@ def subnet(cidr: str, mode: str | None, dns: list[str] | None = None) -> dict[st
     }
 
 
-def config(a_subnets: list[dict[str, Any]], b_subnets: list[dict[str, Any]]) -> ApplianceConfig:
+def config(
+    a_subnets: list[dict[str, Any]], b_subnets: list[dict[str, Any]], a_mtu: int = 1500
+) -> ApplianceConfig:
     def net(name: str, mac: str, subnets: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": name,
@@ -49,7 +51,7 @@ def config(a_subnets: list[dict[str, Any]], b_subnets: list[dict[str, Any]]) -> 
             "generation": 1,
             "router_id": "r",
             "hostname": "r",
-            "interfaces": [{"mac": A}, {"mac": B}],
+            "interfaces": [{"mac": A, "mtu": a_mtu}, {"mac": B}],
             "networks": [net("a", A, a_subnets), net("b", B, b_subnets)],
         }
     )
@@ -107,10 +109,19 @@ def test_withdrawn_prefix_is_advertised_deprecated() -> None:
     )
     # A prefix that is back in the document is advertised normally, not deprecated.
     assert ifaces == [
-        RaInterface("qr-a", (RaPrefix("2001:db8:a::/64", "slaac"),), (), ("2001:db8:old::/64",))
+        RaInterface(
+            "qr-a", (RaPrefix("2001:db8:a::/64", "slaac"),), (), ("2001:db8:old::/64",), 1500
+        )
     ]
     old = prefix_block(render_conf(ifaces), "2001:db8:old::/64")
     assert "AdvPreferredLifetime 0;" in old
+
+
+def test_the_interface_mtu_is_advertised() -> None:
+    doc = config([subnet("2001:db8:a::/64", "slaac")], [], a_mtu=1400)
+    assert "AdvLinkMTU 1400;" in block(render_conf(ra_interfaces(doc, LINKS)), "qr-a")
+    # Withdrawn prefixes only (no network left): no MTU is claimed.
+    assert "AdvLinkMTU" not in render_conf([RaInterface("qr-b", (), (), ("2001:db8:b::/64",))])
 
 
 def test_interface_with_only_withdrawn_prefixes_is_no_default_router() -> None:
