@@ -195,6 +195,7 @@ class NoAnnouncements:
 
 
 def worker(fips: int, rules: int, runs: int) -> None:
+    from astara.appliance.conntrack import ConntrackSubsystem
     from astara.appliance.engine import RECORD_DELAY, Engine
     from astara.appliance.management import ManagementDomain
     from astara.appliance.netlink import LinksSubsystem
@@ -223,7 +224,7 @@ def worker(fips: int, rules: int, runs: int) -> None:
         # document and fingerprints the live state, just after answering).
         with tempfile.TemporaryDirectory() as state:
             engine = Engine(
-                [links, firewall],
+                [links, firewall, ConntrackSubsystem()],
                 Path(state),
                 lambda macs: {mac: LINKS[mac] for mac in macs if mac in LINKS},
                 KernelLiveState(firewall.runner.list_json, TABLES, Path(state), firewall.versions),
