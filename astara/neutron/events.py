@@ -36,9 +36,8 @@ def floatingip_events(
         return []
     old_router = (old or {}).get("router_id")
     new_router = (new or {}).get("router_id")
-    routers = [r for r in dict.fromkeys([old_router, new_router]) if r]
     events = []
-    for router_id in routers:
+    for router_id in _routers(old, new):
         cause = f"floatingip {fip['id']} {action}"
         if old_router != new_router and action == "update":
             cause += " (disassociated)" if router_id == old_router else " (associated)"
@@ -48,3 +47,26 @@ def floatingip_events(
             )
         )
     return events
+
+
+def port_forwarding_events(
+    action: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+) -> list[RouterEvent]:
+    """Events for the routers of a port forwarding's floating IP (before and after).
+
+    Neutron gives a port forwarding no project of its own; the orchestrator reads the rest
+    from the router."""
+    forward = new if new is not None else old
+    if forward is None:
+        return []
+    cause = f"port_forwarding {forward['id']} {action} on floatingip {forward['floatingip_id']}"
+    return [
+        RouterEvent("port_forwarding", action, router_id, "", forward["id"], cause)
+        for router_id in _routers(old, new)
+    ]
+
+
+def _routers(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    """The routers a resource was and is on, once each, in that order."""
+    found = [(state or {}).get("router_id") for state in (old, new)]
+    return [router_id for router_id in dict.fromkeys(found) if router_id]

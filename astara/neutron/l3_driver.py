@@ -15,8 +15,9 @@ providers.
   appliance HA pairs are to be chosen through a flavor profile's metainfo instead.
 
 After each commit (AFTER_* callbacks only: a PRECOMMIT event may still roll back) the driver
-forwards the router, interface, gateway and floating-IP events of the routers it owns to the
-orchestrator (see ``astara.neutron.protocol``). Routers of other providers are left alone.
+forwards the router, interface, gateway, floating-IP and port-forwarding events of the routers
+it owns to the orchestrator (see ``astara.neutron.protocol``). Routers of other providers are
+left alone.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import threading
 from typing import Any
 
 from neutron.services.l3_router.service_providers import base
+from neutron.services.portforwarding.constants import PORT_FORWARDING
 from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.exceptions import l3 as l3_exc
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from astara.neutron.events import floatingip_events, router_event
+from astara.neutron.events import floatingip_events, port_forwarding_events, router_event
 from astara.neutron.forwarder import EventForwarder
 from astara.neutron.protocol import RouterEvent
 
@@ -135,3 +137,26 @@ class AstaraL3Driver(base.L3ServiceProvider):
         for forwarded in floatingip_events(action, old, new):
             if self.owns_router(payload.context, forwarded.router_id):
                 self._forward(payload.context, forwarded)
+
+    # Published by Neutron's port_forwarding service plugin, with its objects as the states.
+    @registry.receives(
+        PORT_FORWARDING, [events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE]
+    )
+    def _port_forwarding_changed(
+        self, resource: str, event: str, trigger: Any, payload: Any
+    ) -> None:
+        action = _ACTIONS[event]
+        old = _forward_fields(payload.states[0]) if action != "create" else None
+        new = _forward_fields(payload.latest_state) if action != "delete" else None
+        for forwarded in port_forwarding_events(action, old, new):
+            if self.owns_router(payload.context, forwarded.router_id):
+                self._forward(payload.context, forwarded)
+
+
+def _forward_fields(forward: Any) -> dict[str, Any]:
+    """What the event needs of a PortForwarding object (its router comes from its FIP)."""
+    return {
+        "id": forward.id,
+        "floatingip_id": forward.floatingip_id,
+        "router_id": forward.router_id,
+    }

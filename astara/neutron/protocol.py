@@ -28,7 +28,7 @@ TOPIC = "astara-neutron-events"
 PUBLISHER = "astara-neutron"
 VERSION = 1
 
-RESOURCES = ("router", "router_interface", "router_gateway", "floatingip")
+RESOURCES = ("router", "router_interface", "router_gateway", "floatingip", "port_forwarding")
 ACTIONS = ("create", "update", "delete")
 # Interfaces and gateways are only added or removed; routers and floating IPs also change.
 EVENT_TYPES = frozenset(

@@ -233,7 +233,8 @@ class NeutronTestbed:
             "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},
         }
         if self.astara_plugin:
-            neutron["DEFAULT"]["service_plugins"] = "router,flavors,astara"
+            # port_forwarding: its callbacks are among those the plugin forwards.
+            neutron["DEFAULT"]["service_plugins"] = "router,flavors,port_forwarding,astara"
         if self.trusted_headers:
             neutron["DEFAULT"]["api_paste_config"] = str(self._write_trusted_paste(venv))
         for section, options in self.extra_config.items():

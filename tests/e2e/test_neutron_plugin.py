@@ -241,6 +241,34 @@ def test_default_provider_router_events_reach_the_orchestrator_topic(
     assert deleted.project_id == project_id
 
 
+def test_port_forwardings_are_forwarded_as_events_of_their_router(
+    default_bed: Endpoint, project_id: str, events: EventListener
+) -> None:
+    api = Api(default_bed, project_id)
+    _, subnet = _network(api, "10.21.0.0/24")
+    public = _external_network(api)
+    router = api.create("routers", name="r-pf", external_gateway_info={"network_id": public["id"]})
+    rid = router["id"]
+    api.ok("PUT", f"/routers/{rid}/add_router_interface", {"subnet_id": subnet["id"]})
+    port = api.create("ports", network_id=subnet["network_id"])
+    fip = api.create("floatingips", floating_network_id=public["id"])
+    forwards = f"/floatingips/{fip['id']}/port_forwardings"
+    rule = {
+        "protocol": "tcp",
+        "internal_port_id": port["id"],
+        "internal_ip_address": port["fixed_ips"][0]["ip_address"],
+        "internal_port": 22,
+        "external_port": 2222,
+    }
+    pf = api.ok("POST", forwards, {"port_forwarding": rule})["port_forwarding"]
+    created = events.wait_for(rid, "astara.port_forwarding.create", pf["id"])
+    assert fip["id"] in created.cause
+    api.ok("PUT", f"{forwards}/{pf['id']}", {"port_forwarding": {"external_port": 2223}})
+    events.wait_for(rid, "astara.port_forwarding.update", pf["id"])
+    api.ok("DELETE", f"{forwards}/{pf['id']}")
+    events.wait_for(rid, "astara.port_forwarding.delete", pf["id"])
+
+
 def test_flavor_router_is_astara_and_other_provider_is_left_alone(
     flavor_bed: Endpoint, project_id: str, events: EventListener
 ) -> None:

@@ -23,7 +23,7 @@ from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.store import Store
 from astara.testing.chaos import eventually, fresh_state
 from astara.testing.cloud import CloudInABox, Workload
-from astara.testing.netns import Namespace
+from astara.testing.netns import Namespace, TopologyError
 from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import external_network, tenant_network
 
@@ -161,6 +161,40 @@ def test_floating_ip_reaches_its_port_and_moves_with_it(world: World) -> None:
 
     sdk.network.update_ip(fip, port_id=world.ids["port_b"].id)
     assert eventually(lambda: ask(uplink, address, 7001)[0] == "vm-b", 30, "the FIP on vm-b")
+
+
+def test_a_port_forward_is_live_within_a_second_of_the_api_call(world: World) -> None:
+    sdk, port_a = world.sdk, world.ids["port_a"]
+    uplink = Namespace(world.cloud.provider().names.uplink_ns)
+    fip = sdk.network.create_ip(floating_network_id=world.ids["ext"].id, project_id=world.project)
+    appliance = world.appliance()
+
+    def forwards() -> set[str]:
+        config = appliance.get_config()
+        return {forward.id for forward in config.port_forwards} if config else set()
+
+    try:
+        forward = sdk.network.create_port_forwarding(
+            floatingip_id=fip.id,
+            internal_port_id=port_a.id,
+            internal_ip_address=port_a.fixed_ips[0]["ip_address"],
+            internal_port=7001,
+            external_port=2222,
+            protocol="tcp",
+        )
+        called = time.monotonic()
+        eventually(lambda: forward.id in forwards(), 10, "the port forward on the appliance")
+        took = time.monotonic() - called
+        # Forwarded by Astara's plugin as an event: no periodic reconcile was waited for.
+        assert took <= 1.0, f"applied {took:.2f} s after the API call"
+        assert ask(uplink, fip.floating_ip_address, 2222) == ("vm-a", UPLINK_IP)
+        sdk.network.delete_port_forwarding(forward, fip)
+        eventually(lambda: forward.id not in forwards(), 10, "the port forward gone")
+        with pytest.raises(TopologyError):
+            ask(uplink, fip.floating_ip_address, 2222)
+    finally:
+        appliance.close()
+        sdk.network.delete_ip(fip)
 
 
 def test_dns_servers_of_a_subnet_reach_dhcp_clients(world: World) -> None:

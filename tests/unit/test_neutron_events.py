@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from astara.neutron.events import floatingip_events, router_event
+from astara.neutron.events import floatingip_events, port_forwarding_events, router_event
 from astara.neutron.status_api import port_statuses_problem, unknown_ports
 
 pytestmark = pytest.mark.unit
@@ -59,6 +59,25 @@ def test_floatingip_update_on_the_same_router_is_one_event() -> None:
 def test_floatingip_deleted_concerns_its_last_router() -> None:
     [event] = floatingip_events("delete", _fip("r1"), None)
     assert (event.event_type, event.router_id) == ("astara.floatingip.delete", "r1")
+
+
+def _forward(router_id: str | None) -> dict[str, str | None]:
+    return {"id": "pf1", "floatingip_id": "fip1", "router_id": router_id}
+
+
+def test_port_forwarding_changes_concern_the_routers_of_its_floating_ip() -> None:
+    [created] = port_forwarding_events("create", None, _forward("r1"))
+    assert (created.event_type, created.router_id, created.resource_id, created.cause) == (
+        "astara.port_forwarding.create",
+        "r1",
+        "pf1",
+        "port_forwarding pf1 create on floatingip fip1",
+    )
+    moved = port_forwarding_events("update", _forward("r1"), _forward("r2"))
+    assert [e.router_id for e in moved] == ["r1", "r2"]
+    [deleted] = port_forwarding_events("delete", _forward("r1"), None)
+    assert deleted.event_type == "astara.port_forwarding.delete"
+    assert port_forwarding_events("delete", _forward(None), None) == []
 
 
 @pytest.mark.parametrize(

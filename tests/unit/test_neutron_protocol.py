@@ -45,6 +45,9 @@ def test_event_types_cover_every_forwarded_change() -> None:
         "astara.floatingip.create",
         "astara.floatingip.update",
         "astara.floatingip.delete",
+        "astara.port_forwarding.create",
+        "astara.port_forwarding.update",
+        "astara.port_forwarding.delete",
     } == EVENT_TYPES
 
 
