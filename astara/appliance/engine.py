@@ -169,6 +169,13 @@ class Engine:
     def current(self) -> ApplianceConfig | None:
         return self._current
 
+    def ports(self) -> dict[str, str]:
+        """MAC -> Neutron port id of the applied document's interfaces that name one."""
+        current = self._current
+        if current is None:
+            return {}
+        return {iface.mac: iface.port_id for iface in current.interfaces if iface.port_id}
+
     def health(self) -> Health:
         return self._health.model_copy()
 

@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     app = create_app(
         engine,
-        KernelStatus(firewall.read_counters),
+        KernelStatus(firewall.read_counters, engine.ports),
         max_body_bytes=args.max_body_bytes,
         threads=args.api_threads,
         identity=identity,

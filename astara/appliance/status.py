@@ -33,10 +33,12 @@ class InterfaceStatus(BaseModel):
     addresses: list[str]
     mtu: int
     state: str
+    port_id: str | None = None  # the Neutron port, when the applied document names it
 
 
 class InterfaceCounters(BaseModel):
     name: str
+    port_id: str | None = None
     rx_packets: int
     rx_bytes: int
     tx_packets: int
@@ -89,29 +91,40 @@ def _by_index(addrs: Iterable[Any]) -> dict[int, list[str]]:
     return found
 
 
-def interfaces_from_netlink(links: Iterable[Any], addrs: Iterable[Any]) -> list[InterfaceStatus]:
-    """RTM_NEWLINK and RTM_NEWADDR dumps (pyroute2 messages) -> interface list, by name."""
+def _mac(link: Any) -> str:
+    return str(link.get("IFLA_ADDRESS") or "").lower()
+
+
+def interfaces_from_netlink(
+    links: Iterable[Any], addrs: Iterable[Any], ports: Mapping[str, str] | None = None
+) -> list[InterfaceStatus]:
+    """RTM_NEWLINK and RTM_NEWADDR dumps (pyroute2 messages) -> interface list, by name;
+    ``ports``: MAC -> Neutron port id."""
     addresses = _by_index(addrs)
     result = [
         InterfaceStatus(
             name=str(link.get("IFLA_IFNAME")),
-            mac=str(link.get("IFLA_ADDRESS") or "").lower(),
+            mac=_mac(link),
             addresses=sorted(addresses.get(link["index"], [])),
             mtu=int(link.get("IFLA_MTU") or 0),
             state=str(link.get("IFLA_OPERSTATE") or "unknown").lower(),
+            port_id=(ports or {}).get(_mac(link)),
         )
         for link in links
     ]
     return sorted(result, key=lambda iface: iface.name)
 
 
-def link_counters_from_netlink(links: Iterable[Any]) -> list[InterfaceCounters]:
+def link_counters_from_netlink(
+    links: Iterable[Any], ports: Mapping[str, str] | None = None
+) -> list[InterfaceCounters]:
     result = []
     for link in links:
         stats: Mapping[str, int] = link.get("IFLA_STATS64") or link.get("IFLA_STATS") or {}
         result.append(
             InterfaceCounters(
                 name=str(link.get("IFLA_IFNAME")),
+                port_id=(ports or {}).get(_mac(link)),
                 rx_packets=int(stats.get("rx_packets", 0)),
                 rx_bytes=int(stats.get("rx_bytes", 0)),
                 tx_packets=int(stats.get("tx_packets", 0)),
@@ -132,16 +145,22 @@ def read_conntrack_count(path: Path = CONNTRACK_COUNT) -> int | None:
 class KernelStatus:
     """Reads the namespace it runs in; ``rule_counters`` comes from the packet-filter module."""
 
-    def __init__(self, rule_counters: Callable[[], Iterable[CountedRule]]) -> None:
+    def __init__(
+        self,
+        rule_counters: Callable[[], Iterable[CountedRule]],
+        ports: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
+        """``ports``: MAC -> Neutron port id, as the applied document says."""
         self._rule_counters = rule_counters
+        self._ports = ports
 
     def interfaces(self) -> list[InterfaceStatus]:
         with IPRoute() as ipr:
-            return interfaces_from_netlink(ipr.get_links(), ipr.get_addr())
+            return interfaces_from_netlink(ipr.get_links(), ipr.get_addr(), self._ports())
 
     def counters(self) -> Counters:
         with IPRoute() as ipr:
-            links = link_counters_from_netlink(ipr.get_links())
+            links = link_counters_from_netlink(ipr.get_links(), self._ports())
         return Counters(
             interfaces=links,
             rules=[

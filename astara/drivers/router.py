@@ -249,7 +249,11 @@ def render(
             networks.append(internal)
 
     interfaces = [Interface(mac=management.mac, mtu=_mtu(management.mtu))] + [
-        Interface(mac=macs.get(port.id, port.mac_address), mtu=_mtu(mtus.get(port.network_id)))
+        Interface(
+            mac=macs.get(port.id, port.mac_address),
+            mtu=_mtu(mtus.get(port.network_id)),
+            port_id=port.id,
+        )
         for port in nics
     ]
     gateway_info = router.external_gateway_info

@@ -108,6 +108,8 @@ class Interface(Strict):
 
     mac: MacAddress
     mtu: int = Field(DEFAULT_MTU, ge=MIN_MTU, le=MAX_MTU)
+    # The Neutron port behind the NIC, for operators reading the appliance's interfaces.
+    port_id: Identifier | None = None
 
 
 class HostRoute(Strict):

@@ -89,6 +89,7 @@ def world() -> Iterator[World]:
 def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
     sdk, project = world.sdk, world.project
     net_a, sub_a = tenant_network(sdk, project, "a", "10.21.0.0/24")
+    net_a = sdk.network.update_network(net_a, mtu=1400)  # narrower than the overlay's
     ext = external_network(sdk, project, "ext", "172.24.20.0/24", UPLINK_IP, "e2e-public")
     uplink = world.cloud.uplink(ext.id, f"{UPLINK_IP}/24")
     world.cloud.spawn(uplink, [*ECHO, "--name", "uplink", "--port", "7000"])
@@ -103,6 +104,8 @@ def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
     world.vms["a"] = vm_a
     leased = eventually(lambda: world.cloud.dhcp(vm_a, timeout=3), 90, "a DHCP lease for vm-a")
     assert str(leased.ip) == port_a.fixed_ips[0]["ip_address"]
+    # The network's MTU came with the lease (DHCP option 26), as a VM's client applies it.
+    assert "mtu 1400 " in vm_a.namespace.run(["ip", "link", "show", vm_a.ifname]).stdout
 
     gateway_ip = sdk.network.get_router(router.id).external_gateway_info["external_fixed_ips"][0]
     name, seen_as = eventually(lambda: ask(vm_a.namespace, UPLINK_IP, 7000), 30, "SNAT")

@@ -174,7 +174,8 @@ def document(generation: int) -> dict[str, Any]:
         "generation": generation,
         "router_id": "router-tc",
         "hostname": "router-tc",
-        "interfaces": [{"mac": MAC[name]} for name in ("rm", "rx", "r1", "r2")],
+        "interfaces": [{"mac": MAC["rm"]}]
+        + [{"mac": MAC[name], "port_id": f"port-{name}"} for name in ("rx", "r1", "r2")],
         "networks": [
             {
                 "id": "mgmt",
@@ -403,13 +404,14 @@ def test_status_endpoints_over_mutual_tls(bed: Bed) -> None:
     assert (health["generation"], health["last_result"]) == (1, "applied")
     assert health["router_id"] == "router-tc"
     interfaces = {i["name"]: i for i in bed.api("GET", "/v1/interfaces").json()}
-    assert interfaces["tC-rx"]["mac"] == MAC["rx"]
+    assert (interfaces["tC-rx"]["mac"], interfaces["tC-rx"]["port_id"]) == (MAC["rx"], "port-rx")
     assert f"{FIP_A}/32" in interfaces["tC-rx"]["addresses"]
     counters = bed.api("GET", "/v1/counters").json()
     rules = {(c["chain"], c["rule"]): c for c in counters["rules"]}
     assert rules[("postrouting", "snat")]["packets"] >= 1
     assert counters["conntrack_entries"] >= 1
-    assert any(c["name"] == "tC-r1" and c["rx_packets"] > 0 for c in counters["interfaces"])
+    r1 = next(c for c in counters["interfaces"] if c["name"] == "tC-r1")
+    assert (r1["port_id"], r1["rx_packets"] > 0) == ("port-r1", True)
     config = bed.api("GET", "/v1/config")
     assert str(IDENTITY_A["signature"]) not in config.body
     assert config.json()["networks"][2]["allocations"][0]["instance"]["signature"] == "*" * 10

@@ -18,6 +18,8 @@ from astara.appliance.status import (
     InterfaceCounters,
     InterfaceStatus,
     RuleCounter,
+    interfaces_from_netlink,
+    link_counters_from_netlink,
 )
 from astara.wire.document import config_digest, dump_with_secrets
 from tests.unit.test_engine import (
@@ -41,7 +43,12 @@ class FixedStatus:
     def interfaces(self) -> list[InterfaceStatus]:
         return [
             InterfaceStatus(
-                name="eth0", mac="fa:16:3e:00:00:01", addresses=["fdca::5/64"], mtu=1500, state="up"
+                name="eth0",
+                mac="fa:16:3e:00:00:01",
+                addresses=["fdca::5/64"],
+                mtu=1500,
+                state="up",
+                port_id="port-0",
             )
         ]
 
@@ -217,6 +224,7 @@ def test_interfaces_and_counters_come_from_the_status_reader(client: TestClient)
             "addresses": ["fdca::5/64"],
             "mtu": 1500,
             "state": "up",
+            "port_id": "port-0",
         }
     ]
     counters = client.get("/v1/counters").json()
@@ -413,3 +421,20 @@ def test_key_file_is_hex_text_or_raw_bytes(tmp_path: Path) -> None:
 )
 def test_heartbeat_target_parsing(text: str, target: tuple[str, int]) -> None:
     assert service.parse_target(text) == target
+
+
+class Message(dict[str, Any]):
+    """A pyroute2 message as the status readers use it: attributes by name, and an index."""
+
+
+def test_interfaces_and_their_counters_name_the_neutron_port_of_their_mac() -> None:
+    links = [
+        Message(index=1, IFLA_IFNAME="eth1", IFLA_ADDRESS="FA:16:3E:00:00:02", IFLA_MTU=1450),
+        Message(index=2, IFLA_IFNAME="lo", IFLA_ADDRESS="00:00:00:00:00:00", IFLA_MTU=65536),
+    ]
+    addrs = [Message(index=1, IFA_ADDRESS="10.0.0.1", prefixlen=24)]
+    ports = {"fa:16:3e:00:00:02": "port-ext"}
+    eth1, lo = interfaces_from_netlink(links, addrs, ports)
+    assert (eth1.name, eth1.port_id, eth1.addresses) == ("eth1", "port-ext", ["10.0.0.1/24"])
+    assert lo.port_id is None
+    assert [c.port_id for c in link_counters_from_netlink(links, ports)] == ["port-ext", None]

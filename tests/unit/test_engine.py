@@ -408,6 +408,14 @@ def probed_engine(
     return Engine(subsystems, tmp_path, fake_links, probe), journal, probe
 
 
+def test_ports_map_the_applied_interfaces_to_their_neutron_ports(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path)
+    assert engine.ports() == {}
+    interfaces = [{"mac": MAC_MGMT}, {"mac": MAC_EXT, "port_id": "port-ext"}, {"mac": MAC_INT}]
+    engine.apply(document(1, interfaces=interfaces))
+    assert engine.ports() == {MAC_EXT: "port-ext"}
+
+
 def test_drift_is_unknown_before_the_first_apply_and_without_a_probe(tmp_path: Path) -> None:
     engine, _, _ = probed_engine(tmp_path / "a")
     assert engine.drift() is None

@@ -97,6 +97,11 @@ def test_each_network_gets_the_nic_of_its_router_port_with_the_network_mtu() -> 
         "fa:16:3e:c1:14:c4": 1450,
         "fa:16:3e:19:8d:e2": 1450,
     }
+    # Every NIC of a router port names it (the management NIC is Astara's own, no port).
+    ports = {iface.mac: iface.port_id for iface in config.interfaces}
+    assert ports.pop("fa:16:3e:00:00:01") is None
+    router_ports = {port["id"] for port in recorded()["ports"]}
+    assert len(ports) == 3 and set(ports.values()) <= router_ports
 
 
 def test_ipv4_and_ipv6_router_ports_on_one_network_share_one_nic() -> None:
