@@ -75,9 +75,12 @@ def stale_translations(previous: ApplianceConfig, desired: ApplianceConfig | Non
     changed, or its source NAT turned off: connections that went out through the old address.
     """
     cuts: list[Cut] = []
-    kept_fips = {(f.floating_ip, f.fixed_ip) for f in desired.floating_ips} if desired else set()
+    # As integers: an address object hashes through its hex text, slow for thousands of them.
+    kept_fips = (
+        {(int(f.floating_ip), int(f.fixed_ip)) for f in desired.floating_ips} if desired else set()
+    )
     for fip in previous.floating_ips:
-        if (fip.floating_ip, fip.fixed_ip) not in kept_fips:
+        if (int(fip.floating_ip), int(fip.fixed_ip)) not in kept_fips:
             floating = str(fip.floating_ip)
             cuts.append(Cut(destination=floating))
             cuts.append(Cut(source=str(fip.fixed_ip), translated_to=floating))
