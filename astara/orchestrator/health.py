@@ -74,6 +74,45 @@ class _Probe:
     answered: bool | None = None
 
 
+class InstanceLookup(Protocol):
+    """What the probe asks the provider (``Provider.get``)."""
+
+    def get(self, instance_id: str) -> InstanceState | None: ...
+
+
+class InstanceState(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+def provider_first_probe(
+    address_of: Callable[[str], str | None],
+    provider: Callable[[], InstanceLookup],
+    answers: Callable[[str], bool],
+) -> Callable[[str], bool]:
+    """The confirming probe: the provider's word first (an instance gone, stopped or failed is
+    dead without waiting for a timeout), then whether the appliance's API ``answers`` at its
+    address. A provider in trouble (a cloud API down) proves nothing: the API decides then.
+    ``provider`` is called on each probe, so it can be made lazily in the probe's thread."""
+
+    def probe(instance_id: str) -> bool:
+        address = address_of(instance_id)
+        if address is None:
+            return False
+        try:
+            found = provider().get(instance_id)
+        except Exception as exc:
+            LOG.info("probe of %s: the provider cannot tell (%s)", instance_id, exc)
+        else:
+            if found is None or found.state != "running":
+                state = found.state if found else "gone"
+                LOG.info("probe of %s: the provider says it is %s", instance_id, state)
+                return False
+        return answers(address)
+
+    return probe
+
+
 class HealthMonitor:
     """Each ``tick`` judges every watched instance and returns the dead ones.
 

@@ -36,7 +36,7 @@ from astara.orchestrator.appliance_client import (
     StaleGeneration,
     Unreachable,
 )
-from astara.orchestrator.events import Event, EventAction
+from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.state import (
     Action,
     Decision,
@@ -151,6 +151,36 @@ def replacement_cause(record: RouterRecord, instance: InstanceRecord | None) -> 
     if instance is not None and not instance.ever_reachable:
         return "boot_timeout"
     return "unreachable"
+
+
+class Vouching(Protocol):
+    """What the health loop knows of a router's appliance (``HealthLoop``)."""
+
+    def awaiting_verdict(self, router_id: str) -> bool: ...
+
+    def vouch(self, router_id: str) -> tuple[str, int] | None: ...
+
+
+def periodic_poll(
+    router_id: str, project_id: str | None, health: Vouching, now: datetime
+) -> Event | None:
+    """The periodic reconcile's event for one router, carrying what its latest heartbeat
+    vouches for (instance, generation) so the reconciler can skip asking the appliance; None
+    while the appliance is silent and awaits the health loop's verdict: a poll would wait on a
+    frozen appliance's API and hold up its replacement."""
+    if health.awaiting_verdict(router_id):
+        return None
+    instance_id, generation = health.vouch(router_id) or (None, None)
+    return Event(
+        ResourceType.ROUTER,
+        router_id,
+        project_id,
+        EventAction.POLL,
+        RECONCILE_CAUSE,
+        now,
+        instance_id=instance_id,
+        reported_generation=generation,
+    )
 
 
 def failed_step(exc: Exception) -> str:

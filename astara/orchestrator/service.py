@@ -46,7 +46,7 @@ from astara.orchestrator.control import Control
 from astara.orchestrator.dispatcher import Dispatcher
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.feed import ProjectPolls
-from astara.orchestrator.health import HealthMonitor
+from astara.orchestrator.health import HealthMonitor, provider_first_probe
 from astara.orchestrator.health_loop import (
     HealthLoop,
     HeartbeatKeys,
@@ -66,11 +66,11 @@ from astara.orchestrator.metrics import FleetCollector, Metrics
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.neutron_status import NeutronStatusReporter
 from astara.orchestrator.reconciler import (
-    RECONCILE_CAUSE,
     LoggingStatusReporter,
     RouterReconciler,
     Settings,
     StatusReporter,
+    periodic_poll,
 )
 from astara.orchestrator.rotation import (
     CLIENT_IDENTITY_FILE,
@@ -247,27 +247,15 @@ def build_health_loop(
         lambda: provider_from_config(conf, provider_context(conf, ca, host_address))
     )
 
-    def probe(instance_id: str) -> bool:
-        address = loop.probe_address(instance_id)
-        if address is None:
-            return False
-        # The provider's word first: an instance gone, stopped or failed needs no timeout.
-        # Its own trouble (a cloud API down) proves nothing: the API probe decides then.
-        try:
-            found = provider().get(instance_id)
-        except Exception as exc:
-            LOG.info("probe of %s: the provider cannot tell (%s)", instance_id, exc)
-        else:
-            if found is None or found.state != "running":
-                state = found.state if found else "gone"
-                LOG.info("probe of %s: the provider says it is %s", instance_id, state)
-                return False
+    def answers(address: str) -> bool:
         try:
             with _client(creds, conf.appliance_api_port, address, health.probe_timeout) as client:
                 client.health()
         except ApplianceError:
             return False
         return True
+
+    probe = provider_first_probe(lambda iid: loop.probe_address(iid), provider, answers)
 
     monitor = HealthMonitor(
         receiver,
@@ -416,24 +404,13 @@ class Orchestrator:
         for router_id, project in routers:
             if self._stop.wait(gap):
                 return
-            if self.health.awaiting_verdict(router_id):
+            event = periodic_poll(router_id, project, self.health, datetime.now(UTC))
+            if event is None:
                 LOG.debug(
                     "router %s: periodic reconcile skipped, its appliance is silent", router_id
                 )
                 continue
-            instance_id, generation = self.health.vouch(router_id) or (None, None)
-            self._dispatcher.dispatch(
-                Event(
-                    ResourceType.ROUTER,
-                    router_id,
-                    project,
-                    EventAction.POLL,
-                    RECONCILE_CAUSE,
-                    datetime.now(UTC),
-                    instance_id=instance_id,
-                    reported_generation=generation,
-                )
-            )
+            self._dispatcher.dispatch(event)
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,7 +23,7 @@ from stevedore import driver
 
 from astara.common.tls import CertificateAuthority
 from astara.wire.defaults import API_PORT
-from astara.wire.document import Identifier, MacAddress, NetworkKind
+from astara.wire.document import DEFAULT_MTU, MAX_MTU, MIN_MTU, Identifier, MacAddress, NetworkKind
 from astara.wire.heartbeat import DEFAULT_INTERVAL
 
 ENTRY_POINT_NAMESPACE = "astara.providers"
@@ -43,7 +43,7 @@ class PortSpec(_Frozen):
     network_id: Identifier
     mac: MacAddress
     kind: NetworkKind
-    mtu: int = Field(1500, ge=1280, le=9216)
+    mtu: int = Field(DEFAULT_MTU, ge=MIN_MTU, le=MAX_MTU)
 
 
 class InstanceSpec(_Frozen):

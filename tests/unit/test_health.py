@@ -10,7 +10,9 @@ from typing import Protocol
 
 import pytest
 
-from astara.orchestrator.health import HealthMonitor, Verdict, assess
+from astara.orchestrator.health import HealthMonitor, Verdict, assess, provider_first_probe
+from astara.providers.base import InstanceSpec, PortSpec, ProviderError
+from astara.providers.noop import NoopProvider
 from tests.unit.clock import FakeClock
 
 pytestmark = pytest.mark.unit
@@ -207,3 +209,37 @@ def test_probes_run_in_parallel(rig: Rig) -> None:
         assert not together.broken
     finally:
         parallel.close()
+
+
+# --- the confirming probe: the provider first, then the appliance's API ----------------------
+
+
+def booted(provider: NoopProvider, instance_id: str) -> None:
+    ports = (PortSpec(port_id="m", network_id="mgmt", mac="02:00:00:00:00:01", kind="management"),)
+    provider.boot(InstanceSpec(instance_id=instance_id, router_id="r1", ports=ports))
+
+
+def test_the_probe_takes_the_providers_word_that_an_instance_is_gone_or_failed() -> None:
+    provider, asked = NoopProvider(), []
+    booted(provider, "i-failed")
+    provider.fail_instance("i-failed", "host down")
+    probe = provider_first_probe(lambda iid: "fd00::5", lambda: provider, asked.append)
+    assert probe("i-failed") is False
+    assert probe("i-gone") is False
+    assert asked == []  # no API timeout waited for
+
+
+def test_a_running_instance_or_a_provider_in_trouble_leaves_it_to_the_api() -> None:
+    provider = NoopProvider()
+    booted(provider, "i-up")
+    answering = {"fd00::5": True, "fd00::6": False}
+    addresses = {"i-up": "fd00::5", "i-hung": "fd00::6"}
+
+    def broken() -> NoopProvider:
+        raise ProviderError("the cloud API is down")
+
+    assert provider_first_probe(addresses.get, lambda: provider, answering.__getitem__)("i-up")
+    probe = provider_first_probe(addresses.get, broken, answering.__getitem__)
+    assert probe("i-up") is True and probe("i-hung") is False
+    # Without an address there is nothing to ask.
+    assert provider_first_probe(addresses.get, broken, answering.__getitem__)("i-x") is False

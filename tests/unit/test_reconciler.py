@@ -23,6 +23,7 @@ from astara.orchestrator.reconciler import (
     LoggingStatusReporter,
     RouterReconciler,
     Settings,
+    periodic_poll,
 )
 from astara.orchestrator.state import Policy, State
 from astara.orchestrator.store import Store
@@ -290,3 +291,40 @@ def test_the_document_names_the_nics_the_provider_wired(store: Store) -> None:
     assert not {p.mac_address for p in router_ports} & macs
     internal = appliance.config.internal_networks()
     assert internal and all(net.interface_mac in wired for net in internal)
+
+
+class HealthView:
+    """What the health loop would say: silent routers, and what heartbeats vouch for."""
+
+    def __init__(self, silent: set[str], vouched: dict[str, tuple[str, int]]) -> None:
+        self.silent, self.vouched = silent, vouched
+
+    def awaiting_verdict(self, router_id: str) -> bool:
+        return router_id in self.silent
+
+    def vouch(self, router_id: str) -> tuple[str, int] | None:
+        return self.vouched.get(router_id)
+
+
+def test_the_periodic_poll_leaves_a_silent_appliance_to_the_health_loop() -> None:
+    health = HealthView({"r-silent"}, {"r-beating": ("i-1", 4)})
+    now = datetime.now(UTC)
+    assert periodic_poll("r-silent", "p", health, now) is None
+    beating = periodic_poll("r-beating", "p", health, now)
+    assert beating is not None
+    assert (
+        beating.resource_id,
+        beating.cause,
+        beating.instance_id,
+        beating.reported_generation,
+    ) == (
+        "r-beating",
+        RECONCILE_CAUSE,
+        "i-1",
+        4,
+    )
+    unknown = periodic_poll("r-new", None, health, now)
+    assert unknown is not None and (unknown.instance_id, unknown.reported_generation) == (
+        None,
+        None,
+    )
