@@ -111,10 +111,14 @@ def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
     name, seen_as = eventually(lambda: ask(vm_a.namespace, UPLINK_IP, 7000), 30, "SNAT")
     assert (name, seen_as) == ("uplink", gateway_ip["ip_address"])
 
-    # Neutron's view follows the appliance (through the plugin's status API).
+    # Neutron's view follows the appliance (through the plugin's status API); a port plugged
+    # after the router went ACTIVE turns ACTIVE with the next report.
     eventually(lambda: sdk.network.get_router(router.id).status == "ACTIVE", 30, "ACTIVE")
-    router_ports = list(sdk.network.ports(device_id=router.id))
-    assert router_ports and {p.status for p in router_ports} == {"ACTIVE"}
+
+    def port_statuses() -> set[str]:
+        return {p.status for p in sdk.network.ports(device_id=router.id)}
+
+    eventually(lambda: port_statuses() == {"ACTIVE"}, 30, "every router port ACTIVE")
 
 
 def test_adding_an_interface_routes_between_networks(world: World) -> None:
@@ -162,8 +166,32 @@ def test_floating_ip_reaches_its_port_and_moves_with_it(world: World) -> None:
     _, seen_as = ask(world.vms["a"].namespace, UPLINK_IP, 7000)
     assert seen_as == address  # leaves with its own floating address
 
-    sdk.network.update_ip(fip, port_id=world.ids["port_b"].id)
-    assert eventually(lambda: ask(uplink, address, 7001)[0] == "vm-b", 30, "the FIP on vm-b")
+    # A conversation with vm-a through the FIP, held across the move.
+    talk = subprocess.Popen(
+        uplink.argv([*ECHO, "--converse", address, "--port", "7001"]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert talk.stdin is not None and talk.stdout is not None
+    try:
+        assert talk.stdout.readline().split()[0] == "vm-a"
+        talk.stdin.write("before\n")
+        talk.stdin.flush()
+        assert talk.stdout.readline().strip() == "before"
+
+        sdk.network.update_ip(fip, port_id=world.ids["port_b"].id)
+        assert eventually(lambda: ask(uplink, address, 7001)[0] == "vm-b", 30, "the FIP on vm-b")
+        # The appliance ended what the old mapping carried: the next segment goes to vm-b,
+        # which knows no such connection (a kept conntrack entry would reach vm-a and echo).
+        talk.stdin.write("after\n")
+        talk.stdin.flush()
+        assert talk.stdout.readline().strip() != "after"
+        assert talk.wait(10) != 0
+    finally:
+        talk.kill()
+        talk.wait()
 
 
 def test_a_port_forward_is_live_within_a_second_of_the_api_call(world: World) -> None:
