@@ -32,7 +32,7 @@ from astara.wire.document import ApplianceConfig, dump_with_secrets, problems, t
 
 LOG = logging.getLogger(__name__)
 
-APPLY_ORDER = ("addresses", "firewall", "conntrack", "dhcp", "ra", "metadata")
+APPLY_ORDER = ("addresses", "firewall", "conntrack", "dhcp", "ra", "metadata", "hostname")
 STATE_FILE = "config.json"
 LINKS_STEP = "links"
 LINK_POLL_INTERVAL = 0.2  # seconds between two looks for a NIC still to appear

@@ -128,6 +128,7 @@ def plan(bootstrap: Bootstrap, etc_dir: Path, state_dir: Path) -> Plan:
         str(state_dir),
         "--instance-id",
         bootstrap.instance_id,
+        "--set-hostname",  # a VM: its name is its own
     ]
     beat = bootstrap.heartbeat
     if beat is not None:

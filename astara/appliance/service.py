@@ -29,6 +29,7 @@ from astara.appliance.dnsmasq import DnsmasqSubsystem
 from astara.appliance.engine import ApplyFailed, Engine
 from astara.appliance.files import TRAVERSABLE_DIR, ensure_dir
 from astara.appliance.heartbeat import DriftWatch, HeartbeatSender
+from astara.appliance.hostname import HostnameSubsystem
 from astara.appliance.management import MANAGEMENT_TABLE, IpAddress, ManagementDomain
 from astara.appliance.metadata import MetadataSubsystem
 from astara.appliance.netlink import LinksSubsystem, resolve_links
@@ -150,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "hot-plugged into a VM does a moment after it is attached (default: %(default)s)",
     )
     parser.add_argument(
+        "--set-hostname",
+        action="store_true",
+        help="set the kernel's hostname to the document's; for an appliance with a UTS "
+        "namespace of its own (a VM), never one sharing its host's (the netns provider)",
+    )
+    parser.add_argument(
         "--dnsmasq-user",
         default=DNSMASQ_USER,
         metavar="USER",
@@ -263,9 +270,10 @@ def build_subsystems(
     firewall: NftablesSubsystem,
     management: ManagementDomain,
     dnsmasq_user: str = DNSMASQ_USER,
+    set_hostname: bool = False,
 ) -> list[Subsystem]:
     """The real data plane, each daemon with its own files under ``state_dir``."""
-    return [
+    subsystems: list[Subsystem] = [
         LinksSubsystem(management=management),
         firewall,
         ConntrackSubsystem(),
@@ -273,6 +281,9 @@ def build_subsystems(
         RadvdSubsystem(state_dir / "ra"),
         MetadataSubsystem(),
     ]
+    if set_hostname:
+        subsystems.append(HostnameSubsystem())
+    return subsystems
 
 
 def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -326,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     firewall = NftablesSubsystem()
     management = ManagementDomain(management_destinations(beats))
     engine = Engine(
-        build_subsystems(args.state_dir, firewall, management, args.dnsmasq_user),
+        build_subsystems(
+            args.state_dir, firewall, management, args.dnsmasq_user, args.set_hostname
+        ),
         args.state_dir,
         resolve_links,
         KernelLiveState(firewall.runner.list_json, TABLES, args.state_dir, firewall.versions),

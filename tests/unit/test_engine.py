@@ -26,6 +26,7 @@ from astara.appliance.engine import (
     StaleGeneration,
 )
 from astara.appliance.heartbeat import RunningState
+from astara.appliance.hostname import HostnameSubsystem
 from astara.appliance.status import LiveState
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.wire.api import Health
@@ -414,6 +415,23 @@ def test_ports_map_the_applied_interfaces_to_their_neutron_ports(tmp_path: Path)
     interfaces = [{"mac": MAC_MGMT}, {"mac": MAC_EXT, "port_id": "port-ext"}, {"mac": MAC_INT}]
     engine.apply(document(1, interfaces=interfaces))
     assert engine.ports() == {MAC_EXT: "port-ext"}
+
+
+def test_the_hostname_is_set_when_it_changes_and_kept_when_the_document_goes() -> None:
+    named: list[str] = []
+    hostname = HostnameSubsystem(named.append)
+    hostname.apply(document(1), None, {})
+    hostname.apply(document(2), document(1), {})
+    renamed = document(3, hostname="edge-1")
+    hostname.apply(renamed, document(2), {})
+    hostname.apply(None, renamed, {})
+    assert named == ["r1", "edge-1"]
+
+    def refuse(name: str) -> None:
+        raise PermissionError("not allowed")
+
+    with pytest.raises(ApplyStepError, match="cannot set the hostname"):
+        HostnameSubsystem(refuse).apply(document(1), None, {})
 
 
 def test_drift_is_unknown_before_the_first_apply_and_without_a_probe(tmp_path: Path) -> None:

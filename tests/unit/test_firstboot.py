@@ -64,6 +64,7 @@ def test_the_plan_writes_private_files_and_starts_the_appliance_on_the_managemen
     assert args.ca == tmp_path / "etc/tls/ca.pem"
     assert args.state_dir == tmp_path / "state"
     assert args.instance_id == "inst-1"
+    assert args.set_hostname  # a VM's name is its own to set
     assert args.heartbeat == ("fdca:3ba5::1", 5555)
     assert args.heartbeat_key_file == tmp_path / "etc/heartbeat.key"
     assert args.heartbeat_interval == 1.5  # the bootstrap's, not the default

@@ -1,0 +1,35 @@
+"""The appliance's hostname (Subsystem "hostname"): the kernel's, set to the document's.
+
+Only where the appliance has a UTS namespace of its own (a VM, started with --set-hostname): an
+appliance in a network namespace on a shared host (the netns provider) must leave the host's
+name alone.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from astara.appliance.subsystem import ApplyStepError, LinkMap
+from astara.wire.document import ApplianceConfig
+
+
+class HostnameSubsystem:
+    name = "hostname"
+
+    def __init__(self, set_hostname: Callable[[str], None] = socket.sethostname) -> None:
+        self._set_hostname = set_hostname
+
+    def apply(
+        self,
+        desired: ApplianceConfig | None,
+        previous: ApplianceConfig | None,
+        links: LinkMap,
+    ) -> None:
+        # Removing the configuration keeps the name: a nameless host helps no one.
+        if desired is None or (previous is not None and previous.hostname == desired.hostname):
+            return
+        try:
+            self._set_hostname(desired.hostname)
+        except OSError as exc:
+            raise ApplyStepError(self.name, f"cannot set the hostname: {exc}") from exc
