@@ -1,9 +1,10 @@
-"""A tiny TCP server for packet tests: answers each connection with its name and the peer's IP,
-then echoes lines until the peer closes.
+"""A tiny TCP server for packet tests: answers each connection with its name and the peer's IP
+(then, with ``--echo``, echoes lines until the peer closes).
 
 Run inside a namespace: ``python -m astara.testing.echo --name uplink --port 7000``. What the
 peer address is tells a test whether SNAT, a floating IP or a port forward did its job; a
-long conversation (``--converse``) tells whether an established connection survived a change.
+long conversation (``--converse`` against an ``--echo`` server) tells whether an established
+connection survived a change.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         name = self.server.name  # type: ignore[attr-defined]
         self.request.sendall(f"{name} {self.client_address[0]}\n".encode())
+        if not self.server.echo:  # type: ignore[attr-defined]
+            return  # clients that read to the end of the stream (nc) get the greeting alone
         with self.request.makefile("rwb") as stream:
             for line in stream:
                 stream.write(line)
@@ -64,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ask", metavar="HOST", help="client mode: print what HOST:PORT says")
     parser.add_argument(
+        "--echo", action="store_true", help="server: echo lines after the greeting until EOF"
+    )
+    parser.add_argument(
         "--converse", metavar="HOST", help="client mode: relay stdin lines to HOST:PORT's echo"
     )
     args = parser.parse_args(argv)
@@ -74,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return converse(args.converse, args.port)
     with _Server(("::", args.port), _Handler) as server:
         server.name = args.name  # type: ignore[attr-defined]
+        server.echo = args.echo  # type: ignore[attr-defined]
         server.serve_forever()
     return 0
 

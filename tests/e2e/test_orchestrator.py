@@ -133,7 +133,7 @@ def test_adding_an_interface_routes_between_networks(world: World) -> None:
     ip_b = port_b.fixed_ips[0]["ip_address"]
     eventually(lambda: pings(world.vms["a"].namespace, ip_b), 30, "vm-a reaching vm-b")
     for name, vm in world.vms.items():
-        world.cloud.spawn(vm.namespace, [*ECHO, "--name", f"vm-{name}", "--port", "7001"])
+        world.cloud.spawn(vm.namespace, [*ECHO, "--name", f"vm-{name}", "--port", "7001", "--echo"])
 
 
 def test_routers_of_other_providers_are_left_alone(world: World) -> None:
