@@ -396,7 +396,8 @@ def test_router_advertisements_give_the_tenant_a_slaac_address(bed: Bed) -> None
 
     addresses = wait_for(slaac, 15, "a SLAAC address on tC-a0")
     assert str(addresses).endswith("/64']")
-    assert bed.ping("a", "2001:db8:1::1")
+    # The new address is usable once duplicate address detection is over (about a second).
+    wait_for(lambda: bed.ping("a", "2001:db8:1::1"), 10, "the router over the SLAAC address")
 
 
 def test_status_endpoints_over_mutual_tls(bed: Bed) -> None:
