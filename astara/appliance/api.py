@@ -7,8 +7,9 @@ its path in the document, whether pydantic or ``problems()`` (astara.wire.docume
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,10 +17,12 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from astara.appliance.bodylimit import BodyLimit
 from astara.appliance.credentials import CredentialsRefused, TlsIdentity
 from astara.appliance.engine import ApplyFailed, Engine, NothingApplied, StaleGeneration
+from astara.appliance.intake import DocumentReader
 from astara.appliance.status import Counters, InterfaceStatus, StatusReader
 from astara.wire.api import (
     Conflict,
@@ -37,11 +40,16 @@ JSON_TYPE = "application/json"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # Requests are served by a pool of threads (the endpoints block on the engine's lock).
 DEFAULT_API_THREADS = 8
+# PUT /v1/config reads its body itself (DocumentReader); its schema is published all the same.
+DOCUMENT_BODY = {
+    "required": True,
+    "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/ApplianceConfig"}}},
+}
 
 
-def _pydantic_problems(exc: RequestValidationError) -> list[Problem]:
+def _pydantic_problems(errors: Sequence[Any]) -> list[Problem]:
     found = []
-    for error in exc.errors():
+    for error in errors:
         loc = tuple(error.get("loc", ()))
         # FastAPI prefixes body errors with "body": the client sent the document, not a body.
         if loc[:1] == ("body",):
@@ -81,10 +89,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    reader = DocumentReader()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        body = Problems(detail=_pydantic_problems(exc))
+        body = Problems(detail=_pydantic_problems(exc.errors()))
         return JSONResponse(body.model_dump(mode="json"), status_code=422)
 
     def health(drift: bool | None) -> ServiceHealth:
@@ -143,8 +152,22 @@ def create_app(
             500: {"model": Failure},
         },
         description="Replace the whole configuration; converges or rolls back.",
+        openapi_extra={"requestBody": DOCUMENT_BODY},
     )
-    def put_config(config: ApplianceConfig) -> Any:
+    async def put_config(request: Request) -> Any:
+        try:
+            raw = json.loads(await request.body())
+        except ValueError as exc:  # not JSON, or not UTF-8
+            refused = Problems(detail=[Problem(loc=(), msg=f"the body is not JSON: {exc}")])
+            return JSONResponse(refused.model_dump(mode="json"), status_code=422)
+        return await to_thread.run_sync(apply_document, raw)
+
+    def apply_document(raw: Any) -> Any:
+        try:
+            config = reader.read(raw, engine.current)
+        except ValidationError as exc:
+            refused = Problems(detail=_pydantic_problems(exc.errors()))
+            return JSONResponse(refused.model_dump(mode="json"), status_code=422)
         found = problems(config)
         if found:
             return JSONResponse(Problems(detail=found).model_dump(mode="json"), status_code=422)

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from socket import inet_ntoa
@@ -551,7 +551,9 @@ def firewall_key(firewall: Firewall) -> list[object]:
     return key
 
 
-def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
+def ruleset_inputs(
+    config: ApplianceConfig, key: Callable[[Firewall], list[object]] = firewall_key
+) -> tuple[object, ...]:
     """Everything of a document the ruleset depends on apart from NAT map elements: when it
     is equal, a change is an element update (DHCP allocations, routes... do not count)."""
     return (
@@ -560,27 +562,53 @@ def ruleset_inputs(config: ApplianceConfig) -> tuple[object, ...]:
         _internal_v4_subnets(config),
         config.snat_enabled,
         config.metadata is not None,
-        firewall_key(config.firewall),
+        key(config.firewall),
     )
 
 
-def element_updates(old: MapElements, new: MapElements) -> str:
-    """``delete element``/``add element`` commands turning map contents ``old`` into ``new``;
-    a changed value is a delete plus an add of its key, in one transaction."""
-    deletes: list[str] = []
-    adds: list[str] = []
+@dataclass(frozen=True)
+class SetChange:
+    """Elements to delete from or add to one NAT map or key set, in nft syntax."""
+
+    add: bool
+    name: str  # a map or set of NAT_TABLE
+    keys: tuple[str, ...]
+    values: tuple[str, ...] | None = None  # a map's values, key by key, when adding
+
+
+def element_changes(old: MapElements, new: MapElements) -> list[SetChange]:
+    """What turns map contents ``old`` into ``new``: deletions first, then additions (a
+    changed value is a delete plus an add of its key, in one transaction)."""
+    deletes: list[SetChange] = []
+    adds: list[SetChange] = []
     for name in NAT_MAPS:
         before, after = old[name], new[name]
-        gone = [k for k, v in before.items() if after.get(k) != v]
-        added = [f"{k} : {v}" for k, v in after.items() if before.get(k) != v]
+        gone = tuple(k for k, v in before.items() if after.get(k) != v)
+        added = [(k, v) for k, v in after.items() if before.get(k) != v]
         if gone:
-            deletes.append(f"delete element {NAT_TABLE} {name} {{ {', '.join(gone)} }}")
-            deletes.append(f"delete element {NAT_TABLE} {keys_set(name)} {{ {', '.join(gone)} }}")
+            deletes += [SetChange(False, name, gone), SetChange(False, keys_set(name), gone)]
         if added:
-            keys = [k for k, v in after.items() if before.get(k) != v]
-            adds.append(f"add element {NAT_TABLE} {name} {{ {', '.join(added)} }}")
-            adds.append(f"add element {NAT_TABLE} {keys_set(name)} {{ {', '.join(keys)} }}")
-    return "".join(f"{line}\n" for line in deletes + adds)
+            keys = tuple(k for k, _ in added)
+            values = tuple(v for _, v in added)
+            adds += [SetChange(True, name, keys, values), SetChange(True, keys_set(name), keys)]
+    return deletes + adds
+
+
+def render_changes(changes: Iterable[SetChange]) -> str:
+    """``delete element``/``add element`` commands for ``changes``."""
+    lines = []
+    for change in changes:
+        items = change.keys
+        if change.values is not None:
+            items = tuple(f"{k} : {v}" for k, v in zip(change.keys, change.values, strict=True))
+        verb = "add" if change.add else "delete"
+        lines.append(f"{verb} element {NAT_TABLE} {change.name} {{ {', '.join(items)} }}\n")
+    return "".join(lines)
+
+
+def element_updates(old: MapElements, new: MapElements) -> str:
+    """The nft script turning map contents ``old`` into ``new``."""
+    return render_changes(element_changes(old, new))
 
 
 def render_delta(previous: ApplianceConfig, desired: ApplianceConfig, links: LinkMap) -> str | None:
@@ -748,21 +776,52 @@ def parse_counters(listing: Mapping[str, Any]) -> list[RuleCounter]:
     return counters
 
 
+class ElementWriter(Protocol):
+    """Applies NAT element changes in one transaction; ApplyStepError when refused."""
+
+    def write(self, changes: Sequence[SetChange]) -> None: ...
+
+
+class ScriptElements:
+    """Element changes as an nft script, through a runner."""
+
+    def __init__(self, runner: NftRunner) -> None:
+        self.runner = runner
+
+    def write(self, changes: Sequence[SetChange]) -> None:
+        self.runner.run(render_changes(changes))
+
+
 class NftablesSubsystem:
     """The packet filter and NAT slice of the appliance (Subsystem "firewall")."""
 
     name = "firewall"
 
-    def __init__(self, runner: NftRunner | None = None) -> None:
+    def __init__(
+        self, runner: NftRunner | None = None, elements: ElementWriter | None = None
+    ) -> None:
+        """``runner``: libnftables (or nft) in the current namespace by default. ``elements``:
+        where NAT element changes go; nft scripts through the runner by default (the
+        appliance passes astara.appliance.nat_netlink.NetlinkElements)."""
         self.runner = runner if runner is not None else default_runner()
+        self.elements = elements if elements is not None else ScriptElements(self.runner)
         # A delta is only safe on top of exactly what this applier put there.
         self._applied: Applied | None = None
         # How many times each table was written (or tried): a delta writes the NAT table only.
         self._writes: dict[str, int] = dict.fromkeys(TABLES, 0)
+        # The last firewall section keyed: a document read against the applied one carries
+        # that very section when it did not change (astara.appliance.intake).
+        self._keyed: tuple[Firewall, list[object]] | None = None
 
     def versions(self) -> dict[str, int]:
         """Per table, a number that moves each time this applier writes to it."""
         return dict(self._writes)
+
+    def _firewall_key(self, firewall: Firewall) -> list[object]:
+        keyed = self._keyed
+        if keyed is None or keyed[0] is not firewall:
+            keyed = self._keyed = (firewall, firewall_key(firewall))
+        return keyed[1]
 
     def _wrote(self, *tables: str) -> None:
         for table in tables:
@@ -780,7 +839,7 @@ class NftablesSubsystem:
             self.runner.run(render_removal())
             return
         applied, self._applied = self._applied, None
-        inputs, maps = ruleset_inputs(desired), nat_elements(desired)
+        inputs, maps = ruleset_inputs(desired, self._firewall_key), nat_elements(desired)
         if (
             applied is not None
             and previous is not None
@@ -790,11 +849,11 @@ class NftablesSubsystem:
         ):
             # Same as render_delta, with what it would compute about ``previous`` kept from
             # the last apply (comparing documents is the costly part of a small change).
-            delta = element_updates(applied.maps, maps)
+            changes = element_changes(applied.maps, maps)
             try:
-                if delta:
+                if changes:
                     self._wrote(NAT_TABLE)
-                    self.runner.run(delta)
+                    self.elements.write(changes)
             except ApplyStepError:
                 pass  # the live tables were changed behind our back: replace them below
             else:

@@ -32,6 +32,7 @@ from astara.appliance.heartbeat import DriftWatch, HeartbeatSender
 from astara.appliance.hostname import HostnameSubsystem
 from astara.appliance.management import MANAGEMENT_TABLE, IpAddress, ManagementDomain
 from astara.appliance.metadata import MetadataSubsystem
+from astara.appliance.nat_netlink import NetlinkElements
 from astara.appliance.netlink import LinksSubsystem, resolve_links
 from astara.appliance.nftables import TABLES, NftablesSubsystem
 from astara.appliance.radvd import RadvdSubsystem
@@ -334,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_dir(args.state_dir, TRAVERSABLE_DIR)
     become_subreaper()
 
-    firewall = NftablesSubsystem()
+    # NAT element changes straight over netlink: libnftables would first fetch every set.
+    firewall = NftablesSubsystem(elements=NetlinkElements())
     management = ManagementDomain(management_destinations(beats))
     engine = Engine(
         build_subsystems(

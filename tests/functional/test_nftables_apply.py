@@ -356,6 +356,31 @@ def test_large_rendered_ruleset_is_valid_nft(bed: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def in_router(script: str, first: ApplianceConfig, second: ApplianceConfig) -> dict[str, Any]:
+    """Run ``script`` in the router namespace with the link map and two documents on stdin;
+    its JSON answer."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", ROUTER, sys.executable, "-c", script],
+        input=json.dumps([LINKS, first.model_dump(mode="json"), second.model_dump(mode="json")]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def drop_tables() -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", ROUTER, "nft", "-f", "-"],
+        input="table inet astara_filter\ndelete table inet astara_filter\n"
+        "table ip astara_nat\ndelete table ip astara_nat\n",
+        text=True,
+        check=True,
+    )
+
+
 # Run inside the router namespace: the default runner is libnftables in-process.
 IN_NAMESPACE = textwrap.dedent(
     """
@@ -384,29 +409,101 @@ def test_libnftables_runner_in_the_namespace(bed: Path) -> None:
     fips = [*first.floating_ips, {"floating_ip": "172.24.0.12", "fixed_ip": "10.0.0.6"}]
     second = document(generation=2, floating_ips=fips)
     try:
-        done = subprocess.run(
-            ["ip", "netns", "exec", ROUTER, sys.executable, "-c", IN_NAMESPACE],
-            input=json.dumps(
-                [LINKS, first.model_dump(mode="json"), second.model_dump(mode="json")]
-            ),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(done.stdout)
+        result = in_router(IN_NAMESPACE, first, second)
         assert "Prefix length 33 is invalid" in result["error"]
         assert {"fip-dnat", "snat", "api"} <= set(result["counters"])
         assert greeting(bed, OUTSIDE, "172.24.0.10") == "172.24.0.254 10.0.0.5"
         listed = in_ns(ROUTER, "nft", "list", "map", "ip", "astara_nat", "fip_dnat")
         assert "172.24.0.12 : 10.0.0.6" in listed
     finally:
-        subprocess.run(
-            ["ip", "netns", "exec", ROUTER, "nft", "-f", "-"],
-            input="table inet astara_filter\ndelete table inet astara_filter\n"
-            "table ip astara_nat\ndelete table ip astara_nat\n",
-            text=True,
-            check=True,
-        )
+        drop_tables()
+
+
+# Run inside the router namespace: NAT element changes over netlink, as the appliance sends
+# them; the NAT table's contents after the delta must be those of a full replace.
+NETLINK_DELTA = textwrap.dedent(
+    """
+    import json, sys
+    from astara.wire.document import ApplianceConfig
+    from astara.appliance.nat_netlink import NetlinkElements
+    from astara.appliance.nftables import NAT_TABLE, NftablesSubsystem, SetChange
+    from astara.appliance.subsystem import ApplyStepError
+    links, first, second = json.load(sys.stdin)
+    first, second = (ApplianceConfig.model_validate(d) for d in (first, second))
+    subsystem = NftablesSubsystem(elements=NetlinkElements())
+
+    def contents():
+        listing = subsystem.runner.list_json("table " + NAT_TABLE)["nftables"]
+        found = {}
+        for item in listing:
+            for kind in ("map", "set"):
+                if kind in item:
+                    found[item[kind]["name"]] = sorted(map(repr, item[kind].get("elem", [])))
+        return found
+
+    subsystem.apply(first, None, links)
+    written = subsystem.versions()
+    subsystem.apply(second, first, links)
+    moved = {t: subsystem.versions()[t] - written[t] for t in written}
+    after_delta = contents()
+    subsystem.apply(second, None, links)
+    after_full = contents()
+    refused = [
+        SetChange(True, "fip_dnat", ("172.24.0.99",), ("10.0.0.9",)),
+        SetChange(False, "fip_snat", ("10.9.9.9",)),
+    ]
+    try:
+        subsystem.elements.write(refused)
+        error = None
+    except ApplyStepError as exc:
+        error = exc.detail
+    print(json.dumps({"moved": moved, "delta": after_delta, "full": after_full,
+                      "error": error, "after_error": contents()}))
+    """
+)
+
+
+def test_netlink_element_changes_leave_what_a_full_replace_would(bed: Path) -> None:
+    def forward(
+        pf_id: str, protocol: str, ext: tuple[int, int], ip: str, internal: tuple[int, int]
+    ) -> dict[str, Any]:
+        return {
+            "id": pf_id,
+            "external_ip": "172.24.0.20",
+            "protocol": protocol,
+            "external_port": {"first": ext[0], "last": ext[1]},
+            "internal_ip": ip,
+            "internal_port": {"first": internal[0], "last": internal[1]},
+        }
+
+    first = document()
+    second = document(
+        generation=2,
+        # A changed value (delete and add), a new floating IP, and every port-forward shape.
+        floating_ips=[
+            {"floating_ip": "172.24.0.10", "fixed_ip": "10.0.0.6"},
+            {"floating_ip": "172.24.0.11", "fixed_ip": "10.0.0.5"},
+        ],
+        port_forwards=[
+            forward("keep", "tcp", (PORT, PORT + 1), "10.0.0.5", (PORT, PORT + 1)),
+            forward("one", "tcp", (2223, 2223), "10.0.0.6", (PORT, PORT)),
+            forward("shift", "udp", (3000, 3002), "10.0.0.6", (4000, 4002)),
+        ],
+    )
+    try:
+        result = in_router(NETLINK_DELTA, first, second)
+        assert result["moved"] == {"inet astara_filter": 0, "ip astara_nat": 1}
+        assert result["delta"] == result["full"]
+        assert any("4002" in elem for elem in result["delta"]["pf_udp"])
+        assert "cannot delete from ip astara_nat fip_snat (10.9.9.9)" in result["error"]
+        # One transaction: the add beside the refused delete did not happen either.
+        assert result["after_error"] == result["full"]
+        assert greeting(bed, OUTSIDE, "172.24.0.10") == "172.24.0.254 10.0.0.6"
+        assert greeting(bed, OUTSIDE, "172.24.0.20", PORT + 1) is None  # nobody listens there
+        assert greeting(bed, OUTSIDE, "172.24.0.20") == "172.24.0.254 10.0.0.5"
+        assert greeting(bed, OUTSIDE, "172.24.0.20", 2223) == "172.24.0.254 10.0.0.6"
+    finally:
+        drop_tables()
 
 
 def test_the_record_after_a_floating_ip_delta_lists_the_nat_table_only(

@@ -93,6 +93,25 @@ def test_openapi_schema_publishes_every_route(client: TestClient) -> None:
         "/v1/credentials",
     }
     assert "ApplianceConfig" in schema["components"]["schemas"]
+    # PUT reads its body itself; clients and the fuzz test still see the document's schema.
+    put = schema["paths"]["/v1/config"]["put"]["requestBody"]
+    assert put["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ApplianceConfig"
+    }
+
+
+def test_a_put_shares_the_sections_it_does_not_change_with_the_applied_document(
+    tmp_path: Path, journal: list[Call]
+) -> None:
+    engine = Engine([RecordingSubsystem("firewall", journal)], tmp_path, fake_links)
+    client = TestClient(create_app(engine, FixedStatus()))
+    assert client.put("/v1/config", json=body(1)).status_code == 200
+    first = engine.current
+    fip = {"floating_ip": "172.24.4.9", "fixed_ip": "10.0.0.5"}
+    assert client.put("/v1/config", json=body(2, floating_ips=[fip])).status_code == 200
+    assert first is not None and engine.current is not None
+    assert engine.current.firewall is first.firewall
+    assert engine.current.floating_ips != first.floating_ips
 
 
 def test_health_before_any_apply(client: TestClient) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from astara.appliance import nftables
 from astara.appliance.conntrack import ConntrackSubsystem, Cut, stale_translations
 from astara.appliance.nftables import (
     FILTER_TABLE,
@@ -26,7 +27,7 @@ from astara.appliance.nftables import (
     render_ruleset,
 )
 from astara.appliance.subsystem import ApplyStepError
-from astara.wire.document import ApplianceConfig, Firewall, FirewallRule
+from astara.wire.document import ApplianceConfig, Firewall, FirewallRule, FloatingIP
 
 pytestmark = pytest.mark.unit
 
@@ -517,6 +518,39 @@ def test_the_delta_check_compares_no_firewall_models(monkeypatch: pytest.MonkeyP
         "add element ip astara_nat fip_snat { 10.0.0.5 : 172.24.0.10 }\n"
         "add element ip astara_nat fip_snat_keys { 10.0.0.5 }\n"
     )
+
+
+def test_a_firewall_section_shared_with_the_applied_document_is_not_keyed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A document read against the applied one carries its unchanged sections as the very
+    # same objects (astara.appliance.intake): walking 5,000 rules again would cost ms.
+    keyed: list[Firewall] = []
+    real_key = nftables.firewall_key
+
+    def counting(firewall: Firewall) -> list[object]:
+        keyed.append(firewall)
+        return real_key(firewall)
+
+    monkeypatch.setattr(nftables, "firewall_key", counting)
+    runner = RecordingRunner()
+    subsystem = NftablesSubsystem(runner)
+    first = document(firewall={"rules": [rule("r1", "deny", source_cidr="10.9.0.0/24")]})
+    shared = first.model_copy(
+        update={
+            "generation": 2,
+            "floating_ips": [FloatingIP.model_validate(fip("172.24.0.10", "10.0.0.5"))],
+        }
+    )
+    subsystem.apply(first, None, LINKS)
+    subsystem.apply(shared, first, LINKS)
+    assert keyed == [first.firewall]
+    assert runner.scripts[-1].startswith("add element")
+    # An equal section that is another object is keyed (and still found equal).
+    equal = document(generation=3, firewall=first.firewall.model_dump(mode="json"))
+    subsystem.apply(equal, shared, LINKS)
+    assert keyed == [first.firewall, equal.firewall]
+    assert runner.scripts[-1].startswith("delete element")
 
 
 # --- first-match order survives folding, for arbitrary rule lists ---------------------
