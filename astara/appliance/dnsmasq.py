@@ -5,14 +5,20 @@ Rendering is pure: a network and its interface name give the command line, the h
 writes the files atomically and reloads with SIGHUP when only they change (dnsmasq re-reads
 both, same PID, no lease lost); it restarts only when the command line changes.
 
-DNS: each dnsmasq answers for the names of its network's hosts. It has no upstream servers
-(``--no-resolv``): subnets list their own ``dns_nameservers`` for everything else.
+DNS: each dnsmasq is its network's resolver (DHCP hands out the router's address). It answers
+for the names of the network's hosts, under the network's domain, forward and reverse, from a
+names file (every port at once, leased or not, as Neutron's DHCP agent does); it forwards any
+other name to the resolvers the network's subnets list (``dns_nameservers``) or, when they list
+none, to the operator's upstream list; with neither, it forwards nothing. It never reads the
+appliance's own resolv.conf, and never forwards a name without a dot or a reverse lookup of a
+private address it does not own.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,7 @@ DEFAULT_LEASE_SECONDS = 86400
 # on SIGHUP: they are its own (0600 in a 0700 directory), out of every other user's reach.
 DEFAULT_USER = "dnsmasq"
 DHCPV6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class DnsmasqPaths:
     def opts(self) -> Path:
         return self._file("opts")
 
+    @property
+    def names(self) -> Path:
+        return self._file("names")
+
 
 @dataclass(frozen=True)
 class DnsmasqInstance:
@@ -71,6 +82,7 @@ class DnsmasqInstance:
     argv: tuple[str, ...]
     hosts: str
     opts: str
+    names: str
 
 
 def serves_dhcp(subnet: Subnet) -> bool:
@@ -85,12 +97,30 @@ def dhcp_subnets(network: Network) -> list[tuple[str, Subnet]]:
     return [(f"s{i}", s) for i, s in enumerate(network.subnets) if serves_dhcp(s)]
 
 
+def resolvers(
+    network: Network, upstreams: Iterable[IPAddress], own: Iterable[IPAddress] = ()
+) -> list[str]:
+    """Where the network's dnsmasq forwards names it does not own: its subnets' resolvers,
+    else the operator's upstreams. Never one of the router's own addresses (two networks
+    naming each other's router address would forward in a loop) nor one that cannot be a
+    resolver elsewhere (loopback, link-local, multicast, unspecified)."""
+    listed = [ip for subnet in network.subnets for ip in subnet.dns_nameservers]
+    mine = {*own, *(address.ip for address in network.addresses)}
+    found: list[str] = []
+    for ip in listed or list(upstreams):
+        usable = not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+        if usable and ip not in mine and str(ip) not in found:
+            found.append(str(ip))
+    return found
+
+
 def render_argv(
     network: Network,
     ifname: str,
     paths: DnsmasqPaths,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     user: str = DEFAULT_USER,
+    servers: Iterable[str] = (),
 ) -> tuple[str, ...]:
     argv = [
         "dnsmasq",
@@ -110,7 +140,15 @@ def render_argv(
         "--log-dhcp",
         f"--dhcp-hostsfile={paths.hosts}",
         f"--dhcp-optsfile={paths.opts}",
+        f"--addn-hosts={paths.names}",
+        # Plain names and reverse lookups of private addresses stay here (NXDOMAIN).
+        "--domain-needed",
+        "--bogus-priv",
     ]
+    if network.dns_domain:
+        # The domain is the network's own: an unknown name in it is NXDOMAIN, not forwarded.
+        argv += [f"--domain={network.dns_domain}", f"--local=/{network.dns_domain}/"]
+    argv += [f"--server={server}" for server in servers]
     for tag, subnet in dhcp_subnets(network):
         net = subnet.cidr
         size = str(net.netmask) if net.version == 4 else str(net.prefixlen)
@@ -141,25 +179,40 @@ def render_hosts(network: Network) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def _router_ip(network: Network, subnet: Subnet) -> str | None:
-    if subnet.gateway_ip is not None:
-        return str(subnet.gateway_ip)
+def render_names(network: Network) -> str:
+    """The names file: ``address fqdn name`` for every address of every port (dnsmasq
+    answers both directions from it)."""
+    lines = []
+    for alloc in network.allocations:
+        name = _dnsmasq_name(alloc.hostname)
+        names = f"{name}.{network.dns_domain} {name}" if network.dns_domain else name
+        lines += [f"{ip} {names}" for ip in alloc.ips]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _own_ip(network: Network, subnet: Subnet) -> str | None:
     return next((str(a.ip) for a in network.addresses if a.ip in subnet.cidr), None)
 
 
+def _router_ip(network: Network, subnet: Subnet) -> str | None:
+    if subnet.gateway_ip is not None:
+        return str(subnet.gateway_ip)
+    return _own_ip(network, subnet)
+
+
 def _subnet_opts(network: Network, tag: str, subnet: Subnet, mtu: int) -> Iterator[str]:
+    resolver = _own_ip(network, subnet)  # the router resolves (and forwards) for the network
     if subnet.cidr.version == 6:
-        if subnet.dns_nameservers:
-            servers = ",".join(f"[{ip}]" for ip in subnet.dns_nameservers)
-            yield f"tag:{tag},option6:dns-server,{servers}"
+        if resolver:
+            yield f"tag:{tag},option6:dns-server,[{resolver}]"
         return
     router = _router_ip(network, subnet) if subnet.gateway_ip is not None else None
     # An empty router option stops dnsmasq from offering itself on gateway-less subnets.
     yield f"tag:{tag},option:router" + (f",{router}" if router else "")
     # Option 26: a VM on a network narrower than Ethernet (an overlay) must not send 1500.
     yield f"tag:{tag},option:mtu,{mtu}"
-    if subnet.dns_nameservers:
-        yield f"tag:{tag},option:dns-server," + ",".join(str(ip) for ip in subnet.dns_nameservers)
+    if resolver:
+        yield f"tag:{tag},option:dns-server,{resolver}"
     routes = [(str(r.destination), str(r.nexthop)) for r in subnet.host_routes]
     if routes:
         # RFC 3442: clients that take option 121 ignore the router option, so repeat it.
@@ -184,6 +237,7 @@ def render(
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
     user: str = DEFAULT_USER,
     mtu: int = DEFAULT_MTU,
+    servers: Iterable[str] = (),
 ) -> DnsmasqInstance | None:
     """Everything one network's dnsmasq needs, or None when the network serves no DHCP."""
     if not dhcp_subnets(network):
@@ -191,9 +245,10 @@ def render(
     paths = DnsmasqPaths(state_dir, network.id)
     return DnsmasqInstance(
         network_id=network.id,
-        argv=render_argv(network, ifname, paths, lease_seconds, user),
+        argv=render_argv(network, ifname, paths, lease_seconds, user, servers),
         hosts=render_hosts(network),
         opts=render_opts(network, mtu),
+        names=render_names(network),
     )
 
 
@@ -207,9 +262,11 @@ def desired_instances(
     if config is None:
         return {}
     found = {}
+    own = [address.ip for net in config.networks for address in net.addresses]
     for net in config.internal_networks():
         ifname, mtu = links[net.interface_mac], config.mtu(net.interface_mac)
-        instance = render(net, ifname, state_dir, lease_seconds, user, mtu)
+        servers = resolvers(net, config.dns_upstreams, own)
+        instance = render(net, ifname, state_dir, lease_seconds, user, mtu, servers)
         if instance is not None:
             found[net.id] = instance
     return found
@@ -247,12 +304,13 @@ class DnsmasqSubsystem:
         for network_id in self._running_ids() - wanted.keys():
             self.daemon(network_id).stop()
             paths = DnsmasqPaths(self.state_dir, network_id)
-            for stale in (paths.hosts, paths.opts, paths.leases):
+            for stale in (paths.hosts, paths.opts, paths.names, paths.leases):
                 stale.unlink(missing_ok=True)
         for network_id, instance in wanted.items():
             paths = DnsmasqPaths(self.state_dir, network_id)
             changed = write_private(paths.hosts, instance.hosts, uid)
             changed = write_private(paths.opts, instance.opts, uid) or changed
+            changed = write_private(paths.names, instance.names, uid) or changed
             make_private(paths.leases)  # opened by dnsmasq before it drops root
             daemon = self.daemon(network_id)
             if not daemon.ensure(instance.argv) and changed:

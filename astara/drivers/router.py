@@ -112,6 +112,7 @@ class NeutronSubnet(NeutronModel):
 class NeutronNetwork(NeutronModel):
     id: str
     mtu: int | None = None
+    dns_domain: str = ""  # with Neutron's DNS integration (the ML2 "dns" extension driver)
     external: bool = Field(False, alias="router:external")
 
 
@@ -148,6 +149,19 @@ class RouterSnapshot(NeutronModel):
     network_ports: list[NeutronPort] = Field(default_factory=list)
     floating_ips: list[NeutronFloatingIP] = Field(default_factory=list)
     port_forwardings: list[NeutronPortForwarding] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """The operator's DNS choices for every router (the orchestrator's [dns] options)."""
+
+    # Where appliances forward names when a network's subnets list no resolvers.
+    upstreams: tuple[IPAddress, ...] = ()
+    # The domain of networks without a dns_domain of their own (None: names without one).
+    default_domain: str | None = None
+
+
+NO_DNS = DnsSettings()  # frozen: one shared default
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,7 @@ def render(
     management: ManagementPort,
     metadata: MetadataService | None = None,
     nic_macs: Mapping[str, str] | None = None,
+    dns: DnsSettings = NO_DNS,
 ) -> ApplianceConfig:
     """The appliance document for a router: pure, deterministic for the same snapshot.
 
@@ -220,6 +235,7 @@ def render(
         if _clear_of_management(router.id, subnet, reserved)
     }
     mtus = {net.id: net.mtu for net in snapshot.networks}
+    domains = {net.id: _domain(router.id, net, dns) for net in snapshot.networks}
     nics = plugged_ports(snapshot)
 
     networks = [
@@ -246,7 +262,8 @@ def render(
             router.id, "internal", nic, macs, owned, subnets, snapshot.network_ports, metadata
         )
         if internal is not None:
-            networks.append(internal)
+            domain = domains.get(nic.network_id, dns.default_domain)
+            networks.append(internal.model_copy(update={"dns_domain": domain}))
 
     interfaces = [Interface(mac=management.mac, mtu=_mtu(management.mtu))] + [
         Interface(
@@ -285,7 +302,23 @@ def render(
             )
         ],
         metadata=Metadata(upstream_url=metadata.upstream_url) if metadata else None,
+        dns_upstreams=list(dns.upstreams),
     )
+
+
+def _domain(router_id: str, network: NeutronNetwork, dns: DnsSettings) -> str | None:
+    if not network.dns_domain:
+        return dns.default_domain
+    domain = served_name(network.dns_domain)
+    if domain is None:
+        LOG.warning(
+            "router %s: network %s: dns_domain %r cannot be served; serving %s instead",
+            router_id,
+            network.id,
+            network.dns_domain,
+            dns.default_domain,
+        )
+    return domain or dns.default_domain
 
 
 def plugged_ports(snapshot: RouterSnapshot) -> list[NeutronPort]:

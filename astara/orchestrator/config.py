@@ -445,6 +445,25 @@ MANAGEMENT_OPTS: list[cfg.Opt] = [
     ),
 ]
 
+DNS_OPTS: list[cfg.Opt] = [
+    cfg.ListOpt(
+        "upstream_servers",
+        item_type=cfg.types.IPAddress(),
+        default=[],
+        help="Resolvers the appliances forward names to (names they do not serve themselves) "
+        "on networks whose subnets list no dns_nameservers of their own. Empty: such names "
+        "are not forwarded anywhere (no public resolver is ever used by default).",
+    ),
+    cfg.StrOpt(
+        "default_domain",
+        default="openstacklocal",
+        regex=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+        help="Domain the appliances serve port names under on networks without a dns_domain "
+        "of their own (Neutron's [DEFAULT] dns_domain, without its trailing dot). Empty: "
+        "bare names only.",
+    ),
+]
+
 GROUPS: dict[str, list[cfg.Opt]] = {
     "DEFAULT": DEFAULT_OPTS,
     "neutron": NEUTRON_OPTS,
@@ -456,6 +475,7 @@ GROUPS: dict[str, list[cfg.Opt]] = {
     "management": MANAGEMENT_OPTS,
     "nova": NOVA_OPTS,
     "coordination": COORDINATION_OPTS,
+    "dns": DNS_OPTS,
 }
 
 

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from astara.drivers.metadata import MetadataService
 from astara.drivers.router import (
+    NO_DNS,
+    DnsSettings,
     ManagementPort,
     RouterSnapshot,
     plugged_ports,
@@ -89,13 +91,20 @@ T = TypeVar("T")
 class Settings:
     management_prefixlen: int
     metadata: MetadataService | None = None
+    dns: DnsSettings = field(default_factory=DnsSettings)
     policy: Policy = field(default_factory=Policy)
 
 
-def snapshot_digest(snapshot: RouterSnapshot, metadata: MetadataService | None = None) -> str:
+def snapshot_digest(
+    snapshot: RouterSnapshot,
+    metadata: MetadataService | None = None,
+    dns: DnsSettings = NO_DNS,
+) -> str:
     """Changes exactly when what the document is rendered from changes: what Neutron says
-    about the router, and the metadata service (a new secret re-signs every instance)."""
+    about the router, the metadata service (a new secret re-signs every instance) and the
+    operator's DNS settings."""
     rendered_from = snapshot.model_dump_json() + (metadata.fingerprint() if metadata else "")
+    rendered_from += repr(dns)
     return hashlib.sha256(rendered_from.encode()).hexdigest()
 
 
@@ -231,7 +240,7 @@ class RouterReconciler:
             self._store.request_rebuild(router_id, True)
         known = (record.state, record.desired_generation)
         if snapshot is not None:
-            digest = snapshot_digest(snapshot, self._settings.metadata)
+            digest = snapshot_digest(snapshot, self._settings.metadata, self._settings.dns)
             record = self._store.set_desired(router_id, digest)
 
         instances = self._store.instances(router_id)
@@ -565,7 +574,14 @@ class RouterReconciler:
                 mtu=management_port.mtu,
             )
             nic_macs = {p.port_id: p.mac for p in provided.ports if p.kind != "management"}
-            return render(snapshot, generation, management, self._settings.metadata, nic_macs)
+            return render(
+                snapshot,
+                generation,
+                management,
+                self._settings.metadata,
+                nic_macs,
+                self._settings.dns,
+            )
         except ValidationError as exc:
             raise RenderFailed(validation_summary(exc)) from exc
         except Exception as exc:  # any other renderer failure: the same data fails again

@@ -182,6 +182,8 @@ class Network(Strict):
     addresses: list[IPvAnyInterface] = Field(min_length=1, max_length=32)
     subnets: list[Subnet] = Field(default_factory=list, max_length=32)
     allocations: list[Allocation] = Field(default_factory=list, max_length=4096)
+    # The domain the network's names are served under (DHCP's domain name, DNS answers).
+    dns_domain: Hostname | None = None
 
 
 class StaticRoute(Strict):
@@ -268,6 +270,9 @@ class ApplianceConfig(Strict):
     port_forwards: list[PortForward] = Field(default_factory=list, max_length=8192)
     firewall: Firewall = Field(default_factory=Firewall)
     metadata: Metadata | None = None
+    # Where DNS queries for names the appliance does not own go when a network's subnets
+    # name no resolvers (the operator's list; empty: nowhere).
+    dns_upstreams: list[IPvAnyAddress] = Field(default_factory=list, max_length=8)
 
     def network(self, kind: NetworkKind) -> Network | None:
         """The first network of a kind (there is at most one management and one external)."""

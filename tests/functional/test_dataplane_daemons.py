@@ -44,6 +44,7 @@ C1_MAC, C2_MAC = "02:0b:00:00:01:01", "02:0b:00:00:02:01"
 UPSTREAM_PORT = 18775
 SECRET = "s3cret-for-tests"  # noqa: S105 (a test value)
 INSTANCE_ID, INSTANCE_IP = "instance-c1", "10.31.1.99"
+UPSTREAM_RESOLVER = "172.30.0.1"  # the outside namespace: answers for outside.test only
 PYTHON = sys.executable
 
 # Runs in a client namespace: one GET to the proxy from a chosen source address.
@@ -79,8 +80,14 @@ def document(hosts_on_net2: bool = False, upstream_port: int = UPSTREAM_PORT) ->
                     "kind": "internal",
                     "interface_mac": NET1_MAC,
                     "addresses": ["10.31.1.1/24", "2001:db8:31:1::1/64"],
+                    "dns_domain": "tenant.test",
                     "subnets": [
-                        {"id": "n1v4", "cidr": "10.31.1.0/24", "gateway_ip": "10.31.1.1"},
+                        {
+                            "id": "n1v4",
+                            "cidr": "10.31.1.0/24",
+                            "gateway_ip": "10.31.1.1",
+                            "dns_nameservers": [UPSTREAM_RESOLVER],
+                        },
                         {
                             "id": "n1v6",
                             "cidr": "2001:db8:31:1::/64",
@@ -183,6 +190,20 @@ def bed() -> Iterator[Bed]:
         topo.veth(router, "tBr-1", c1, "tBc1", left_mac=NET1_MAC, right_mac=C1_MAC)
         topo.veth(router, "tBr-2", c2, "tBc2", left_mac=NET2_MAC, right_mac=C2_MAC)
         outside.run(["ip", "addr", "add", "172.30.0.1/24", "dev", "tBx-e"])
+        topo.spawn(
+            outside,
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+                "--bind-interfaces",
+                f"--listen-address={UPSTREAM_RESOLVER}",
+                "--address=/outside.test/198.51.100.7",
+            ],
+        )
         # Lets a gratuitous ARP create a neighbour entry, so the test can see that one came.
         outside.sysctl("net.ipv4.conf.tBx-e.arp_accept", "1")
         seen: list[dict[str, str]] = []
@@ -270,6 +291,25 @@ def test_host_added_later_is_served_after_a_reload_by_the_same_process(bed: Bed)
     bed.apply(document(hosts_on_net2=True))
     assert bed.dnsmasq_pid("net2") == before
     assert str(bed.topo.dhcp(bed.c2, "tBc2")) == "10.31.2.20/24"
+
+
+def test_dns_answers_the_networks_names_both_ways_and_forwards_the_rest(bed: Bed) -> None:
+    bed.topo.dhcp(bed.c1, "tBc1")
+    # The lease names the router as the network's resolver.
+    resolv = (bed.topo.workdir / "tB-c1.resolv").read_text()
+    assert resolv.split() == ["nameserver", "10.31.1.1"]
+
+    def ask(name: str, kind: str = "A") -> list[str]:
+        argv = [PYTHON, "-m", "astara.testing.resolve", "10.31.1.1", name, "--type", kind]
+        return bed.c1.run(argv).stdout.split()
+
+    assert ask("c1-instance.tenant.test") == [INSTANCE_IP]  # a port that never leased
+    assert ask("c1") == ["10.31.1.10"]
+    assert ask("10.31.1.10", "PTR") == ["c1.tenant.test"]
+    # Another name goes to the subnet's dns_nameservers (the outside namespace's dnsmasq).
+    assert ask("www.outside.test") == ["198.51.100.7"]
+    # The network's own domain is never forwarded: an unknown name there does not exist.
+    assert ask("nobody.tenant.test") == ["NXDOMAIN"]
 
 
 def test_router_advertisements_give_a_slaac_address(bed: Bed) -> None:

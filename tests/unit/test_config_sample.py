@@ -25,7 +25,8 @@ def test_sample_lists_every_option_with_its_help_and_default() -> None:
         for opt in opts:
             assert opt.help, f"[{group}] {opt.name} has no help text"
             shown = opt.sample_default if opt.sample_default is not None else opt.default
-            line = f"#{opt.dest} = {'<None>' if shown is None else _ini(shown)}"
+            # An empty default ends the line at "=" (the generator strips the space).
+            line = f"#{opt.dest} = {'<None>' if shown is None else _ini(shown)}".rstrip()
             assert line in body, f"[{group}] {opt.name}: '{line}' missing: regenerate the sample"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from astara.appliance.dnsmasq import (
     render,
     render_argv,
     render_hosts,
+    render_names,
     render_opts,
+    resolvers,
 )
 from astara.wire.document import ApplianceConfig, Network
 
@@ -124,15 +127,20 @@ def test_opts_router_dns_and_classless_routes_per_subnet() -> None:
     assert opts == [
         "tag:s0,option:router,10.0.0.1",
         "tag:s0,option:mtu,1500",
-        "tag:s0,option:dns-server,192.0.2.53,192.0.2.54",
+        # The router is the network's resolver; it forwards to the subnet's dns_nameservers.
+        "tag:s0,option:dns-server,10.0.0.1",
         "tag:s0,option:classless-static-route,192.168.9.0/24,10.0.0.254,0.0.0.0/0,10.0.0.1",
-        "tag:s1,option6:dns-server,[2001:db8::53]",
+        "tag:s1,option6:dns-server,[2001:db8:1::1]",
     ]
 
 
 def test_gatewayless_subnet_gets_an_empty_router_option() -> None:
     bare = {"id": "v4", "cidr": "10.0.0.0/24"}
-    assert render_opts(network([bare])) == "tag:s0,option:router\ntag:s0,option:mtu,1500\n"
+    assert render_opts(network([bare])).splitlines() == [
+        "tag:s0,option:router",
+        "tag:s0,option:mtu,1500",
+        "tag:s0,option:dns-server,10.0.0.1",
+    ]
 
 
 def test_instances_only_for_internal_networks_with_dhcp() -> None:
@@ -161,3 +169,42 @@ def test_instances_only_for_internal_networks_with_dhcp() -> None:
     # The network's MTU (its interface's) reaches the VMs as DHCP option 26.
     assert "tag:s0,option:mtu,1400" in found["net-1"].opts.splitlines()
     assert desired_instances(None, links, STATE) == {}
+
+
+def test_names_answer_every_address_of_every_port_under_the_networks_domain() -> None:
+    net = network([V4, STATEFUL, SLAAC], ALLOCATIONS).model_copy(
+        update={"dns_domain": "tenant.example"}
+    )
+    assert render_names(net).splitlines() == [
+        "10.0.0.5 vm-one.tenant.example vm-one",
+        "2001:db8:1::5 vm-one.tenant.example vm-one",
+        "2001:db8:3::5 vm-one.tenant.example vm-one",
+        "2001:db8:3::6 vm2.tenant.example vm2",
+    ]
+    assert render_names(network([V4], ALLOCATIONS)).splitlines()[0] == "10.0.0.5 vm-one"
+    argv = render_argv(net, "eth2", DnsmasqPaths(STATE, "net-1"), servers=["192.0.2.53"])
+    for arg in (
+        f"--addn-hosts={STATE}/dnsmasq-net-1.names",
+        "--domain=tenant.example",
+        "--local=/tenant.example/",
+        "--domain-needed",
+        "--bogus-priv",
+        "--server=192.0.2.53",
+    ):
+        assert arg in argv
+
+
+def test_forwarding_goes_to_the_subnets_resolvers_else_the_operators_never_to_itself() -> None:
+    upstream = [ipaddress.ip_address("198.51.100.53")]
+    assert resolvers(network([V4, STATEFUL]), upstream) == [
+        "192.0.2.53",
+        "192.0.2.54",
+        "2001:db8::53",
+    ]
+    assert resolvers(network([SLAAC]), upstream) == ["198.51.100.53"]
+    assert resolvers(network([SLAAC]), []) == []
+    unusable = ["127.0.0.1", "169.254.169.254", "10.0.0.1", "10.9.0.1", "ff02::1", "0.0.0.0"]
+    looping = {**V4, "dns_nameservers": [*unusable, "192.0.2.53", "192.0.2.53"]}
+    # 10.9.0.1: another network's router address (two networks would forward to each other).
+    own = [ipaddress.ip_address("10.9.0.1")]
+    assert resolvers(network([looping]), upstream, own) == ["192.0.2.53"]

@@ -11,6 +11,7 @@ import pytest
 
 from astara.drivers.metadata import MetadataService, nova_signature
 from astara.drivers.router import (
+    DnsSettings,
     ManagementPort,
     RouterSnapshot,
     hostname_for,
@@ -18,6 +19,7 @@ from astara.drivers.router import (
     render,
     snapshot_from_api,
 )
+from astara.orchestrator.reconciler import snapshot_digest
 from astara.wire.document import ApplianceConfig, problems
 
 pytestmark = pytest.mark.unit
@@ -163,6 +165,26 @@ def test_a_port_dns_name_wins_over_the_address_name() -> None:
         a for a in network(rendered(raw), PRIVATE_NET).allocations if a.port_id == VM1_PORT
     )
     assert allocation.hostname == "web-1"
+
+
+def test_networks_serve_names_under_their_dns_domain_else_the_operators() -> None:
+    raw = recorded()
+    private = next(n for n in raw["networks"] if n["id"] == PRIVATE_NET)
+    private["dns_domain"] = "Tenant.Example."  # as Neutron's DNS integration stores it
+    backend = next(n for n in raw["networks"] if n["id"] == BACKEND_NET)
+    backend["dns_domain"] = "-not-a-domain."
+    dns = DnsSettings(upstreams=(ipaddress.ip_address("192.0.2.53"),), default_domain="cloud")
+    doc = render(snapshot_of(raw), 7, MGMT, METADATA, dns=dns)
+    assert network(doc, PRIVATE_NET).dns_domain == "tenant.example"
+    assert network(doc, BACKEND_NET).dns_domain == "cloud"  # unservable: logged, default
+    assert [str(ip) for ip in doc.dns_upstreams] == ["192.0.2.53"]
+    assert problems(doc) == []
+    plain = rendered()
+    assert network(plain, PRIVATE_NET).dns_domain is None
+    assert plain.dns_upstreams == []
+    # The reconciler re-renders every router when the operator's DNS settings change.
+    snapshot = snapshot_of(recorded())
+    assert snapshot_digest(snapshot, METADATA, dns) != snapshot_digest(snapshot, METADATA)
 
 
 def test_nova_instance_ports_carry_their_signed_identity_and_no_other_port_does() -> None:
