@@ -31,9 +31,16 @@ from astara.appliance.files import (
 )
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.appliance.supervisor import Daemon
-from astara.wire.document import DEFAULT_MTU, ApplianceConfig, Network, Subnet
+from astara.wire.document import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MTU,
+    Allocation,
+    ApplianceConfig,
+    DhcpOption,
+    Network,
+    Subnet,
+)
 
-DEFAULT_LEASE_SECONDS = 86400
 # dnsmasq drops root after start-up and re-reads its hosts and options files as this account
 # on SIGHUP: they are its own (0600 in a 0700 directory), out of every other user's reach.
 DEFAULT_USER = "dnsmasq"
@@ -166,17 +173,37 @@ def _hands_out_addresses(subnet: Subnet) -> bool:
     return serves_dhcp(subnet) and subnet.ipv6_address_mode != "dhcpv6-stateless"
 
 
+def _port_tag(index: int) -> str:
+    # By position, not port id: an id may hold characters dnsmasq reads as separators.
+    return f"port{index}"
+
+
 def render_hosts(network: Network) -> str:
-    """One line per allocation with the addresses DHCP hands out for it."""
+    """One line per allocation with the addresses DHCP hands out for it (and the tag of its
+    extra options, when it has any)."""
     nets = [s.cidr for s in network.subnets if _hands_out_addresses(s)]
     lines = []
-    for alloc in network.allocations:
+    for index, alloc in enumerate(network.allocations):
         ips = [ip for ip in alloc.ips if any(ip.version == n.version and ip in n for n in nets)]
         if ips:
+            fields = [alloc.mac]
+            if alloc.dhcp_options:
+                fields.append(f"set:{_port_tag(index)}")
             # v6 addresses in brackets, or dnsmasq reads them as hardware addresses.
-            fields = [alloc.mac, *(str(ip) if ip.version == 4 else f"[{ip}]" for ip in ips)]
+            fields += [str(ip) if ip.version == 4 else f"[{ip}]" for ip in ips]
             lines.append(",".join([*fields, _dnsmasq_name(alloc.hostname)]))
     return "".join(f"{line}\n" for line in lines)
+
+
+def _port_opts(index: int, alloc: Allocation) -> Iterator[str]:
+    for option in alloc.dhcp_options:
+        yield f"tag:{_port_tag(index)},{_option_key(option)},{option.value}"
+
+
+def _option_key(option: DhcpOption) -> str:
+    if option.ip_version == 6:
+        return f"option6:{option.name}"
+    return option.name if option.name.isdigit() else f"option:{option.name}"
 
 
 def render_names(network: Network) -> str:
@@ -224,8 +251,12 @@ def _subnet_opts(network: Network, tag: str, subnet: Subnet, mtu: int) -> Iterat
 
 
 def render_opts(network: Network, mtu: int = DEFAULT_MTU) -> str:
+    """Options per subnet, then each port's own (dnsmasq lets a port's tag win)."""
     lines = [
         line for tag, s in dhcp_subnets(network) for line in _subnet_opts(network, tag, s, mtu)
+    ]
+    lines += [
+        line for index, alloc in enumerate(network.allocations) for line in _port_opts(index, alloc)
     ]
     return "".join(f"{line}\n" for line in lines)
 
@@ -253,11 +284,7 @@ def render(
 
 
 def desired_instances(
-    config: ApplianceConfig | None,
-    links: LinkMap,
-    state_dir: Path,
-    lease_seconds: int = DEFAULT_LEASE_SECONDS,
-    user: str = DEFAULT_USER,
+    config: ApplianceConfig | None, links: LinkMap, state_dir: Path, user: str = DEFAULT_USER
 ) -> dict[str, DnsmasqInstance]:
     if config is None:
         return {}
@@ -266,7 +293,8 @@ def desired_instances(
     for net in config.internal_networks():
         ifname, mtu = links[net.interface_mac], config.mtu(net.interface_mac)
         servers = resolvers(net, config.dns_upstreams, own)
-        instance = render(net, ifname, state_dir, lease_seconds, user, mtu, servers)
+        lease = config.dhcp_lease_seconds
+        instance = render(net, ifname, state_dir, lease, user, mtu, servers)
         if instance is not None:
             found[net.id] = instance
     return found
@@ -275,11 +303,8 @@ def desired_instances(
 class DnsmasqSubsystem:
     name = "dhcp"
 
-    def __init__(
-        self, state_dir: Path, lease_seconds: int = DEFAULT_LEASE_SECONDS, user: str = DEFAULT_USER
-    ) -> None:
+    def __init__(self, state_dir: Path, user: str = DEFAULT_USER) -> None:
         self.state_dir = state_dir
-        self.lease_seconds = lease_seconds
         self.user = user
         self._daemons: dict[str, Daemon] = {}
 
@@ -300,7 +325,7 @@ class DnsmasqSubsystem:
     def _apply(self, desired: ApplianceConfig | None, links: LinkMap) -> None:
         uid = account_uid(self.user)
         ensure_dir(self.state_dir, PRIVATE_DIR, uid)
-        wanted = desired_instances(desired, links, self.state_dir, self.lease_seconds, self.user)
+        wanted = desired_instances(desired, links, self.state_dir, self.user)
         for network_id in self._running_ids() - wanted.keys():
             self.daemon(network_id).stop()
             paths = DnsmasqPaths(self.state_dir, network_id)

@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astara.drivers.metadata import MetadataService, instance_identity
 from astara.wire.document import (
+    DEFAULT_LEASE_SECONDS,
     DEFAULT_MTU,
     MAX_MTU,
     MIN_MTU,
     Allocation,
     ApplianceConfig,
+    DhcpOption,
     FloatingIP,
     HostRoute,
     Interface,
@@ -86,6 +88,12 @@ class NeutronRouter(NeutronModel):
     routes: list[NeutronRoute] = Field(default_factory=list)
 
 
+class NeutronDhcpOption(NeutronModel):
+    opt_name: str
+    opt_value: str | None = None
+    ip_version: int = 4
+
+
 class NeutronPort(NeutronModel):
     id: str
     network_id: str
@@ -95,6 +103,7 @@ class NeutronPort(NeutronModel):
     device_id: str = ""
     project_id: str = ""
     dns_name: str = ""
+    extra_dhcp_opts: list[NeutronDhcpOption] = Field(default_factory=list)
 
 
 class NeutronSubnet(NeutronModel):
@@ -152,16 +161,17 @@ class RouterSnapshot(NeutronModel):
 
 
 @dataclass(frozen=True)
-class DnsSettings:
-    """The operator's DNS choices for every router (the orchestrator's [dns] options)."""
+class ServiceSettings:
+    """The operator's DHCP and DNS choices for every router ([dhcp] and [dns] options)."""
 
     # Where appliances forward names when a network's subnets list no resolvers.
-    upstreams: tuple[IPAddress, ...] = ()
+    dns_upstreams: tuple[IPAddress, ...] = ()
     # The domain of networks without a dns_domain of their own (None: names without one).
-    default_domain: str | None = None
+    dns_domain: str | None = None
+    dhcp_lease_seconds: int = DEFAULT_LEASE_SECONDS
 
 
-NO_DNS = DnsSettings()  # frozen: one shared default
+DEFAULT_SERVICES = ServiceSettings()  # frozen: one shared default
 
 
 @dataclass(frozen=True)
@@ -209,7 +219,7 @@ def render(
     management: ManagementPort,
     metadata: MetadataService | None = None,
     nic_macs: Mapping[str, str] | None = None,
-    dns: DnsSettings = NO_DNS,
+    services: ServiceSettings = DEFAULT_SERVICES,
 ) -> ApplianceConfig:
     """The appliance document for a router: pure, deterministic for the same snapshot.
 
@@ -235,7 +245,7 @@ def render(
         if _clear_of_management(router.id, subnet, reserved)
     }
     mtus = {net.id: net.mtu for net in snapshot.networks}
-    domains = {net.id: _domain(router.id, net, dns) for net in snapshot.networks}
+    domains = {net.id: _domain(router.id, net, services) for net in snapshot.networks}
     nics = plugged_ports(snapshot)
 
     networks = [
@@ -262,7 +272,7 @@ def render(
             router.id, "internal", nic, macs, owned, subnets, snapshot.network_ports, metadata
         )
         if internal is not None:
-            domain = domains.get(nic.network_id, dns.default_domain)
+            domain = domains.get(nic.network_id, services.dns_domain)
             networks.append(internal.model_copy(update={"dns_domain": domain}))
 
     interfaces = [Interface(mac=management.mac, mtu=_mtu(management.mtu))] + [
@@ -302,13 +312,14 @@ def render(
             )
         ],
         metadata=Metadata(upstream_url=metadata.upstream_url) if metadata else None,
-        dns_upstreams=list(dns.upstreams),
+        dns_upstreams=list(services.dns_upstreams),
+        dhcp_lease_seconds=services.dhcp_lease_seconds,
     )
 
 
-def _domain(router_id: str, network: NeutronNetwork, dns: DnsSettings) -> str | None:
+def _domain(router_id: str, network: NeutronNetwork, services: ServiceSettings) -> str | None:
     if not network.dns_domain:
-        return dns.default_domain
+        return services.dns_domain
     domain = served_name(network.dns_domain)
     if domain is None:
         LOG.warning(
@@ -316,9 +327,9 @@ def _domain(router_id: str, network: NeutronNetwork, dns: DnsSettings) -> str | 
             router_id,
             network.id,
             network.dns_domain,
-            dns.default_domain,
+            services.dns_domain,
         )
-    return domain or dns.default_domain
+    return domain or services.dns_domain
 
 
 def plugged_ports(snapshot: RouterSnapshot) -> list[NeutronPort]:
@@ -457,6 +468,7 @@ def _allocations(
                 mac=port.mac_address,
                 ips=ips,
                 hostname=_port_hostname(router_id, port, ips),
+                dhcp_options=list(_dhcp_options(router_id, port)),
                 instance=instance_identity(
                     port.device_owner, port.device_id, port.project_id, metadata
                 ),
@@ -466,6 +478,25 @@ def _allocations(
                 "router %s: port %s not served (DHCP, DNS, metadata): %s",
                 router_id,
                 port.id,
+                validation_summary(exc),
+            )
+
+
+def _dhcp_options(router_id: str, port: NeutronPort) -> Iterator[DhcpOption]:
+    """The port's extra DHCP options the appliance can serve; each other one is logged."""
+    for option in port.extra_dhcp_opts:
+        try:
+            yield DhcpOption(
+                name=option.opt_name,
+                value=option.opt_value or "",
+                ip_version=6 if option.ip_version == 6 else 4,
+            )
+        except ValidationError as exc:
+            LOG.warning(
+                "router %s: port %s: extra DHCP option %r not served: %s",
+                router_id,
+                port.id,
+                option.opt_name,
                 validation_summary(exc),
             )
 

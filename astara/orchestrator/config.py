@@ -12,6 +12,7 @@ from oslo_config import cfg
 
 from astara.orchestrator.health import DEFAULT_MISS_THRESHOLD, DEFAULT_PROBE_TIMEOUT
 from astara.wire.defaults import API_PORT
+from astara.wire.document import DEFAULT_LEASE_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from astara.wire.heartbeat import DEFAULT_INTERVAL as DEFAULT_HEARTBEAT_INTERVAL
 
 DEFAULT_OPTS: list[cfg.Opt] = [
@@ -445,6 +446,17 @@ MANAGEMENT_OPTS: list[cfg.Opt] = [
     ),
 ]
 
+DHCP_OPTS: list[cfg.Opt] = [
+    cfg.IntOpt(
+        "lease_duration",
+        default=DEFAULT_LEASE_SECONDS,
+        min=MIN_LEASE_SECONDS,
+        max=MAX_LEASE_SECONDS,
+        help="Seconds a DHCP lease the appliances hand out lasts (Neutron's "
+        "dhcp_lease_duration; clients renew at half of it).",
+    ),
+]
+
 DNS_OPTS: list[cfg.Opt] = [
     cfg.ListOpt(
         "upstream_servers",
@@ -475,6 +487,7 @@ GROUPS: dict[str, list[cfg.Opt]] = {
     "management": MANAGEMENT_OPTS,
     "nova": NOVA_OPTS,
     "coordination": COORDINATION_OPTS,
+    "dhcp": DHCP_OPTS,
     "dns": DNS_OPTS,
 }
 

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from astara.drivers.metadata import MetadataService
 from astara.drivers.router import (
-    NO_DNS,
-    DnsSettings,
+    DEFAULT_SERVICES,
     ManagementPort,
     RouterSnapshot,
+    ServiceSettings,
     plugged_ports,
     render,
     validation_summary,
@@ -91,20 +91,20 @@ T = TypeVar("T")
 class Settings:
     management_prefixlen: int
     metadata: MetadataService | None = None
-    dns: DnsSettings = field(default_factory=DnsSettings)
+    services: ServiceSettings = field(default_factory=ServiceSettings)
     policy: Policy = field(default_factory=Policy)
 
 
 def snapshot_digest(
     snapshot: RouterSnapshot,
     metadata: MetadataService | None = None,
-    dns: DnsSettings = NO_DNS,
+    services: ServiceSettings = DEFAULT_SERVICES,
 ) -> str:
     """Changes exactly when what the document is rendered from changes: what Neutron says
     about the router, the metadata service (a new secret re-signs every instance) and the
-    operator's DNS settings."""
+    operator's DHCP and DNS settings."""
     rendered_from = snapshot.model_dump_json() + (metadata.fingerprint() if metadata else "")
-    rendered_from += repr(dns)
+    rendered_from += repr(services)
     return hashlib.sha256(rendered_from.encode()).hexdigest()
 
 
@@ -240,7 +240,7 @@ class RouterReconciler:
             self._store.request_rebuild(router_id, True)
         known = (record.state, record.desired_generation)
         if snapshot is not None:
-            digest = snapshot_digest(snapshot, self._settings.metadata, self._settings.dns)
+            digest = snapshot_digest(snapshot, self._settings.metadata, self._settings.services)
             record = self._store.set_desired(router_id, digest)
 
         instances = self._store.instances(router_id)
@@ -580,7 +580,7 @@ class RouterReconciler:
                 management,
                 self._settings.metadata,
                 nic_macs,
-                self._settings.dns,
+                self._settings.services,
             )
         except ValidationError as exc:
             raise RenderFailed(validation_summary(exc)) from exc

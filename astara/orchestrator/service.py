@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from astara.common.tls import CertificateAuthority
 from astara.drivers.metadata import MetadataService
-from astara.drivers.router import DnsSettings, NeutronRouterSource
+from astara.drivers.router import NeutronRouterSource, ServiceSettings
 from astara.neutron import protocol
 from astara.orchestrator import config
 from astara.orchestrator.api import models as api_models
@@ -176,9 +176,10 @@ def build_worker(
         settings=Settings(
             management_prefixlen=prefixlen,
             metadata=metadata_service(conf),
-            dns=DnsSettings(
-                upstreams=tuple(ipaddress.ip_address(ip) for ip in conf.dns.upstream_servers),
-                default_domain=conf.dns.default_domain or None,
+            services=ServiceSettings(
+                dns_upstreams=tuple(ipaddress.ip_address(ip) for ip in conf.dns.upstream_servers),
+                dns_domain=conf.dns.default_domain or None,
+                dhcp_lease_seconds=conf.dhcp.lease_duration,
             ),
             policy=policy_from(conf),
         ),

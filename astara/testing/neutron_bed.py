@@ -225,6 +225,8 @@ class NeutronTestbed:
                 "rpc_workers": "0",
                 "debug": "false",
                 "state_path": str(self.state_dir / "state"),
+                # Neutron keeps ports' dns_name only when its own domain is not the default.
+                "dns_domain": "astara.test.",
             },
             "database": {
                 "connection": database_url,
@@ -244,7 +246,8 @@ class NeutronTestbed:
                 "type_drivers": "flat,vlan,vxlan,local",
                 "tenant_network_types": "vxlan",
                 "mechanism_drivers": "",
-                "extension_drivers": "port_security",
+                # dns: Neutron's DNS integration (ports' dns_name, networks' dns_domain).
+                "extension_drivers": "port_security,dns",
             },
             "ml2_type_flat": {"flat_networks": "*"},
             "ml2_type_vlan": {"network_vlan_ranges": "public,physnet1:100:199"},

@@ -28,7 +28,10 @@ from pydantic import (
     SerializationInfo,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+
+from astara.wire.dhcp_options import VALUE_RE, option_problem
 
 # Matched with fullmatch: "$" also matches before a trailing newline, which would then reach
 # the dnsmasq hosts file as a line break.
@@ -40,6 +43,8 @@ SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 MAX_GENERATION = 2**31 - 1
 # Ethernet's; IPv6 needs at least 1280; 9216 is the largest jumbo frame switches carry.
 DEFAULT_MTU, MIN_MTU, MAX_MTU = 1500, 1280, 9216
+# DHCP leases: Neutron's default (dhcp_lease_duration); dnsmasq refuses less than 2 minutes.
+DEFAULT_LEASE_SECONDS, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 86400, 120, 2**31 - 1
 
 
 def _mac(value: str) -> str:
@@ -161,6 +166,28 @@ def is_redacted_read(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and info.context.get("redacted") is True
 
 
+class DhcpOption(Strict):
+    """An extra DHCP option for one port (Neutron's extra_dhcp_opts)."""
+
+    name: str = Field(min_length=1, max_length=32, description="a name dnsmasq knows, or a number")
+    value: str = Field(max_length=255)
+    ip_version: IpVersion = 4
+
+    @field_validator("value")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not VALUE_RE.fullmatch(value):
+            raise ValueError("must be printable ASCII on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _known(self) -> DhcpOption:
+        problem = option_problem(self.name, self.ip_version)
+        if problem:
+            raise ValueError(f"name {self.name!r}: {problem}")
+        return self
+
+
 class Allocation(Strict):
     """A Neutron port behind the router: DHCP serves it its fixed IPs, DNS its name, and the
     metadata proxy its instance's metadata when it is a Nova instance's port."""
@@ -170,6 +197,7 @@ class Allocation(Strict):
     ips: list[IPvAnyAddress] = Field(min_length=1, max_length=16)
     hostname: Hostname
     instance: InstanceIdentity | None = None
+    dhcp_options: list[DhcpOption] = Field(default_factory=list, max_length=32)
 
 
 NetworkKind = Literal["management", "external", "internal"]
@@ -273,6 +301,9 @@ class ApplianceConfig(Strict):
     # Where DNS queries for names the appliance does not own go when a network's subnets
     # name no resolvers (the operator's list; empty: nowhere).
     dns_upstreams: list[IPvAnyAddress] = Field(default_factory=list, max_length=8)
+    dhcp_lease_seconds: int = Field(
+        DEFAULT_LEASE_SECONDS, ge=MIN_LEASE_SECONDS, le=MAX_LEASE_SECONDS
+    )
 
     def network(self, kind: NetworkKind) -> Network | None:
         """The first network of a kind (there is at most one management and one external)."""

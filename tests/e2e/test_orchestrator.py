@@ -228,15 +228,50 @@ def test_a_port_forward_is_live_within_a_second_of_the_api_call(world: World) ->
         sdk.network.delete_ip(fip)
 
 
-def test_dns_servers_of_a_subnet_reach_dhcp_clients(world: World) -> None:
-    world.sdk.network.update_subnet(world.ids["sub_a"], dns_nameservers=["10.21.0.53"])
-    vm_a = world.vms["a"]
+def test_vms_resolve_each_other_by_name_and_outside_names_through_the_router(
+    world: World,
+) -> None:
+    sdk, project = world.sdk, world.project
+    net_a, sub_a, vm_a = world.ids["net_a"], world.ids["sub_a"], world.vms["a"]
+    # The test's resolver outside the cloud: it answers for outside.test and nothing else.
+    uplink = Namespace(world.cloud.provider().names.uplink_ns)
+    world.cloud.spawn(
+        uplink,
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--bind-interfaces",
+            f"--listen-address={UPLINK_IP}",
+            "--address=/outside.test/198.51.100.7",
+        ],
+    )
+    sdk.network.update_network(net_a, dns_domain="tenant-a.example.")
+    sdk.network.update_subnet(sub_a, dns_nameservers=[UPLINK_IP])
+    peer = sdk.network.create_port(
+        network_id=net_a.id, project_id=project, name="vm-peer", dns_name="peer"
+    )
+    peer_ip = peer.fixed_ips[0]["ip_address"]
+    router_ip = sub_a.gateway_ip
 
     def renewed() -> bool:
         world.cloud.dhcp(vm_a, timeout=3)
-        return "nameserver 10.21.0.53" in world.cloud.resolv_conf(vm_a)
+        return world.cloud.resolv_conf(vm_a).split() == ["nameserver", router_ip]
 
-    eventually(renewed, 30, "the new DNS server in vm-a's lease")
+    # The router is the network's resolver; the subnet's resolver is its upstream.
+    eventually(renewed, 30, "the router as the resolver in vm-a's lease")
+
+    def resolve(name: str, kind: str = "A") -> list[str]:
+        argv = [sys.executable, "-m", "astara.testing.resolve", router_ip, name, "--type", kind]
+        return vm_a.namespace.run(argv).stdout.split()
+
+    eventually(lambda: resolve("peer.tenant-a.example") == [peer_ip], 30, "vm-peer by name")
+    assert resolve(peer_ip, "PTR") == ["peer.tenant-a.example"]
+    assert resolve("www.outside.test") == ["198.51.100.7"]
+    assert resolve("nobody.tenant-a.example") == ["NXDOMAIN"]
 
 
 def test_removing_an_interface_cuts_that_network_off(world: World) -> None:

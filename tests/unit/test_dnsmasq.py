@@ -166,6 +166,10 @@ def test_instances_only_for_internal_networks_with_dhcp() -> None:
     found = desired_instances(doc, links, STATE)
     assert list(found) == ["net-1"]
     assert "--interface=eth2" in found["net-1"].argv
+    assert "--dhcp-range=set:s0,10.0.0.0,static,255.255.255.0,86400s" in found["net-1"].argv
+    # The lease time is the document's (the operator's [dhcp] lease_duration).
+    short = desired_instances(doc.model_copy(update={"dhcp_lease_seconds": 600}), links, STATE)
+    assert "--dhcp-range=set:s0,10.0.0.0,static,255.255.255.0,600s" in short["net-1"].argv
     # The network's MTU (its interface's) reaches the VMs as DHCP option 26.
     assert "tag:s0,option:mtu,1400" in found["net-1"].opts.splitlines()
     assert desired_instances(None, links, STATE) == {}
@@ -208,3 +212,22 @@ def test_forwarding_goes_to_the_subnets_resolvers_else_the_operators_never_to_it
     # 10.9.0.1: another network's router address (two networks would forward to each other).
     own = [ipaddress.ip_address("10.9.0.1")]
     assert resolvers(network([looping]), upstream, own) == ["192.0.2.53"]
+
+
+def test_a_ports_extra_options_are_its_own_by_name_or_number_v4_and_v6() -> None:
+    options = [
+        {"name": "bootfile-name", "value": "pxelinux.0"},
+        {"name": "150", "value": "10.0.0.9"},
+        {"name": "ntp-server", "value": "[2001:db8::123]", "ip_version": 6},
+        {"name": "70", "value": "x", "ip_version": 6},
+    ]
+    allocations = [{**ALLOCATIONS[0], "dhcp_options": options}, ALLOCATIONS[1]]
+    net = network([V4, STATEFUL, SLAAC], allocations)
+    # Only the port with options is tagged; the tag is its position, never its id.
+    assert render_hosts(net) == ("fa:16:3e:00:00:01,set:port0,10.0.0.5,[2001:db8:1::5],vm-one\n")
+    assert render_opts(net).splitlines()[-4:] == [
+        "tag:port0,option:bootfile-name,pxelinux.0",
+        "tag:port0,150,10.0.0.9",
+        "tag:port0,option6:ntp-server,[2001:db8::123]",
+        "tag:port0,option6:70,x",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from astara.wire.document import (
     REDACTED,
     REDACTED_READ,
     ApplianceConfig,
+    DhcpOption,
     dump_with_secrets,
     problems,
 )
@@ -214,3 +216,27 @@ def test_a_document_read_back_with_its_secrets_masked_validates_only_as_a_read()
     assert read.generation == DOC["generation"]
     with pytest.raises(ValidationError):
         ApplianceConfig.model_validate_json(masked)
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ({"name": "no-such-option", "value": "x"}, "not a DHCPv4 option name dnsmasq knows"),
+        ({"name": "ntp-server", "value": "x", "ip_version": 6}, None),
+        ({"name": "bootfile-name", "value": "x", "ip_version": 6}, "not a DHCPv6 option name"),
+        ({"name": "255", "value": "x"}, "option numbers are 1 to 254 for IPv4"),
+        ({"name": "0", "value": "x"}, "option numbers are 1 to 254"),
+        ({"name": "300", "value": "x", "ip_version": 6}, None),
+        # A line break would make the rest of the value an option line for another port.
+        ({"name": "router", "value": "10.0.0.1\ntag:port1,option:router,6.6.6.6"}, "one line"),
+        ({"name": "tag:port1,option:router", "value": "x"}, "dnsmasq knows"),
+    ],
+)
+def test_extra_dhcp_options_are_names_dnsmasq_knows_or_numbers_on_one_line(
+    option: dict[str, Any], reason: str | None
+) -> None:
+    if reason is None:
+        assert DhcpOption.model_validate(option).name == option["name"]
+        return
+    with pytest.raises(ValidationError, match=re.escape(reason)):
+        DhcpOption.model_validate(option)

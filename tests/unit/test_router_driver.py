@@ -11,9 +11,9 @@ import pytest
 
 from astara.drivers.metadata import MetadataService, nova_signature
 from astara.drivers.router import (
-    DnsSettings,
     ManagementPort,
     RouterSnapshot,
+    ServiceSettings,
     hostname_for,
     plugged_ports,
     render,
@@ -173,8 +173,8 @@ def test_networks_serve_names_under_their_dns_domain_else_the_operators() -> Non
     private["dns_domain"] = "Tenant.Example."  # as Neutron's DNS integration stores it
     backend = next(n for n in raw["networks"] if n["id"] == BACKEND_NET)
     backend["dns_domain"] = "-not-a-domain."
-    dns = DnsSettings(upstreams=(ipaddress.ip_address("192.0.2.53"),), default_domain="cloud")
-    doc = render(snapshot_of(raw), 7, MGMT, METADATA, dns=dns)
+    dns = ServiceSettings(dns_upstreams=(ipaddress.ip_address("192.0.2.53"),), dns_domain="cloud")
+    doc = render(snapshot_of(raw), 7, MGMT, METADATA, services=dns)
     assert network(doc, PRIVATE_NET).dns_domain == "tenant.example"
     assert network(doc, BACKEND_NET).dns_domain == "cloud"  # unservable: logged, default
     assert [str(ip) for ip in doc.dns_upstreams] == ["192.0.2.53"]
@@ -185,6 +185,25 @@ def test_networks_serve_names_under_their_dns_domain_else_the_operators() -> Non
     # The reconciler re-renders every router when the operator's DNS settings change.
     snapshot = snapshot_of(recorded())
     assert snapshot_digest(snapshot, METADATA, dns) != snapshot_digest(snapshot, METADATA)
+
+
+def test_extra_dhcp_options_reach_the_port_and_one_that_cannot_is_left_out_alone() -> None:
+    raw = recorded()
+    vm1 = next(p for p in raw["network_ports"] if p["id"] == VM1_PORT)
+    vm1["extra_dhcp_opts"] = [
+        {"opt_name": "bootfile-name", "opt_value": "pxelinux.0", "ip_version": 4},
+        {"opt_name": "23", "opt_value": "[2001:db8::53]", "ip_version": 6},
+        {"opt_name": "router", "opt_value": "10.0.0.1\ninjected", "ip_version": 4},
+    ]
+    doc = render(
+        snapshot_of(raw), 7, MGMT, METADATA, services=ServiceSettings(dhcp_lease_seconds=600)
+    )
+    allocation = next(a for a in network(doc, PRIVATE_NET).allocations if a.port_id == VM1_PORT)
+    assert [(o.name, o.value, o.ip_version) for o in allocation.dhcp_options] == [
+        ("bootfile-name", "pxelinux.0", 4),
+        ("23", "[2001:db8::53]", 6),
+    ]
+    assert doc.dhcp_lease_seconds == 600
 
 
 def test_nova_instance_ports_carry_their_signed_identity_and_no_other_port_does() -> None:
