@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from astara.testing.neutron_bed import ensure_venv
 from astara.wire.document import ApplianceConfig, FirewallRule
 
 ROUTER, OUTSIDE, INSIDE, PEER = "tA-br", "tA-bo", "tA-bi", "tA-bn"
@@ -43,7 +44,6 @@ LINKS = {MGMT_MAC: "tA-brm", EXT_MAC: "tA-bre", INT_MAC: "tA-bri", INT2_MAC: "tA
 GATEWAY_CIDR = "172.24.255.254/16"
 OUTSIDE_IP, INSIDE_IP = "172.24.255.1", "10.0.0.1"
 ECHO_PORT = 7000
-NEUTRON_PYTHON = Path("/var/cache/astara/neutron-venv-2043ac8d4a851f77/bin/python")
 HERE = Path(__file__).resolve().parent
 
 # Echoes lines (runs on the inside host).
@@ -426,8 +426,9 @@ def run_peer(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
         "runs": runs,
     }
     (scripts / "peer.json").write_text(json.dumps(spec))
+    neutron_python = ensure_venv() / "bin/python"  # the Neutron test bed's venv
     done = subprocess.run(
-        [str(NEUTRON_PYTHON), str(HERE / "neutron_l3_peer.py"), str(scripts / "peer.json")],
+        [str(neutron_python), str(HERE / "neutron_l3_peer.py"), str(scripts / "peer.json")],
         stdout=subprocess.PIPE,
         text=True,
         check=True,

@@ -16,7 +16,7 @@ VENV="$ASTARA_ROOT/.venv"
 # astara-image builds images with (mmdebstrap, e2fsprogs, fdisk, GRUB for BIOS, cpio).
 DEBIAN_PACKAGES=(
     python3 python3-venv python3-dev gcc
-    iproute2 nftables iptables conntrack dnsmasq-base radvd
+    iproute2 nftables iptables conntrack dnsmasq-base radvd bird2
     udhcpc isc-dhcp-client ndisc6 iputils-ping iputils-arping socat procps psmisc
     chromium chromium-driver
     libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage tini
@@ -73,8 +73,17 @@ make_venv() {
     echo "$want" > "$stamp"
 }
 
+# Debian starts bird2's own daemon on the host where systemd runs; Astara runs bird only
+# inside appliances, with their own configuration.
+quiet_host_bird() {
+    if [ -d /run/systemd/system ] && systemctl is-enabled --quiet bird.service 2>/dev/null; then
+        systemctl disable --now bird.service
+    fi
+}
+
 bootstrap() {
     install_debian_packages
+    quiet_host_bird
     make_venv
     step "Services: RabbitMQ, MariaDB, Redis"
     "$VENV/bin/python" -m astara.testing.services ensure

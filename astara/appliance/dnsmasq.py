@@ -232,6 +232,8 @@ def _subnet_opts(network: Network, tag: str, subnet: Subnet, mtu: int) -> Iterat
     if subnet.cidr.version == 6:
         if resolver:
             yield f"tag:{tag},option6:dns-server,[{resolver}]"
+        if network.dns_domain:  # DHCPv4 clients get it from --domain (option 15)
+            yield f"tag:{tag},option6:domain-search,{network.dns_domain}"
         return
     router = _router_ip(network, subnet) if subnet.gateway_ip is not None else None
     # An empty router option stops dnsmasq from offering itself on gateway-less subnets.

@@ -28,11 +28,20 @@ from astara.appliance.heartbeat import RunningState
 from astara.appliance.status import LiveState, LiveStateProbe
 from astara.appliance.subsystem import ApplyStepError, LinkMap, Subsystem
 from astara.wire.api import Health
-from astara.wire.document import ApplianceConfig, dump_with_secrets, problems, text_digest
+from astara.wire.document import ApplianceConfig, SectionDumper, problems, text_digest
 
 LOG = logging.getLogger(__name__)
 
-APPLY_ORDER = ("addresses", "firewall", "conntrack", "dhcp", "ra", "metadata", "hostname")
+APPLY_ORDER = (
+    "addresses",
+    "firewall",
+    "conntrack",
+    "dhcp",
+    "ra",
+    "bgp",
+    "metadata",
+    "hostname",
+)
 STATE_FILE = "config.json"
 LINKS_STEP = "links"
 LINK_POLL_INTERVAL = 0.2  # seconds between two looks for a NIC still to appear
@@ -164,6 +173,7 @@ class Engine:
         self._recorded = threading.Event()
         self._recorded.set()
         self._saving = threading.Lock()  # one background save at a time, the newest wins
+        self._dumper = SectionDumper()  # re-dumps only the sections an apply changed
 
     @property
     def current(self) -> ApplianceConfig | None:
@@ -336,7 +346,7 @@ class Engine:
         converge = self._converges
 
         def work() -> None:
-            text = dump_with_secrets(desired)
+            text = self._dumper.dump(desired)
             with self._saving:
                 if self._current is desired:  # a newer apply saves its own
                     self.store.save(text)

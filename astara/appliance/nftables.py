@@ -435,7 +435,11 @@ def _nat_chains(config: ApplianceConfig, ifaces: Interfaces) -> tuple[list[str],
 # --- whole ruleset ----------------------------------------------------------------------
 
 
-def _input_rules(ifaces: Interfaces) -> list[str]:
+def _bgp_peers(config: ApplianceConfig) -> list[str]:
+    return sorted({str(peer.address) for peer in config.bgp.peers}) if config.bgp else []
+
+
+def _input_rules(ifaces: Interfaces, bgp_peers: Sequence[str] = ()) -> list[str]:
     rules = [
         'iifname "lo" accept',
         "ct state established,related accept",
@@ -460,6 +464,17 @@ def _input_rules(ifaces: Interfaces) -> list[str]:
         rules.append(
             f'{where} tcp dport {{ 53, {METADATA_PORT} }} counter accept comment "services-tcp"'
         )
+    if ifaces.external and bgp_peers:
+        # BGP sessions come from the configured peers only, on the external network.
+        for family, peers in (
+            ("ip", [p for p in bgp_peers if ":" not in p]),
+            ("ip6", [p for p in bgp_peers if ":" in p]),
+        ):
+            if peers:
+                rules.append(
+                    f'iifname "{ifaces.external}" {family} saddr {{ {", ".join(peers)} }} '
+                    'tcp dport 179 counter accept comment "bgp"'
+                )
     return rules
 
 
@@ -508,7 +523,9 @@ def render_ruleset(config: ApplianceConfig, links: LinkMap) -> str:
         *firewall.sets,
         "\tchain reject_packet {\n\t\tmeta l4proto tcp reject with tcp reset\n"
         "\t\treject with icmpx port-unreachable\n\t}",
-        _chain("input", "filter hook input", "filter", "drop", _input_rules(ifaces)),
+        _chain(
+            "input", "filter hook input", "filter", "drop", _input_rules(ifaces, _bgp_peers(config))
+        ),
         _chain(
             "forward", "filter hook forward", "filter", default, _forward_rules(ifaces, firewall)
         ),
@@ -562,6 +579,7 @@ def ruleset_inputs(
         _internal_v4_subnets(config),
         config.snat_enabled,
         config.metadata is not None,
+        _bgp_peers(config),
         key(config.firewall),
     )
 

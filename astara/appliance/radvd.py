@@ -82,8 +82,9 @@ def ra_interfaces(
                 mtus[ifname] = config.mtu(net.interface_mac)
             for subnet in net.subnets:
                 if ifname in prefixes and subnet.ipv6_ra_mode is not None:
+                    # The router is the network's resolver (it forwards to dns_nameservers).
                     servers = rdnss.setdefault(ifname, [])
-                    servers += [str(ip) for ip in subnet.dns_nameservers if ip.version == 6]
+                    servers += [str(a.ip) for a in net.addresses if a.ip in subnet.cidr]
     old: dict[str, list[str]] = {}
     for ifname, cidr in sorted(set(deprecated)):
         if cidr not in {p.cidr for p in prefixes.get(ifname, [])}:

@@ -22,6 +22,7 @@ import uvicorn
 from pyroute2.netlink.exceptions import NetlinkError
 
 from astara.appliance.api import DEFAULT_API_THREADS, DEFAULT_MAX_BODY_BYTES, create_app
+from astara.appliance.bird import BirdSubsystem
 from astara.appliance.conntrack import ConntrackSubsystem
 from astara.appliance.credentials import TlsIdentity
 from astara.appliance.dnsmasq import DEFAULT_USER as DNSMASQ_USER
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Astara router appliance agent: serves the configuration API over HTTPS with "
             "mutual TLS and applies each configuration to this network namespace or host "
-            "(addresses, nftables, dnsmasq, radvd, metadata proxy)."
+            "(addresses, nftables, dnsmasq, radvd, bird, metadata proxy)."
         ),
         epilog=(
             "Example: astara-appliance --listen fdca:3ba5::5 --cert /etc/astara/appliance.pem "
@@ -280,6 +281,7 @@ def build_subsystems(
         ConntrackSubsystem(),
         DnsmasqSubsystem(state_dir / "dhcp", user=dnsmasq_user),
         RadvdSubsystem(state_dir / "ra"),
+        BirdSubsystem(state_dir / "bgp"),
         MetadataSubsystem(),
     ]
     if set_hostname:

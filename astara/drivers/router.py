@@ -23,6 +23,8 @@ from astara.wire.document import (
     MIN_MTU,
     Allocation,
     ApplianceConfig,
+    Bgp,
+    BgpPeer,
     DhcpOption,
     FloatingIP,
     HostRoute,
@@ -146,6 +148,25 @@ class NeutronPortForwarding(NeutronModel):
     external_port_range: str | None = None
 
 
+class NeutronBgpSpeaker(NeutronModel):
+    """neutron-dynamic-routing's BGP speaker (only those on the router's gateway network)."""
+
+    id: str
+    local_as: int
+    ip_version: int = 4
+    peers: list[str] = Field(default_factory=list)
+    networks: list[str] = Field(default_factory=list)
+    advertise_tenant_networks: bool = True
+    advertise_floating_ip_host_routes: bool = True
+
+
+class NeutronBgpPeer(NeutronModel):
+    id: str
+    peer_ip: IPAddress
+    remote_as: int
+    auth_type: str = "none"
+
+
 class RouterSnapshot(NeutronModel):
     """One consistent read of a router and everything its appliance serves."""
 
@@ -158,6 +179,8 @@ class RouterSnapshot(NeutronModel):
     network_ports: list[NeutronPort] = Field(default_factory=list)
     floating_ips: list[NeutronFloatingIP] = Field(default_factory=list)
     port_forwardings: list[NeutronPortForwarding] = Field(default_factory=list)
+    bgp_speakers: list[NeutronBgpSpeaker] = Field(default_factory=list)
+    bgp_peers: list[NeutronBgpPeer] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,8 @@ def snapshot_from_api(
     network_ports: list[dict[str, Any]],
     floating_ips: list[dict[str, Any]],
     port_forwardings: list[dict[str, Any]],
+    bgp_speakers: list[dict[str, Any]] | None = None,
+    bgp_peers: list[dict[str, Any]] | None = None,
 ) -> RouterSnapshot:
     """A snapshot from Neutron's API answers (``router_ports``: the ports whose device is it)."""
     return RouterSnapshot.model_validate(
@@ -209,6 +234,8 @@ def snapshot_from_api(
             "network_ports": network_ports,
             "floating_ips": floating_ips,
             "port_forwardings": port_forwardings,
+            "bgp_speakers": bgp_speakers or [],
+            "bgp_peers": bgp_peers or [],
         }
     )
 
@@ -314,7 +341,66 @@ def render(
         metadata=Metadata(upstream_url=metadata.upstream_url) if metadata else None,
         dns_upstreams=list(services.dns_upstreams),
         dhcp_lease_seconds=services.dhcp_lease_seconds,
+        bgp=_bgp(
+            router.id, snapshot, networks, gateway_info is not None and gateway_info.enable_snat
+        )
+        if external is not None
+        else None,
     )
+
+
+def _bgp(
+    router_id: str, snapshot: RouterSnapshot, networks: list[Network], snat: bool
+) -> Bgp | None:
+    """What the router announces for the BGP speaker on its gateway network, if any.
+
+    IPv6 tenant subnets are announced (they are routed, not translated); IPv4 ones only when
+    the router does no source NAT; floating IPs as /32 when the speaker asks for them. Peers
+    with MD5 authentication are left out: Neutron's API never shows their password.
+    """
+    speakers = sorted(snapshot.bgp_speakers, key=lambda s: s.id)
+    if not speakers:
+        return None
+    speaker = speakers[0]
+    if len(speakers) > 1:
+        LOG.warning(
+            "router %s: several BGP speakers on its gateway network; serving %s",
+            router_id,
+            speaker.id,
+        )
+    peers = []
+    for peer in sorted(snapshot.bgp_peers, key=lambda p: p.id):
+        if peer.id not in speaker.peers or peer.peer_ip.version != speaker.ip_version:
+            continue
+        if peer.auth_type != "none":
+            LOG.warning(
+                "router %s: BGP peer %s uses %s authentication, whose password Neutron does "
+                "not show: not peered",
+                router_id,
+                peer.id,
+                peer.auth_type,
+            )
+            continue
+        peers.append(BgpPeer(address=peer.peer_ip, remote_as=peer.remote_as))
+    if not peers:
+        return None
+    prefixes: list[IPNetwork] = []
+    if speaker.advertise_tenant_networks and (speaker.ip_version == 6 or not snat):
+        prefixes += [
+            subnet.cidr
+            for net in networks
+            if net.kind == "internal"
+            for subnet in net.subnets
+            if subnet.cidr.version == speaker.ip_version
+        ]
+    if speaker.advertise_floating_ip_host_routes and speaker.ip_version == 4:
+        prefixes += [
+            ipaddress.ip_network(f"{fip.floating_ip_address}/32")
+            for fip in snapshot.floating_ips
+            if fip.fixed_ip_address is not None and fip.floating_ip_address.version == 4
+        ]
+    ordered = sorted(set(prefixes), key=lambda net: (net.version, net))
+    return Bgp(local_as=speaker.local_as, peers=peers, prefixes=ordered)
 
 
 def _domain(router_id: str, network: NeutronNetwork, services: ServiceSettings) -> str | None:
@@ -586,6 +672,7 @@ class NeutronRouterSource:
     """Reads router snapshots from Neutron through an openstacksdk connection."""
 
     PORT_FORWARDING_EXTENSION = "floating-ip-port-forwarding"
+    BGP_EXTENSION = "bgp"  # neutron-dynamic-routing
 
     def __init__(self, connection: Any, owns: Callable[[str], bool] | None = None) -> None:
         """``owns``: whether a router is Astara's (with the Neutron plugin, routers of other
@@ -602,6 +689,8 @@ class NeutronRouterSource:
         internal_ids = sorted({p["network_id"] for p in own if p["device_owner"] != GATEWAY_OWNER})
         network_ids = sorted({p["network_id"] for p in own})
         fips = self._list("/floatingips", "floatingips", {"router_id": router_id})
+        gateway = (router.get("external_gateway_info") or {}).get("network_id")
+        speakers, peers = self._bgp(gateway)
         return snapshot_from_api(
             router=router,
             router_ports=own,
@@ -610,7 +699,23 @@ class NeutronRouterSource:
             network_ports=self._list("/ports", "ports", {"network_id": internal_ids}),
             floating_ips=fips,
             port_forwardings=list(self._port_forwardings(fips)),
+            bgp_speakers=speakers,
+            bgp_peers=peers,
         )
+
+    def _bgp(
+        self, gateway_network: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The BGP speakers on the gateway network, and their peers."""
+        if gateway_network is None or not self._has_extension(self.BGP_EXTENSION):
+            return [], []
+        speakers = [
+            speaker
+            for speaker in self._list("/bgp-speakers", "bgp_speakers", {})
+            if gateway_network in speaker.get("networks", [])
+        ]
+        peer_ids = sorted({peer for speaker in speakers for peer in speaker.get("peers", [])})
+        return speakers, self._list("/bgp-peers", "bgp_peers", {"id": peer_ids})
 
     def _port_forwardings(self, fips: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not fips or not self._has_extension(self.PORT_FORWARDING_EXTENSION):

@@ -96,7 +96,7 @@ APPLIANCE = Profile(
     name="appliance",
     summary=(
         "Debian 12 with systemd, the cloud kernel, the appliance's data-plane tools "
-        "(nftables, dnsmasq, radvd, arping) and Astara in /opt/astara; it boots to "
+        "(nftables, dnsmasq, radvd, bird2, arping) and Astara in /opt/astara; it boots to "
         "astara-appliance-firstboot (credentials and management address from the config drive) "
         "and astara-appliance, and runs nothing else"
     ),
@@ -111,10 +111,11 @@ APPLIANCE = Profile(
         "tiny-initramfs",
         "busybox-static",
         "python3",
-        # the data plane: astara.appliance runs nft (libnftables), dnsmasq, radvd, arping
+        # the data plane: astara.appliance runs nft (libnftables), dnsmasq, radvd, bird, arping
         "nftables",
         "dnsmasq-base",
         "radvd",
+        "bird2",
         "iputils-arping",
     ),
     debian_mode="install",

@@ -50,6 +50,22 @@ exit 0
 """
 
 
+# ISC dhclient calls this for DHCPv6 (reason BOUND6, INFORM6...): it sets a stateful lease's
+# address and writes what the server gave (dhclient's variable names) to OUT (dhclient gives
+# its script an environment of its own, so the path is written into each copy).
+DHCLIENT6_SCRIPT = """#!/bin/sh
+case "$reason" in
+  BOUND6|RENEW6|REBIND6|INFORM6)
+    [ -n "$new_ip6_address" ] && ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" \\
+        dev "$interface" nodad
+    { echo "ip6_address=$new_ip6_address"
+      echo "dhcp6_name_servers=$new_dhcp6_name_servers"
+      echo "dhcp6_domain_search=$new_dhcp6_domain_search"; } > "OUT" ;;
+esac
+exit 0
+"""
+
+
 class TopologyError(RuntimeError):
     pass
 
@@ -277,6 +293,42 @@ class Topology:
         if not found:
             raise TopologyError(f"[{ns.name}] udhcpc set no address on {ifname}")
         return ipaddress.IPv4Interface(str(found[0]))
+
+    def dhcp6(
+        self, ns: Namespace, ifname: str, stateless: bool = False, timeout: int = 10
+    ) -> dict[str, str]:
+        """DHCPv6 with ISC dhclient, once: a stateful exchange sets the leased address on
+        ``ifname``; a stateless one (information request) only asks for options. Returns what
+        the server gave, by dhclient's names (ip6_address, dhcp6_name_servers...)."""
+        files = {
+            k: self.workdir / f"{ns.name}-{ifname}.{k}" for k in ("lease6", "pid6", "out6", "sh")
+        }
+        files["sh"].write_text(DHCLIENT6_SCRIPT.replace('"OUT"', f'"{files["out6"]}"'))
+        files["sh"].chmod(0o755)
+        files["out6"].unlink(missing_ok=True)
+        # The client speaks from its link-local address: wait for it to leave DAD.
+        wait_for(
+            lambda: (
+                ns.run(["ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "link"])
+                .stdout.strip()
+                .count("tentative")
+                == 0
+            ),
+            timeout,
+            f"a link-local address on {ns.name} {ifname}",
+        )
+        argv = ["dhclient", "-6", "-1", "-v", *(["-S"] if stateless else [])]
+        argv += ["-sf", str(files["sh"]), "-lf", str(files["lease6"]), "-pf", str(files["pid6"])]
+        try:
+            ns.run([*argv, ifname], timeout=timeout * 2 + 5)
+        finally:
+            # dhclient stays behind to renew; nothing here wants it to.
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(files["pid6"].read_text()), signal.SIGTERM)
+        if not files["out6"].exists():
+            raise TopologyError(f"[{ns.name}] dhclient -6 got no answer on {ifname}")
+        lines = files["out6"].read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
 
     def close(self) -> None:
         """Stop our processes, then every process left in our namespaces, then delete them."""

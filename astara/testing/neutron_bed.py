@@ -235,8 +235,9 @@ class NeutronTestbed:
             "oslo_concurrency": {"lock_path": str(self.state_dir / "locks")},
         }
         if self.astara_plugin:
-            # port_forwarding: its callbacks are among those the plugin forwards.
-            neutron["DEFAULT"]["service_plugins"] = "router,flavors,port_forwarding,astara"
+            # port_forwarding: its callbacks are among those the plugin forwards; bgp:
+            # neutron-dynamic-routing's API (speakers and peers the appliances announce to).
+            neutron["DEFAULT"]["service_plugins"] = "router,flavors,port_forwarding,bgp,astara"
         if self.trusted_headers:
             neutron["DEFAULT"]["api_paste_config"] = str(self._write_trusted_paste(venv))
         for section, options in self.extra_config.items():

@@ -19,6 +19,22 @@ import dns.rdatatype
 import dns.reversename
 
 
+def zone_server(listen: str, zone: str, address: str) -> list[str]:
+    """The command of a resolver that answers every name under ``zone`` with ``address``
+    and nothing else (a test's stand-in for the resolvers outside a cloud)."""
+    return [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--pid-file=",
+        "--bind-interfaces",
+        f"--listen-address={listen}",
+        f"--address=/{zone}/{address}",
+    ]
+
+
 def ask(server: str, name: str, kind: str = "A", timeout: float = 2.0) -> list[str]:
     """The answers to one query over UDP, or ``[<rcode>]`` / ``["TIMEOUT"]``."""
     qname = dns.reversename.from_address(name) if kind == "PTR" else name

@@ -8,11 +8,13 @@ violation with its path); rules that relate several parts of the document live i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
+import threading
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +28,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     SerializationInfo,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -282,6 +285,29 @@ class Metadata(Strict):
         return url
 
 
+AsNumber = Annotated[int, Field(ge=1, le=2**32 - 1)]
+
+
+class BgpPeer(Strict):
+    """A BGP neighbour of the router (neutron-dynamic-routing's bgp-peer), on the external
+    network."""
+
+    address: IPvAnyAddress
+    remote_as: AsNumber
+
+
+class Bgp(Strict):
+    """What the router announces by BGP, and to whom (neutron-dynamic-routing's speaker).
+
+    Each peer hears the prefixes of its own address family: IPv6 tenant prefixes to IPv6
+    peers, IPv4 ones (and floating IPs as /32, when the speaker says so) to IPv4 peers.
+    """
+
+    local_as: AsNumber
+    peers: list[BgpPeer] = Field(min_length=1, max_length=16)
+    prefixes: list[IPvAnyNetwork] = Field(default_factory=list, max_length=8192)
+
+
 class ApplianceConfig(Strict):
     """The whole desired state of one router appliance."""
 
@@ -304,6 +330,7 @@ class ApplianceConfig(Strict):
     dhcp_lease_seconds: int = Field(
         DEFAULT_LEASE_SECONDS, ge=MIN_LEASE_SECONDS, le=MAX_LEASE_SECONDS
     )
+    bgp: Bgp | None = None
 
     def network(self, kind: NetworkKind) -> Network | None:
         """The first network of a kind (there is at most one management and one external)."""
@@ -403,6 +430,25 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
         yield from _rule_problems(rule, ("firewall", "rules", r))
 
     yield from _management_problems(config)
+    yield from _bgp_problems(config, external_subnets)
+
+
+def _bgp_problems(config: ApplianceConfig, external_subnets: list[IpNetwork]) -> Iterator[Problem]:
+    """Peers sit on the external network; nothing of the management network is announced."""
+    if config.bgp is None:
+        return
+    management = management_prefixes(config)
+    for p, peer in enumerate(config.bgp.peers):
+        if not _inside(peer.address, external_subnets):
+            yield Problem(
+                loc=("bgp", "peers", p, "address"), msg="not in a subnet of the external network"
+            )
+    for n, prefix in enumerate(config.bgp.prefixes):
+        found = management_overlap(prefix, management)
+        if found:
+            yield Problem(
+                loc=("bgp", "prefixes", n), msg=f"overlaps the management network {found}"
+            )
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -552,6 +598,37 @@ def dump_with_secrets(model: BaseModel) -> str:
     and 5,000 rules it takes about 17 ms, where dumping to Python objects first took 100 ms.
     """
     return model.model_dump_json(context=_REVEAL)
+
+
+class SectionDumper:
+    """``dump_with_secrets`` of successive documents, section by section: a top-level section
+    that is the very object dumped last time (astara.appliance.intake hands unchanged sections
+    over as such) keeps its text. After a one-floating-IP change to a document of 5,000 rules
+    that is ~2 ms instead of ~20. The text is exactly ``dump_with_secrets``'s."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[object, str]] = {}
+        self._lock = threading.Lock()
+
+    def dump(self, config: ApplianceConfig) -> str:
+        parts = []
+        with self._lock:
+            for name in ApplianceConfig.model_fields:
+                value = getattr(config, name)
+                kept = self._texts.get(name)
+                if kept is None or kept[0] is not value:
+                    text = _section_adapter(name).dump_json(value, context=_REVEAL).decode()
+                    kept = self._texts[name] = (value, text)
+                parts.append(f'"{name}":{kept[1]}')
+        return "{" + ",".join(parts) + "}"
+
+
+@functools.cache
+def _section_adapter(name: str) -> TypeAdapter[Any]:
+    annotation = ApplianceConfig.model_fields[name].annotation
+    if annotation is None:  # pydantic leaves no field of a model unannotated
+        raise TypeError(f"document field {name} has no type")
+    return TypeAdapter(annotation)
 
 
 def text_digest(text: str) -> str:

@@ -26,6 +26,7 @@ from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace, TopologyError
 from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import external_network, tenant_network
+from astara.testing.resolve import zone_server
 
 pytestmark = pytest.mark.e2e
 
@@ -235,20 +236,7 @@ def test_vms_resolve_each_other_by_name_and_outside_names_through_the_router(
     net_a, sub_a, vm_a = world.ids["net_a"], world.ids["sub_a"], world.vms["a"]
     # The test's resolver outside the cloud: it answers for outside.test and nothing else.
     uplink = Namespace(world.cloud.provider().names.uplink_ns)
-    world.cloud.spawn(
-        uplink,
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--pid-file=",
-            "--bind-interfaces",
-            f"--listen-address={UPLINK_IP}",
-            "--address=/outside.test/198.51.100.7",
-        ],
-    )
+    world.cloud.spawn(uplink, zone_server(UPLINK_IP, "outside.test", "198.51.100.7"))
     sdk.network.update_network(net_a, dns_domain="tenant-a.example.")
     sdk.network.update_subnet(sub_a, dns_nameservers=[UPLINK_IP])
     peer = sdk.network.create_port(

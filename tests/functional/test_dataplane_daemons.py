@@ -33,6 +33,7 @@ from astara.appliance.subsystem import ApplyStepError
 from astara.common.processes import is_alive
 from astara.drivers.metadata import nova_signature
 from astara.testing.netns import Namespace, Topology, inside, wait_for
+from astara.testing.resolve import zone_server
 from astara.wire.defaults import METADATA_PORT
 from astara.wire.document import ApplianceConfig, FloatingIP
 
@@ -190,20 +191,7 @@ def bed() -> Iterator[Bed]:
         topo.veth(router, "tBr-1", c1, "tBc1", left_mac=NET1_MAC, right_mac=C1_MAC)
         topo.veth(router, "tBr-2", c2, "tBc2", left_mac=NET2_MAC, right_mac=C2_MAC)
         outside.run(["ip", "addr", "add", "172.30.0.1/24", "dev", "tBx-e"])
-        topo.spawn(
-            outside,
-            [
-                "dnsmasq",
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-                "--bind-interfaces",
-                f"--listen-address={UPSTREAM_RESOLVER}",
-                "--address=/outside.test/198.51.100.7",
-            ],
-        )
+        topo.spawn(outside, zone_server(UPSTREAM_RESOLVER, "outside.test", "198.51.100.7"))
         # Lets a gratuitous ARP create a neighbour entry, so the test can see that one came.
         outside.sysctl("net.ipv4.conf.tBx-e.arp_accept", "1")
         seen: list[dict[str, str]] = []

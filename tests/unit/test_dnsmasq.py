@@ -186,6 +186,8 @@ def test_names_answer_every_address_of_every_port_under_the_networks_domain() ->
         "2001:db8:3::6 vm2.tenant.example vm2",
     ]
     assert render_names(network([V4], ALLOCATIONS)).splitlines()[0] == "10.0.0.5 vm-one"
+    # DHCPv6 clients get the domain as their search list (DHCPv4 ones from --domain).
+    assert "tag:s1,option6:domain-search,tenant.example" in render_opts(net).splitlines()
     argv = render_argv(net, "eth2", DnsmasqPaths(STATE, "net-1"), servers=["192.0.2.53"])
     for arg in (
         f"--addn-hosts={STATE}/dnsmasq-net-1.names",

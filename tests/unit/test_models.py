@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from astara.wire import document as document_module
 from astara.wire.document import (
     REDACTED,
     REDACTED_READ,
     ApplianceConfig,
     DhcpOption,
+    SectionDumper,
     dump_with_secrets,
     problems,
 )
@@ -240,3 +242,25 @@ def test_extra_dhcp_options_are_names_dnsmasq_knows_or_numbers_on_one_line(
         return
     with pytest.raises(ValidationError, match=re.escape(reason)):
         DhcpOption.model_validate(option)
+
+
+def test_the_section_dumper_writes_dump_with_secrets_text_and_redumps_only_new_sections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dumped: list[str] = []
+    real = document_module._section_adapter
+
+    def counting(name: str) -> Any:
+        dumped.append(name)
+        return real(name)
+
+    monkeypatch.setattr(document_module, "_section_adapter", counting)
+    first = ApplianceConfig.model_validate(DOC)
+    dumper = SectionDumper()
+    assert dumper.dump(first) == dump_with_secrets(first)  # secrets in clear, same bytes
+    assert SIGNATURE in dumper.dump(first)
+    assert len(dumped) == len(ApplianceConfig.model_fields)
+    dumped.clear()
+    second = first.model_copy(update={"generation": 2})  # every other section shared
+    assert dumper.dump(second) == dump_with_secrets(second)
+    assert dumped == ["generation"]

@@ -42,7 +42,7 @@ def config(
             "id": name,
             "kind": "internal",
             "interface_mac": mac,
-            "addresses": ["10.9.0.1/24"] if name == "a" else ["10.8.0.1/24"],
+            "addresses": ["10.9.0.1/24", "2001:db8:a::1/64"] if name == "a" else ["10.8.0.1/24"],
             "subnets": subnets,
         }
 
@@ -84,7 +84,8 @@ def test_modes_set_flags_and_autonomy() -> None:
     a, b = block(conf, "qr-a"), block(conf, "qr-b")
     assert "AdvManagedFlag off;" in a and "AdvOtherConfigFlag off;" in a
     assert "AdvAutonomous on;" in prefix_block(conf, "2001:db8:a::/64")
-    assert "RDNSS 2001:db8::53 2001:db8::54 {" in a
+    # The router's own address: it resolves for the network (and forwards to 2001:db8::53).
+    assert "RDNSS 2001:db8:a::1 {" in a
     assert re.search(r"AdvRDNSSLifetime \d+;", a)
     assert "AdvManagedFlag on;" in b and "AdvOtherConfigFlag on;" in b
     assert "AdvAutonomous off;" in prefix_block(conf, "2001:db8:b::/64")
@@ -110,7 +111,11 @@ def test_withdrawn_prefix_is_advertised_deprecated() -> None:
     # A prefix that is back in the document is advertised normally, not deprecated.
     assert ifaces == [
         RaInterface(
-            "qr-a", (RaPrefix("2001:db8:a::/64", "slaac"),), (), ("2001:db8:old::/64",), 1500
+            "qr-a",
+            (RaPrefix("2001:db8:a::/64", "slaac"),),
+            ("2001:db8:a::1",),
+            ("2001:db8:old::/64",),
+            1500,
         )
     ]
     old = prefix_block(render_conf(ifaces), "2001:db8:old::/64")

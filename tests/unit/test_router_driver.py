@@ -61,6 +61,8 @@ def snapshot_of(raw: dict[str, Any]) -> RouterSnapshot:
         network_ports=raw["network_ports"],
         floating_ips=raw["floatingips"],
         port_forwardings=raw["port_forwardings"],
+        bgp_speakers=raw.get("bgp_speakers"),
+        bgp_peers=raw.get("bgp_peers"),
     )
 
 
@@ -204,6 +206,60 @@ def test_extra_dhcp_options_reach_the_port_and_one_that_cannot_is_left_out_alone
         ("23", "[2001:db8::53]", 6),
     ]
     assert doc.dhcp_lease_seconds == 600
+
+
+def speaker(version: int, peers: list[str], **changes: Any) -> dict[str, Any]:
+    return {
+        "id": f"speaker{version}",
+        "local_as": 64512,
+        "ip_version": version,
+        "peers": peers,
+        "networks": [PUBLIC_NET],
+        **changes,
+    }
+
+
+def peer(peer_id: str, ip: str, auth_type: str = "none") -> dict[str, Any]:
+    return {"id": peer_id, "peer_ip": ip, "remote_as": 65000, "auth_type": auth_type}
+
+
+def test_a_bgp_speaker_announces_ipv6_tenant_prefixes_to_its_peers() -> None:
+    raw = recorded()
+    raw["bgp_speakers"] = [speaker(6, ["p1", "p2"])]
+    # p2's MD5 password is not shown by Neutron: it cannot be peered (logged).
+    raw["bgp_peers"] = [peer("p1", "2001:db8:ff::1"), peer("p2", "2001:db8:ff::2", "md5")]
+    raw["subnets"].append(
+        {
+            "id": "ext6",
+            "network_id": PUBLIC_NET,
+            "cidr": "2001:db8:ff::/64",
+            "gateway_ip": "2001:db8:ff::1",
+        }
+    )
+    bgp = rendered(raw).bgp
+    assert bgp is not None
+    assert bgp.local_as == 64512
+    assert [(str(p.address), p.remote_as) for p in bgp.peers] == [("2001:db8:ff::1", 65000)]
+    assert [str(p) for p in bgp.prefixes] == ["fd00:1::/64"]
+
+
+def test_ipv4_tenant_prefixes_only_without_snat_and_floating_ips_as_host_routes() -> None:
+    raw = recorded()
+    raw["bgp_speakers"] = [speaker(4, ["p1"])]
+    raw["bgp_peers"] = [peer("p1", "203.0.113.1")]
+    snat = rendered(raw).bgp
+    assert snat is not None
+    assert [str(p) for p in snat.prefixes] == ["203.0.113.192/32"]
+    raw["router"]["external_gateway_info"]["enable_snat"] = False
+    routed = rendered(raw).bgp
+    assert routed is not None
+    assert [str(p) for p in routed.prefixes] == ["10.0.0.0/24", "10.0.1.0/24", "203.0.113.192/32"]
+    raw["bgp_speakers"] = [speaker(4, ["p1"], advertise_floating_ip_host_routes=False)]
+    assert [str(p) for p in rendered(raw).bgp.prefixes] == ["10.0.0.0/24", "10.0.1.0/24"]  # type: ignore[union-attr]
+    # No speaker, or no peer it can talk to: no BGP at all.
+    raw["bgp_peers"] = [peer("p1", "203.0.113.1", "md5")]
+    assert rendered(raw).bgp is None
+    assert rendered().bgp is None
 
 
 def test_nova_instance_ports_carry_their_signed_identity_and_no_other_port_does() -> None:
