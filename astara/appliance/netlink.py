@@ -236,7 +236,10 @@ RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
 IFF_UP = 1
 IFLA_IFNAME, IFLA_MTU = 3, 4
 NLM_F_REQUEST_DUMP = 0x301
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+ADDRESS_BATCH = 256  # requests per send: well inside a netlink socket's default buffer
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -373,6 +376,74 @@ class KernelDump:
                     yield body, _attributes(data, body_at + header.size, start + size)
 
 
+class AddressWriter:
+    """Adds and deletes addresses over a raw rtnetlink socket, many requests per send.
+
+    Through pyroute2 each address took a request and its acknowledgement in turn, ~0.3 ms:
+    300 ms of a full apply with 1,000 floating IPs. Here the requests of a batch go in one
+    send and their acknowledgements are read back together.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(5.0)
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def change(self, command: str, addresses: Sequence[tuple[int, Address]], ignore: int) -> None:
+        """``add`` or ``del`` each (interface index, address); ``ignore`` is the error number
+        meaning "already so". OSError naming the first address the kernel refused."""
+        for start in range(0, len(addresses), ADDRESS_BATCH):
+            chunk = addresses[start : start + ADDRESS_BATCH]
+            requests = {}
+            data = b""
+            for index, address in chunk:
+                self._seq += 1
+                requests[self._seq] = address
+                data += _address_request(command, index, address, self._seq)
+            self.sock.send(data)
+            for seq, code in self._acknowledgements(set(requests)):
+                if code not in (0, ignore):
+                    raise OSError(
+                        code, f"cannot {command} address {requests[seq]}: {os.strerror(code)}"
+                    )
+
+    def _acknowledgements(self, waiting: set[int]) -> Iterator[tuple[int, int]]:
+        while waiting:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+                start, offset = offset, offset + ((size + 3) & ~3)
+                if kind == NLMSG_ERROR and seq in waiting:
+                    waiting.discard(seq)
+                    yield seq, -struct.unpack_from("=i", data, start + _NLMSGHDR.size)[0]
+
+
+def _address_request(command: str, index: int, address: Address, seq: int) -> bytes:
+    family = socket.AF_INET6 if ":" in address.ip else socket.AF_INET
+    raw = socket.inet_pton(family, address.ip)
+    attrs = _attribute(IFA_LOCAL, raw) + _attribute(IFA_ADDRESS, raw)
+    if command == "add" and family == socket.AF_INET and address.prefixlen < 31:
+        net = ipaddress.ip_network(f"{address.ip}/{address.prefixlen}", strict=False)
+        attrs += _attribute(IFA_BROADCAST, net.broadcast_address.packed)
+    body = _IFADDRMSG.pack(family, address.prefixlen, 0, 0, index) + attrs
+    kind, flags = (
+        (RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        if command == "add"
+        else (RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
+    )
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def _attribute(kind: int, value: bytes) -> bytes:
+    size = _RTATTR.size + len(value)
+    return _RTATTR.pack(size, kind) + value + b"\0" * (-size % 4)
+
+
 def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     attrs = {}
     while offset + _RTATTR.size <= end:
@@ -427,6 +498,7 @@ class LinksSubsystem:
         (astara.appliance.management); None leaves routing of management to the main table."""
         self.ipr = ipr if ipr is not None else IPRoute()
         self.dump = KernelDump()
+        self.writer = AddressWriter()
         self.management = management
         self.garp = garp if garp is not None else GratuitousArp()
         self.sysctl_root = sysctl_root
@@ -436,6 +508,7 @@ class LinksSubsystem:
     def close(self) -> None:
         self.ipr.close()
         self.dump.close()
+        self.writer.close()
         if self.management is not None:
             self.management.close()
 
@@ -472,10 +545,11 @@ class LinksSubsystem:
             have_addrs = [a for a in self._addresses(by_index) if owned_address(a, managed)]
             have_routes = self._routes(by_index)
         addrs = diff(want_addrs, have_addrs)
-        for address in addrs.to_remove:
-            self._address("del", address, kernel, ignore=errno.EADDRNOTAVAIL)
-        for address in addrs.to_add:
-            self._address("add", address, kernel, ignore=errno.EEXIST)
+        for command, changed, ignore in (
+            ("del", addrs.to_remove, errno.EADDRNOTAVAIL),
+            ("add", addrs.to_add, errno.EEXIST),
+        ):
+            self.writer.change(command, [(kernel[a.ifname].index, a) for a in changed], ignore)
         routes = diff(want_routes, have_routes)
         for route in routes.to_remove:
             self._route("del", route, kernel, ignore=errno.ESRCH)
@@ -563,20 +637,6 @@ class LinksSubsystem:
             destination = ipaddress.ip_network(f"{route.dst or default}/{route.dst_len}")
             found.append(Route(str(destination), _norm_ip(route.gateway), ifname))
         return found
-
-    def _address(
-        self, command: str, address: Address, kernel: Mapping[str, KernelLink], ignore: int
-    ) -> None:
-        args: dict[str, Any] = {
-            "index": kernel[address.ifname].index,
-            "address": address.ip,
-            "prefixlen": address.prefixlen,
-        }
-        if address.version == 4 and command == "add":
-            net = ipaddress.ip_network(f"{address.ip}/{address.prefixlen}", strict=False)
-            if address.prefixlen < 31:
-                args["broadcast"] = str(net.broadcast_address)
-        _tolerant(lambda: self.ipr.addr(command, **args), ignore)
 
     def _route(
         self, command: str, route: Route, kernel: Mapping[str, KernelLink], ignore: int

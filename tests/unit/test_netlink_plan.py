@@ -174,3 +174,25 @@ def test_the_last_apply_is_trusted_only_under_the_very_document_and_names() -> N
     narrow = Converged(fewer, dict(LINKS), frozenset(), frozenset())
     assert narrow.covers(fewer, fewer, LINKS)
     assert not narrow.covers(later, fewer, LINKS)
+
+
+def test_address_requests_decode_as_rtnetlink_address_messages() -> None:
+    # Decoded by pyroute2: the same bytes iproute2 would send.
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+    from astara.appliance.netlink import RTM_DELADDR, RTM_NEWADDR, _address_request
+
+    def decoded(data: bytes) -> Any:
+        msg = ifaddrmsg(data)
+        msg.decode()
+        return msg
+
+    add = decoded(_address_request("add", 7, Address("eth1", "172.24.0.9", 24), 41))
+    assert (add["header"]["type"], add["header"]["sequence_number"]) == (RTM_NEWADDR, 41)
+    assert (add["family"], add["prefixlen"], add["index"]) == (2, 24, 7)
+    assert add.get_attr("IFA_LOCAL") == add.get_attr("IFA_ADDRESS") == "172.24.0.9"
+    assert add.get_attr("IFA_BROADCAST") == "172.24.0.255"
+    gone = decoded(_address_request("del", 7, Address("eth1", "2001:db8::9", 64), 42))
+    assert gone["header"]["type"] == RTM_DELADDR
+    assert (gone["family"], gone.get_attr("IFA_ADDRESS")) == (10, "2001:db8::9")
+    assert gone.get_attr("IFA_BROADCAST") is None
