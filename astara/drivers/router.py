@@ -714,8 +714,12 @@ class NeutronRouterSource:
             for speaker in self._list("/bgp-speakers", "bgp_speakers", {})
             if gateway_network in speaker.get("networks", [])
         ]
-        peer_ids = sorted({peer for speaker in speakers for peer in speaker.get("peers", [])})
-        return speakers, self._list("/bgp-peers", "bgp_peers", {"id": peer_ids})
+        peer_ids = {peer for speaker in speakers for peer in speaker.get("peers", [])}
+        if not peer_ids:
+            return speakers, []
+        # neutron-dynamic-routing filters peers by no attribute (400): all of them, then ours.
+        peers = self._list("/bgp-peers", "bgp_peers", {})
+        return speakers, [peer for peer in peers if peer["id"] in peer_ids]
 
     def _port_forwardings(self, fips: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not fips or not self._has_extension(self.PORT_FORWARDING_EXTENSION):

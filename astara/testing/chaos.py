@@ -12,8 +12,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import openstack
@@ -21,7 +22,7 @@ import openstack
 from astara.providers.base import Instance
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace
-from astara.testing.neutron_bed import connect
+from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import external_network, tenant_network
 
 T = TypeVar("T")
@@ -152,6 +153,22 @@ def fresh_state(cloud: CloudInABox) -> None:
         cloud.provider().teardown()
         shutil.rmtree(cloud.state_dir / "instances", ignore_errors=True)
         (cloud.state_dir / "orchestrator.sqlite").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def plugin_cloud(
+    state_dir: Path, database: str, prefix: str
+) -> Iterator[tuple[CloudInABox, openstack.connection.Connection]]:
+    """A cloud-in-a-box whose Neutron loads Astara's plugin (and neutron-dynamic-routing's
+    API), started from a clean state, and an SDK connection to it; brought down after."""
+    bed = NeutronTestbed(state_dir=state_dir / "neutron", database=database, astara_plugin=True)
+    cloud = CloudInABox(state_dir=state_dir, bed=bed, prefix=prefix)
+    fresh_state(cloud)
+    endpoint = cloud.up()
+    try:
+        yield cloud, connect(endpoint.url)
+    finally:
+        cloud.down()
 
 
 def instance_namespaces(prefix: str) -> list[str]:

@@ -12,9 +12,8 @@ from typing import Any
 import openstack
 import pytest
 
-from astara.testing.chaos import eventually, fresh_state
+from astara.testing.chaos import eventually, plugin_cloud
 from astara.testing.cloud import CloudInABox
-from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import external_network
 
 pytestmark = pytest.mark.e2e
@@ -35,23 +34,15 @@ class World:
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     # Astara's Neutron plugin loaded, and with it neutron-dynamic-routing's API (the bed's).
-    bed = NeutronTestbed(
-        state_dir=STATE / "neutron", database="astara_neutron_bgp", astara_plugin=True
-    )
-    cloud = CloudInABox(state_dir=STATE, bed=bed, prefix="atg")
-    fresh_state(cloud)
-    endpoint = cloud.up()
-    try:
-        yield World(cloud, connect(endpoint.url))
-    finally:
-        cloud.down()
+    with plugin_cloud(STATE, "astara_neutron_bgp", "atg") as (cloud, sdk):
+        yield World(cloud, sdk)
 
 
 def upstream_conf(router_ip: str) -> str:
     """The peer outside the cloud: learns what the router announces, announces nothing."""
     return (
         f"router id {UPLINK_V4};\nprotocol device {{}}\n"
-        f"protocol bgp router {{\n\tlocal as {PEER_AS};\n\tneighbor {router_ip} as {ROUTER_AS};\n"
+        f"protocol bgp appliance {{\n\tlocal as {PEER_AS};\n\tneighbor {router_ip} as {ROUTER_AS};\n"
         "\tconnect retry time 5;\n\tipv6 { import all; export none; };\n}\n"
     )
 

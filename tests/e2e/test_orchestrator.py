@@ -21,10 +21,9 @@ import pytest
 
 from astara.orchestrator.appliance_client import ApplianceClient
 from astara.orchestrator.store import Store
-from astara.testing.chaos import eventually, fresh_state
+from astara.testing.chaos import eventually, plugin_cloud
 from astara.testing.cloud import CloudInABox, Workload
 from astara.testing.netns import Namespace, TopologyError
-from astara.testing.neutron_bed import NeutronTestbed, connect
 from astara.testing.neutron_objects import external_network, tenant_network
 from astara.testing.resolve import zone_server
 
@@ -75,16 +74,8 @@ class World:
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     # Astara's Neutron plugin loaded: the provider driver, forwarded events, the status API.
-    bed = NeutronTestbed(
-        state_dir=STATE / "neutron", database="astara_neutron_e2e", astara_plugin=True
-    )
-    cloud = CloudInABox(state_dir=STATE, bed=bed, prefix=PREFIX)
-    fresh_state(cloud)
-    endpoint = cloud.up()
-    try:
-        yield World(cloud, connect(endpoint.url))
-    finally:
-        cloud.down()
+    with plugin_cloud(STATE, "astara_neutron_e2e", PREFIX) as (cloud, sdk):
+        yield World(cloud, sdk)
 
 
 def test_router_with_gateway_serves_dhcp_routing_and_snat(world: World) -> None:
