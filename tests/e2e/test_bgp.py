@@ -42,7 +42,8 @@ def upstream_conf(router_ip: str) -> str:
     """The peer outside the cloud: learns what the router announces, announces nothing."""
     return (
         f"router id {UPLINK_V4};\nprotocol device {{}}\n"
-        f"protocol bgp appliance {{\n\tlocal as {PEER_AS};\n\tneighbor {router_ip} as {ROUTER_AS};\n"
+        f"protocol bgp appliance {{\n\tlocal as {PEER_AS};\n"
+        f"\tneighbor {router_ip} as {ROUTER_AS};\n"
         "\tconnect retry time 5;\n\tipv6 { import all; export none; };\n}\n"
     )
 
