@@ -16,7 +16,6 @@ private address it does not own.
 
 from __future__ import annotations
 
-import ipaddress
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from astara.wire.document import (
     Allocation,
     ApplianceConfig,
     DhcpOption,
+    IpAddress,
     Network,
     Subnet,
 )
@@ -45,7 +45,6 @@ from astara.wire.document import (
 # on SIGHUP: they are its own (0600 in a 0700 directory), out of every other user's reach.
 DEFAULT_USER = "dnsmasq"
 DHCPV6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def dhcp_subnets(network: Network) -> list[tuple[str, Subnet]]:
 
 
 def resolvers(
-    network: Network, upstreams: Iterable[IPAddress], own: Iterable[IPAddress] = ()
+    network: Network, upstreams: Iterable[IpAddress], own: Iterable[IpAddress] = ()
 ) -> list[str]:
     """Where the network's dnsmasq forwards names it does not own: its subnets' resolvers,
     else the operator's upstreams. Never one of the router's own addresses (two networks

@@ -11,7 +11,6 @@ fails the whole batch (the kernel applies none of it).
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -19,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
 from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELSETELEM,
@@ -27,6 +26,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_set_elem_list_msg,
 )
 
+from astara.appliance.netlink import acknowledgements
 from astara.appliance.nftables import NAT_MAPS, NAT_TABLE, SetChange, keys_set
 from astara.appliance.subsystem import ApplyStepError
 
@@ -43,7 +43,6 @@ INTERVAL_SETS = frozenset(
     if "flags interval" in declaration
     for name in (map_name, keys_set(map_name))
 )
-_ERROR = struct.Struct("=IHHIIi")  # nlmsghdr, then nlmsgerr's error code
 
 
 def packed(text: str) -> tuple[bytes, bytes]:
@@ -134,30 +133,21 @@ class NetlinkElements:
             data, acked = batch(changes, first)
             try:
                 self._sock.send(data)
-                self._await(set(acked), {s: c for s, c in zip(acked, changes, strict=True)})
+                self._await(acked, changes)
             except OSError as exc:
                 raise ApplyStepError("firewall", f"netlink: {exc}") from exc
 
-    def _await(self, waiting: set[int], changes: dict[int, SetChange]) -> None:
-        # Answers to an earlier, failed batch may still arrive: only this batch's count.
-        while waiting:
-            reply = self._sock.recv(65536)
-            offset = 0
-            while offset + _ERROR.size <= len(reply):
-                length, kind, _, sequence, _, code = _ERROR.unpack_from(reply, offset)
-                offset += max((length + 3) & ~3, _ERROR.size)  # messages are 4-byte aligned
-                if kind != NLMSG_ERROR or sequence not in waiting:
-                    continue
-                if code:
-                    change = changes[sequence]
-                    verb = "add to" if change.add else "delete from"
-                    reason = os.strerror(-code) if -code in errno.errorcode else f"error {code}"
-                    raise ApplyStepError(
-                        "firewall",
-                        f"netlink: cannot {verb} {NAT_TABLE} {change.name} "
-                        f"({', '.join(change.keys)}): {reason}",
-                    )
-                waiting.discard(sequence)
+    def _await(self, waiting: list[int], changes: Sequence[SetChange]) -> None:
+        by_sequence = dict(zip(waiting, changes, strict=True))
+        for sequence, code in acknowledgements(self._sock, set(waiting)):
+            if code:  # the kernel applied none of the batch
+                change = by_sequence[sequence]
+                verb = "add to" if change.add else "delete from"
+                raise ApplyStepError(
+                    "firewall",
+                    f"netlink: cannot {verb} {NAT_TABLE} {change.name} "
+                    f"({', '.join(change.keys)}): {os.strerror(code)}",
+                )
 
     def close(self) -> None:
         self._sock.close()

@@ -405,22 +405,25 @@ class AddressWriter:
                 requests[self._seq] = address
                 data += _address_request(command, index, address, self._seq)
             self.sock.send(data)
-            for seq, code in self._acknowledgements(set(requests)):
+            for seq, code in acknowledgements(self.sock, set(requests)):
                 if code not in (0, ignore):
                     raise OSError(
                         code, f"cannot {command} address {requests[seq]}: {os.strerror(code)}"
                     )
 
-    def _acknowledgements(self, waiting: set[int]) -> Iterator[tuple[int, int]]:
-        while waiting:
-            data = self.sock.recv(1 << 20)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
-                start, offset = offset, offset + ((size + 3) & ~3)
-                if kind == NLMSG_ERROR and seq in waiting:
-                    waiting.discard(seq)
-                    yield seq, -struct.unpack_from("=i", data, start + _NLMSGHDR.size)[0]
+
+def acknowledgements(sock: socket.socket, waiting: set[int]) -> Iterator[tuple[int, int]]:
+    """(sequence, error number, 0 for success) of each request in ``waiting`` as the kernel
+    acknowledges it; replies to other requests (an earlier batch's leftovers) are skipped."""
+    while waiting:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+            start, offset = offset, offset + ((size + 3) & ~3)
+            if kind == NLMSG_ERROR and seq in waiting:
+                waiting.discard(seq)
+                yield seq, -struct.unpack_from("=i", data, start + _NLMSGHDR.size)[0]
 
 
 def _address_request(command: str, index: int, address: Address, seq: int) -> bytes:
