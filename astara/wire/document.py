@@ -48,6 +48,8 @@ MAX_GENERATION = 2**31 - 1
 DEFAULT_MTU, MIN_MTU, MAX_MTU = 1500, 1280, 9216
 # DHCP leases: Neutron's default (dhcp_lease_duration); dnsmasq refuses less than 2 minutes.
 DEFAULT_LEASE_SECONDS, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 86400, 120, 2**31 - 1
+# Rules of one document, router-wide and in firewall groups together.
+MAX_FIREWALL_RULES = 20000
 
 
 def _mac(value: str) -> str:
@@ -261,9 +263,37 @@ class FirewallRule(Strict):
     destination_ports: PortRange | None = None
 
 
+# Firewall groups name packet-filter chains: letters, digits, "_", "-" (a Neutron UUID fits).
+GroupId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class FirewallGroup(Strict):
+    """A Neutron firewall group (FWaaS v2) on some of the router's interfaces.
+
+    In Neutron's sense of the words, ``ingress`` rules judge packets the router sends out of
+    one of ``interfaces`` (into that port's network) and ``egress`` rules packets it receives
+    through one. In each list the first rule that matches decides, and a packet that no rule
+    matches is dropped: an empty list lets nothing through that way. A packet crossing two
+    grouped interfaces must be allowed on both. Established and related connections pass
+    whatever the rules say, so a rule change never cuts a connection already allowed.
+    Rules here take their direction from their list (``direction`` stays ``any``).
+    """
+
+    id: GroupId
+    interfaces: list[MacAddress] = Field(min_length=1, max_length=64)
+    ingress: list[FirewallRule] = Field(default_factory=list, max_length=MAX_FIREWALL_RULES)
+    egress: list[FirewallRule] = Field(default_factory=list, max_length=MAX_FIREWALL_RULES)
+
+
 class Firewall(Strict):
+    """Router-wide rules (``rules``, then ``default_action``) and Neutron's firewall groups.
+
+    A forwarded packet passes the groups of the interfaces it crosses first, then the
+    router-wide rules."""
+
     default_action: Literal["allow", "deny"] = "allow"
-    rules: list[FirewallRule] = Field(default_factory=list, max_length=20000)
+    rules: list[FirewallRule] = Field(default_factory=list, max_length=MAX_FIREWALL_RULES)
+    groups: list[FirewallGroup] = Field(default_factory=list, max_length=64)
 
 
 class Metadata(Strict):
@@ -426,8 +456,7 @@ def _problems(config: ApplianceConfig) -> Iterator[Problem]:
                 yield Problem(loc=(*where, "external_port"), msg="overlaps another port forward")
         claimed.append((forward.protocol, forward.external_ip, forward.external_port))
 
-    for r, rule in enumerate(config.firewall.rules):
-        yield from _rule_problems(rule, ("firewall", "rules", r))
+    yield from _firewall_problems(config)
 
     yield from _management_problems(config)
     yield from _bgp_problems(config, external_subnets)
@@ -567,6 +596,41 @@ def _overlapping_subnets(config: ApplianceConfig) -> Iterator[Problem]:
                     msg=f"overlaps a subnet of internal network {other}",
                 )
             seen.append((subnet.cidr, net.id))
+
+
+def _firewall_problems(config: ApplianceConfig) -> Iterator[Problem]:
+    firewall = config.firewall
+    for r, rule in enumerate(firewall.rules):
+        yield from _rule_problems(rule, ("firewall", "rules", r))
+    management = config.network("management")
+    grouped = {iface.mac for iface in config.interfaces} - (
+        {management.interface_mac} if management else set()
+    )
+    total = len(firewall.rules)
+    seen: set[str] = set()
+    for g, group in enumerate(firewall.groups):
+        where: tuple[str | int, ...] = ("firewall", "groups", g)
+        if group.id in seen:
+            yield Problem(loc=(*where, "id"), msg="listed twice")
+        seen.add(group.id)
+        for i, mac in enumerate(group.interfaces):
+            if mac not in grouped:
+                yield Problem(
+                    loc=(*where, "interfaces", i),
+                    msg="no tenant or external interface has this MAC",
+                )
+        for direction in ("ingress", "egress"):
+            rules: list[FirewallRule] = getattr(group, direction)
+            total += len(rules)
+            for r, rule in enumerate(rules):
+                if rule.direction != "any":
+                    yield Problem(
+                        loc=(*where, direction, r, "direction"),
+                        msg="a group's rules take their direction from their list: use any",
+                    )
+                yield from _rule_problems(rule, (*where, direction, r))
+    if total > MAX_FIREWALL_RULES:
+        yield Problem(loc=("firewall",), msg=f"{total} rules in all; at most {MAX_FIREWALL_RULES}")
 
 
 def _rule_problems(rule: FirewallRule, where: tuple[str | int, ...]) -> Iterator[Problem]:

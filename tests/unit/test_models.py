@@ -191,6 +191,43 @@ def test_every_cross_reference_problem_is_reported_with_its_path() -> None:
     assert (("routes", 0, "nexthop"), "not on a connected subnet") in found
 
 
+def test_firewall_groups_are_checked_against_the_interfaces_and_the_rule_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    allow = {"action": "allow", "protocol": "tcp"}
+    good = {"id": "g1", "interfaces": [INT_MAC, EXT_MAC], "ingress": [allow]}
+    assert problems(ApplianceConfig.model_validate(doc(firewall={"groups": [good]}))) == []
+    groups = [
+        dict(good, interfaces=["fa:16:3e:00:00:99"]),
+        dict(good, egress=[dict(allow, direction="ingress"), dict(allow, source_cidr="::/0")]),
+    ]
+    found = {
+        (p.loc, p.msg)
+        for p in problems(ApplianceConfig.model_validate(doc(firewall={"groups": groups})))
+    }
+    assert found == {
+        (("firewall", "groups", 1, "id"), "listed twice"),
+        (
+            ("firewall", "groups", 0, "interfaces", 0),
+            "no tenant or external interface has this MAC",
+        ),
+        (
+            ("firewall", "groups", 1, "egress", 0, "direction"),
+            "a group's rules take their direction from their list: use any",
+        ),
+        (("firewall", "groups", 1, "egress", 1, "source_cidr"), "not an IPv4 network"),
+    }
+    # Rules are counted over the router-wide list and every group's lists together.
+    monkeypatch.setattr(document_module, "MAX_FIREWALL_RULES", 3)
+    crowded = {"rules": [allow], "groups": [dict(good, egress=[allow, allow])]}
+    found = {
+        (p.loc, p.msg) for p in problems(ApplianceConfig.model_validate(doc(firewall=crowded)))
+    }
+    assert found == {(("firewall",), "4 rules in all; at most 3")}
+    with pytest.raises(ValidationError, match=r"groups\.0\.id"):
+        ApplianceConfig.model_validate(doc(firewall={"groups": [dict(good, id="a:b")]}))
+
+
 def test_floating_ips_need_an_external_network() -> None:
     bad = doc()
     del bad["networks"][0]

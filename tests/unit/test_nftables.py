@@ -27,7 +27,13 @@ from astara.appliance.nftables import (
     render_ruleset,
 )
 from astara.appliance.subsystem import ApplyStepError
-from astara.wire.document import ApplianceConfig, Firewall, FirewallRule, FloatingIP
+from astara.wire.document import (
+    ApplianceConfig,
+    Firewall,
+    FirewallGroup,
+    FirewallRule,
+    FloatingIP,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -495,6 +501,96 @@ def test_firewall_key_is_equal_exactly_when_the_sections_are() -> None:
     assert key(zero) != key(dict(base, source_cidr="::/0"))
     half = {"action": "allow", "source_cidr": "10.0.0.0/24"}
     assert key(half) != key({"action": "allow", "destination_cidr": "10.0.0.0/24"})
+
+
+def test_firewall_key_tells_groups_apart_by_every_field() -> None:
+    allow = rule("a", "allow", protocol="tcp")
+    group = {"id": "g1", "interfaces": [INT1], "ingress": [allow], "egress": []}
+
+    def key(*groups: dict[str, Any]) -> list[object]:
+        return firewall_key(Firewall.model_validate({"groups": groups}))
+
+    assert set(group) == set(FirewallGroup.model_fields)
+    assert key(group) == key(dict(group))
+    assert key(group) != key()
+    for name, value in {
+        "id": "g2",
+        "interfaces": [INT1, INT2],
+        "ingress": [],
+        "egress": [allow],
+    }.items():
+        assert key(group) != key(dict(group, **{name: value})), name
+    # A rule moved from one list to the next, or from a group to the router-wide rules.
+    assert key(dict(group, ingress=[allow, allow])) != key(dict(group, egress=[allow]), group)
+    assert firewall_key(Firewall.model_validate({"rules": [allow]})) != key(group)
+
+
+def group_document(*groups: dict[str, Any], rules: Iterable[dict[str, Any]] = ()) -> str:
+    return render_ruleset(document(firewall={"groups": groups, "rules": list(rules)}), LINKS)
+
+
+def test_a_group_jumps_to_its_chains_from_its_interfaces_before_router_wide_rules() -> None:
+    text = group_document(
+        {
+            "id": "g-1",
+            "interfaces": [INT1, EXT],
+            "ingress": [rule("in22", "allow", protocol="tcp", destination_ports=PORTS[0])],
+            "egress": [rule("out", "allow")],
+        },
+        rules=[rule("wide", "deny", source_cidr="10.9.0.0/16")],
+    )
+    forward = chain(text, "forward")
+    jumps = [line for line in forward if " jump " in line]
+    # Neutron's sense: ingress is what leaves the router into the port's network.
+    assert jumps == [
+        'oifname "eth2" jump fwg_g-1_ingress',
+        'oifname "eth1" jump fwg_g-1_ingress',
+        'iifname "eth2" jump fwg_g-1_egress',
+        'iifname "eth1" jump fwg_g-1_egress',
+    ]
+    assert forward.index(jumps[-1]) < next(i for i, r in enumerate(forward) if "wide" in r)
+    assert forward[:2] == ["ct state established,related accept", "ct state invalid drop"]
+    assert chain(text, "fwg_g-1_ingress") == [
+        'meta nfproto ipv4 tcp dport 22 counter return comment "in22"',
+        'counter drop comment "default drop"',
+    ]
+    assert chain(text, "fwg_g-1_egress")[0] == 'meta nfproto ipv4 counter return comment "out"'
+
+
+def test_a_group_without_rules_drops_and_deny_and_reject_end_the_packet() -> None:
+    text = group_document(
+        {
+            "id": "g",
+            "interfaces": [INT2],
+            "ingress": [rule("d", "deny", protocol="udp"), rule("j", "reject", protocol="tcp")],
+        }
+    )
+    assert chain(text, "fwg_g_ingress") == [
+        'meta nfproto ipv4 meta l4proto udp counter drop comment "d"',
+        'meta nfproto ipv4 meta l4proto tcp counter goto reject_packet comment "j"',
+        'counter drop comment "default drop"',
+    ]
+    assert chain(text, "fwg_g_egress") == ['counter drop comment "default drop"']
+
+
+def test_a_groups_folded_sets_are_named_after_its_chain_and_counted_under_it() -> None:
+    cidrs = [rule(f"r{n}", "allow", source_cidr=f"10.0.{n}.0/24") for n in range(3)]
+    text = group_document(
+        {"id": "g", "interfaces": [INT1], "egress": cidrs},
+        rules=[rule(f"w{n}", "deny", source_cidr=f"10.1.{n}.0/24") for n in range(2)],
+    )
+    assert sets(text) == {"fwg_g_egress_s0": ["r0", "r1", "r2"], "fw_1": ["w0", "w1"]}
+    assert 'ip saddr @fwg_g_egress_s0 counter return comment "set fwg_g_egress_s0"' in chain(
+        text, "fwg_g_egress"
+    )
+    element = {"elem": {"val": "x", "comment": "r1", "counter": {"packets": 2, "bytes": 9}}}
+    listing = {
+        "nftables": [
+            {"set": {"family": "inet", "table": "astara_filter", "name": name, "elem": [element]}}
+            for name in sets(text)
+        ]
+    }
+    assert {c.chain for c in parse_counters(listing)} == {"forward", "fwg_g_egress"}
 
 
 def test_the_delta_check_compares_no_firewall_models(monkeypatch: pytest.MonkeyPatch) -> None:
