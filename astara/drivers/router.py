@@ -13,9 +13,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from astara.drivers.firewall import (
+    NeutronFirewallGroup,
+    NeutronFirewallPolicy,
+    NeutronFirewallRule,
+    RenderedGroups,
+    firewall_groups,
+)
 from astara.drivers.metadata import MetadataService, instance_identity
+from astara.drivers.neutron_model import NeutronModel
 from astara.wire.document import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MTU,
@@ -26,6 +34,7 @@ from astara.wire.document import (
     Bgp,
     BgpPeer,
     DhcpOption,
+    Firewall,
     FloatingIP,
     HostRoute,
     Interface,
@@ -58,12 +67,6 @@ ROUTER_OWNERS = frozenset(
         GATEWAY_OWNER,
     }
 )
-
-
-class NeutronModel(BaseModel):
-    """Neutron's API JSON: keep the fields the driver reads, ignore the rest."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
 class FixedIP(NeutronModel):
@@ -181,6 +184,10 @@ class RouterSnapshot(NeutronModel):
     port_forwardings: list[NeutronPortForwarding] = Field(default_factory=list)
     bgp_speakers: list[NeutronBgpSpeaker] = Field(default_factory=list)
     bgp_peers: list[NeutronBgpPeer] = Field(default_factory=list)
+    # neutron-fwaas: the groups on the router's interfaces, their policies and rules.
+    firewall_groups: list[NeutronFirewallGroup] = Field(default_factory=list)
+    firewall_policies: list[NeutronFirewallPolicy] = Field(default_factory=list)
+    firewall_rules: list[NeutronFirewallRule] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ def snapshot_from_api(
     port_forwardings: list[dict[str, Any]],
     bgp_speakers: list[dict[str, Any]] | None = None,
     bgp_peers: list[dict[str, Any]] | None = None,
+    firewall: tuple[list[dict[str, Any]], ...] = ([], [], []),
 ) -> RouterSnapshot:
     """A snapshot from Neutron's API answers (``router_ports``: the ports whose device is it)."""
     return RouterSnapshot.model_validate(
@@ -236,6 +244,9 @@ def snapshot_from_api(
             "port_forwardings": port_forwardings,
             "bgp_speakers": bgp_speakers or [],
             "bgp_peers": bgp_peers or [],
+            "firewall_groups": firewall[0],
+            "firewall_policies": firewall[1],
+            "firewall_rules": firewall[2],
         }
     )
 
@@ -310,6 +321,14 @@ def render(
         )
         for port in nics
     ]
+    groups = _firewall_groups(snapshot, {p.network_id: macs.get(p.id, p.mac_address) for p in nics})
+    for group_id, reason in groups.errors.items():
+        LOG.warning(
+            "router %s: firewall group %s drops every new connection: %s",
+            router.id,
+            group_id,
+            reason,
+        )
     gateway_info = router.external_gateway_info
     return ApplianceConfig(
         generation=generation,
@@ -338,6 +357,7 @@ def render(
                 router.id, f"port forwarding {forward.id}", forward.internal_ip, reserved
             )
         ],
+        firewall=Firewall(groups=groups.groups),
         metadata=Metadata(upstream_url=metadata.upstream_url) if metadata else None,
         dns_upstreams=list(services.dns_upstreams),
         dhcp_lease_seconds=services.dhcp_lease_seconds,
@@ -416,6 +436,28 @@ def _domain(router_id: str, network: NeutronNetwork, services: ServiceSettings) 
             services.dns_domain,
         )
     return domain or services.dns_domain
+
+
+def _firewall_groups(snapshot: RouterSnapshot, nic_macs: Mapping[str, str]) -> RenderedGroups:
+    """The groups on the router's interface ports (fwaas puts none on a gateway port).
+
+    ``nic_macs``: network id -> the MAC of the appliance's NIC on it. A router with two
+    interface ports on one network (two of its subnets) serves both through one NIC, so a
+    group on either port judges that NIC's traffic."""
+    interfaces = {
+        port.id: nic_macs[port.network_id]
+        for port in snapshot.interface_ports
+        if port.network_id in nic_macs
+    }
+    return firewall_groups(
+        snapshot.firewall_groups, snapshot.firewall_policies, snapshot.firewall_rules, interfaces
+    )
+
+
+def firewall_group_statuses(snapshot: RouterSnapshot) -> dict[str, str]:
+    """What the router's document makes of each firewall group on its interfaces."""
+    plugged = {port.network_id: port.mac_address for port in plugged_ports(snapshot)}
+    return _firewall_groups(snapshot, plugged).statuses
 
 
 def plugged_ports(snapshot: RouterSnapshot) -> list[NeutronPort]:
@@ -673,6 +715,7 @@ class NeutronRouterSource:
 
     PORT_FORWARDING_EXTENSION = "floating-ip-port-forwarding"
     BGP_EXTENSION = "bgp"  # neutron-dynamic-routing
+    FWAAS_EXTENSION = "fwaas_v2"  # neutron-fwaas
 
     def __init__(self, connection: Any, owns: Callable[[str], bool] | None = None) -> None:
         """``owns``: whether a router is Astara's (with the Neutron plugin, routers of other
@@ -691,6 +734,7 @@ class NeutronRouterSource:
         fips = self._list("/floatingips", "floatingips", {"router_id": router_id})
         gateway = (router.get("external_gateway_info") or {}).get("network_id")
         speakers, peers = self._bgp(gateway)
+        firewall = self._firewall(router.get("project_id"), {p["id"] for p in own})
         return snapshot_from_api(
             router=router,
             router_ports=own,
@@ -701,6 +745,7 @@ class NeutronRouterSource:
             port_forwardings=list(self._port_forwardings(fips)),
             bgp_speakers=speakers,
             bgp_peers=peers,
+            firewall=firewall,
         )
 
     def _bgp(
@@ -720,6 +765,35 @@ class NeutronRouterSource:
         # neutron-dynamic-routing filters peers by no attribute (400): all of them, then ours.
         peers = self._list("/bgp-peers", "bgp_peers", {})
         return speakers, [peer for peer in peers if peer["id"] in peer_ids]
+
+    def _firewall(
+        self, project_id: str | None, router_ports: set[str]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The firewall groups on the router's ports, their policies and rules.
+
+        neutron-fwaas puts a group only on ports of its own project (unless an admin does), so
+        the router's project's groups are read (not every project's)."""
+        if not project_id or not self._has_extension(self.FWAAS_EXTENSION):
+            return [], [], []
+        groups = [
+            group
+            for group in self._list(
+                "/fwaas/firewall_groups", "firewall_groups", {"project_id": project_id}
+            )
+            if router_ports & set(group.get("ports") or [])
+        ]
+        policy_ids = sorted(
+            {
+                group[key]
+                for group in groups
+                for key in ("ingress_firewall_policy_id", "egress_firewall_policy_id")
+                if group.get(key)
+            }
+        )
+        policies = self._list("/fwaas/firewall_policies", "firewall_policies", {"id": policy_ids})
+        rule_ids = sorted({rule for policy in policies for rule in policy["firewall_rules"]})
+        rules = self._list("/fwaas/firewall_rules", "firewall_rules", {"id": rule_ids})
+        return groups, policies, rules
 
     def _port_forwardings(self, fips: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not fips or not self._has_extension(self.PORT_FORWARDING_EXTENSION):

@@ -70,3 +70,15 @@ def _routers(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> li
     """The routers a resource was and is on, once each, in that order."""
     found = [(state or {}).get("router_id") for state in (old, new)]
     return [router_id for router_id in dict.fromkeys(found) if router_id]
+
+
+def firewall_group_events(
+    action: str, group_id: str, why: str, routers: Mapping[str, str]
+) -> list[RouterEvent]:
+    """Events for the routers (id -> project) whose interfaces a firewall group is on or was
+    on, for a change of the group itself or of a policy or rule it uses (``why``)."""
+    cause = f"firewall_group {group_id} {action}" + (f" ({why})" if why else "")
+    return [
+        RouterEvent("firewall_group", action, router_id, project_id, group_id, cause)
+        for router_id, project_id in sorted(routers.items())
+    ]

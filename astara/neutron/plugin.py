@@ -22,8 +22,9 @@ from neutron_lib.services import base as service_base
 
 from astara.neutron import extensions as astara_extensions
 from astara.neutron import status_api
-from astara.neutron.l3_driver import AstaraL3Driver
+from astara.neutron.ownership import is_astara_router
 
+FIREWALL_V2 = "FIREWALL_V2"  # neutron-fwaas's plugin type, when it is loaded
 ROUTER_PORT_OWNERS = (constants.DEVICE_OWNER_ROUTER_INTF, constants.DEVICE_OWNER_ROUTER_GW)
 
 
@@ -54,7 +55,7 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
         router = self._astara_router(context, id)
         requested = body.get("port_statuses") or {}
         ports = self._router_ports(context, id)
-        unknown = status_api.unknown_ports(requested, {p["id"] for p in ports})
+        unknown = status_api.unknown_ids(requested, {p["id"] for p in ports})
         if unknown:
             raise n_exc.BadRequest(
                 resource=status_api.RESOURCE,
@@ -69,7 +70,28 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
         core = directory.get_plugin()
         for port_id, port_status in requested.items():
             core.update_port_status(admin, port_id, port_status)
+        self._set_group_statuses(admin, id, ports, body.get("firewall_group_statuses") or {})
         return self._show(context, self._l3().get_router(admin, id), None)
+
+    def _set_group_statuses(
+        self, admin: Any, router_id: str, ports: list[dict[str, Any]], requested: dict[str, str]
+    ) -> None:
+        if not requested:
+            return
+        firewall = directory.get_plugin(FIREWALL_V2)
+        groups = _groups_on(firewall, admin, ports)
+        unknown = status_api.unknown_ids(requested, set(groups))
+        if unknown:
+            raise n_exc.BadRequest(
+                resource=status_api.RESOURCE,
+                msg=f"firewall_group_statuses: not firewall groups on router {router_id}: "
+                + ", ".join(unknown),
+            )
+        for group_id, group_status in requested.items():
+            if groups[group_id] != group_status:
+                firewall.driver.firewall_db.update_firewall_group_status(
+                    admin, group_id, group_status
+                )
 
     # Neutron routes every verb of a collection to the plugin; without these it answers 500.
     def get_router_statuses(self, context: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -87,11 +109,8 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
 
     def _astara_router(self, context: Any, router_id: str) -> dict[str, Any]:
         """The router, or 404 when it does not exist or Astara does not own it."""
-        l3 = self._l3()
-        admin = context.elevated()
-        router: dict[str, Any] = l3.get_router(admin, router_id)
-        provider = l3.l3_driver_controller.get_provider_for_router(admin, router_id)
-        if not isinstance(provider, AstaraL3Driver):
+        router: dict[str, Any] = self._l3().get_router(context.elevated(), router_id)
+        if not is_astara_router(context, router_id):
             raise l3_exc.RouterNotFound(router_id=router_id)
         return router
 
@@ -105,15 +124,29 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
     def _show(
         self, context: Any, router: dict[str, Any], fields: list[str] | None
     ) -> dict[str, Any]:
+        ports = self._router_ports(context, router["id"])
         shown = {
             "id": router["id"],
             "project_id": router["project_id"],
             "status": router["status"],
-            "port_statuses": {
-                p["id"]: p["status"] for p in self._router_ports(context, router["id"])
-            },
+            "port_statuses": {p["id"]: p["status"] for p in ports},
+            "firewall_group_statuses": _groups_on(
+                directory.get_plugin(FIREWALL_V2), context.elevated(), ports
+            ),
         }
         return {k: v for k, v in shown.items() if not fields or k in fields}
+
+
+def _groups_on(firewall: Any, admin: Any, ports: list[dict[str, Any]]) -> dict[str, str]:
+    """Status of each neutron-fwaas firewall group on one of the ports (none without fwaas)."""
+    if firewall is None:
+        return {}
+    ids = {p["id"] for p in ports}
+    return {
+        group["id"]: group["status"]
+        for group in firewall.get_firewall_groups(admin, fields=["id", "ports", "status"])
+        if ids & set(group["ports"])
+    }
 
 
 def _not_allowed(what: str) -> webob.exc.HTTPMethodNotAllowed:

@@ -28,7 +28,14 @@ TOPIC = "astara-neutron-events"
 PUBLISHER = "astara-neutron"
 VERSION = 1
 
-RESOURCES = ("router", "router_interface", "router_gateway", "floatingip", "port_forwarding")
+RESOURCES = (
+    "router",
+    "router_interface",
+    "router_gateway",
+    "floatingip",
+    "port_forwarding",
+    "firewall_group",
+)
 ACTIONS = ("create", "update", "delete")
 # Interfaces and gateways are only added or removed; routers and floating IPs also change.
 EVENT_TYPES = frozenset(

@@ -132,6 +132,16 @@ class ApplianceClient:
     def health(self) -> ServiceHealth:
         return _success(ServiceHealth, self._request("GET", "/v1/health"))
 
+    def counters(self) -> dict[str, Any]:
+        """``GET /v1/counters`` as the appliance answers it: packets and bytes per rule (by
+        chain and comment; a firewall group's rules under its chain, by rule id), per
+        interface, and the connection-tracking table's size."""
+        response = self._request("GET", "/v1/counters")
+        if response.status_code != 200:
+            raise UnexpectedResponse(response.status_code, response.text)
+        found: dict[str, Any] = response.json()
+        return found
+
     def get_config(self) -> ApplianceConfig | None:
         """The applied document (secrets masked by the appliance), None before the first one."""
         response = self._request("GET", "/v1/config")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_interface
@@ -26,6 +26,7 @@ from astara.drivers.router import (
     ManagementPort,
     RouterSnapshot,
     ServiceSettings,
+    firewall_group_statuses,
     plugged_ports,
     render,
     validation_summary,
@@ -39,6 +40,7 @@ from astara.orchestrator.appliance_client import (
     Unreachable,
 )
 from astara.orchestrator.events import Event, EventAction, ResourceType
+from astara.orchestrator.neutron_status import group_statuses
 from astara.orchestrator.state import (
     Action,
     Decision,
@@ -73,13 +75,27 @@ class RouterSource(Protocol):
 class StatusReporter(Protocol):
     """Tells Neutron how a router (and its interface and gateway ports) is doing."""
 
-    def report(self, router_id: str, state: State, port_ids: Sequence[str]) -> None: ...
+    def report(
+        self,
+        router_id: str,
+        state: State,
+        port_ids: Sequence[str],
+        firewall_groups: Mapping[str, str],
+    ) -> None:
+        """``firewall_groups``: what the router's document made of each firewall group on
+        its interfaces (ACTIVE, ERROR, DOWN)."""
 
 
 class LoggingStatusReporter:
     """Without the Astara plugin's status API (``[neutron] write_status`` off): a log line."""
 
-    def report(self, router_id: str, state: State, port_ids: Sequence[str]) -> None:
+    def report(
+        self,
+        router_id: str,
+        state: State,
+        port_ids: Sequence[str],
+        firewall_groups: Mapping[str, str],
+    ) -> None:
         LOG.info("router %s: status %s", router_id, state)
 
 
@@ -106,6 +122,13 @@ def snapshot_digest(
     rendered_from = snapshot.model_dump_json() + (metadata.fingerprint() if metadata else "")
     rendered_from += repr(services)
     return hashlib.sha256(rendered_from.encode()).hexdigest()
+
+
+def _groups_stale(snapshot: RouterSnapshot, state: State, rendered: Mapping[str, str]) -> bool:
+    """Whether Neutron shows a firewall group of the router otherwise than it should now (a
+    group changed without changing the document still waits for its status)."""
+    shown = {group.id: group.status for group in snapshot.firewall_groups}
+    return any(shown.get(gid) != status for gid, status in group_statuses(state, rendered).items())
 
 
 def management_mac(instance_id: str) -> str:
@@ -292,12 +315,17 @@ class RouterReconciler:
                 self._repair_drift(router_id, provided)
         if decision.action is not Action.FORGET and decision.state.value != record.state:
             self._store.set_state(router_id, decision.state)
-        if snapshot is not None and known != (decision.state.value, record.desired_generation):
+        groups = firewall_group_statuses(snapshot) if snapshot is not None else {}
+        if snapshot is not None and (
+            known != (decision.state.value, record.desired_generation)
+            or _groups_stale(snapshot, decision.state, groups)
+        ):
             ports = [p.id for p in snapshot.interface_ports]
             if snapshot.gateway_port is not None:
                 ports.append(snapshot.gateway_port.id)
             self._timed(
-                "write_status", lambda: self._status.report(router_id, decision.state, ports)
+                "write_status",
+                lambda: self._status.report(router_id, decision.state, ports, groups),
             )
         if decision.action is Action.FORGET:
             self._unconfigured.pop(router_id, None)

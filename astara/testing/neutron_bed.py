@@ -53,6 +53,9 @@ REQUIREMENTS = HERE / "neutron-requirements.txt"
 WSGI_RUNNER = HERE / "wsgi_serve.py"
 CHECKOUT = HERE.parent.parent
 ASTARA_L3_PROVIDER = "L3_ROUTER_NAT:astara:astara.neutron.l3_driver.AstaraL3Driver"
+ASTARA_FWAAS_PROVIDER = (
+    "FIREWALL_V2:astara:astara.neutron.fwaas_driver.AstaraFirewallDriver:default"
+)
 SINGLE_NODE_PROVIDER = (
     "L3_ROUTER_NAT:single_node:"
     "neutron.services.l3_router.service_providers.single_node.SingleNodeDriver"
@@ -236,8 +239,11 @@ class NeutronTestbed:
         }
         if self.astara_plugin:
             # port_forwarding: its callbacks are among those the plugin forwards; bgp:
-            # neutron-dynamic-routing's API (speakers and peers the appliances announce to).
-            neutron["DEFAULT"]["service_plugins"] = "router,flavors,port_forwarding,bgp,astara"
+            # neutron-dynamic-routing's API (speakers and peers the appliances announce to);
+            # firewall_v2: neutron-fwaas's API, served by Astara's FWaaS driver.
+            neutron["DEFAULT"]["service_plugins"] = (
+                "router,flavors,port_forwarding,bgp,firewall_v2,astara"
+            )
         if self.trusted_headers:
             neutron["DEFAULT"]["api_paste_config"] = str(self._write_trusted_paste(venv))
         for section, options in self.extra_config.items():
@@ -267,7 +273,7 @@ class NeutronTestbed:
         else:
             providers = [SINGLE_NODE_PROVIDER + ":default", ASTARA_L3_PROVIDER]
         with (self.state_dir / "neutron.conf").open("a") as handle:
-            handle.write(service_provider_lines(providers))
+            handle.write(service_provider_lines([*providers, ASTARA_FWAAS_PROVIDER]))
 
     def _write_trusted_paste(self, venv: Path) -> Path:
         """Neutron's paste file with keystonecontext in place of noauth's fake admin."""

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from astara.neutron.events import floatingip_events, port_forwarding_events, router_event
-from astara.neutron.status_api import port_statuses_problem, unknown_ports
+from astara.neutron.events import (
+    firewall_group_events,
+    floatingip_events,
+    port_forwarding_events,
+    router_event,
+)
+from astara.neutron.status_api import (
+    firewall_group_statuses_problem,
+    port_statuses_problem,
+    unknown_ids,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,6 +89,23 @@ def test_port_forwarding_changes_concern_the_routers_of_its_floating_ip() -> Non
     assert port_forwarding_events("delete", _forward(None), None) == []
 
 
+def test_a_firewall_group_change_concerns_each_router_it_is_on_once() -> None:
+    events = firewall_group_events("update", "g1", "rule r9 p1", {"r2": "p", "r1": "p"})
+    assert [(e.event_type, e.router_id, e.resource_id) for e in events] == [
+        ("astara.firewall_group.update", "r1", "g1"),
+        ("astara.firewall_group.update", "r2", "g1"),
+    ]
+    assert events[0].cause == "firewall_group g1 update (rule r9 p1)"
+    assert firewall_group_events("delete", "g1", "", {}) == []
+
+
+def test_firewall_group_statuses_are_those_an_appliance_decides() -> None:
+    assert firewall_group_statuses_problem({"g": "ACTIVE", "h": "DOWN", "i": "ERROR"}) is None
+    assert firewall_group_statuses_problem({"g": "INACTIVE"}) == (
+        "status 'INACTIVE' of firewall group g is not one of ACTIVE, ERROR, DOWN"
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
@@ -94,4 +120,4 @@ def test_port_statuses_accept_only_active_or_down(value: object, problem: str | 
 
 
 def test_ports_outside_the_router_are_named() -> None:
-    assert unknown_ports({"b": "DOWN", "a": "DOWN", "c": "UP"}, {"c"}) == ["a", "b"]
+    assert unknown_ids({"b": "DOWN", "a": "DOWN", "c": "UP"}, {"c"}) == ["a", "b"]

@@ -48,6 +48,9 @@ def test_event_types_cover_every_forwarded_change() -> None:
         "astara.port_forwarding.create",
         "astara.port_forwarding.update",
         "astara.port_forwarding.delete",
+        "astara.firewall_group.create",
+        "astara.firewall_group.update",
+        "astara.firewall_group.delete",
     } == EVENT_TYPES
 
 

@@ -17,6 +17,9 @@ from astara.neutron import status_api
 
 # Neutron may load this module more than once; add_validator accepts the same function again.
 validators.add_validator(status_api.PORT_STATUSES_VALIDATOR, status_api.port_statuses_problem)
+validators.add_validator(
+    status_api.FIREWALL_GROUP_STATUSES_VALIDATOR, status_api.firewall_group_statuses_problem
+)
 
 
 class Astararouterstatus(api_extensions.ExtensionDescriptor):
