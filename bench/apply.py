@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/apply.py [--runs N] [--peer-runs M]        (as root)
 
-A router with 1,000 floating IPs and 5,000 firewall rules is applied from empty (nft ruleset
+A router with 1,000 floating IPs and 5,000 firewall rules (a neutron-fwaas group on its inside
+port, rendered from the FWaaS API's shape by the router driver) is applied from empty (nft ruleset
 through NftablesSubsystem, 1,000 /32 addresses through LinksSubsystem's one netlink socket),
 then one floating IP is added (a map-element delta plus one address). Both documents are read
 from JSON as the appliance's API reads them (the second against the first: its unchanged
@@ -34,6 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from astara.drivers.firewall import (
+    NeutronFirewallGroup,
+    NeutronFirewallPolicy,
+    NeutronFirewallRule,
+    firewall_groups,
+)
 from astara.testing.neutron_bed import ensure_venv
 from astara.wire.document import ApplianceConfig, FirewallRule
 
@@ -94,14 +101,15 @@ def fip_pair(n: int) -> tuple[str, str]:
 
 
 def firewall_rules(count: int) -> list[dict[str, Any]]:
-    """Blocks of denies and allows, interleaved so that folding must respect rule order."""
+    """neutron-fwaas rules (the API's shape): blocks of denies and allows, interleaved so that
+    folding must respect rule order."""
     rules: list[dict[str, Any]] = []
     deny = tcp = udp = 0
     block = max(count // 25, 1)  # 5 blocks of 1 deny : 2 tcp allow : 2 udp allow
     while len(rules) < count:
         for _ in range(block):
             rules.append(
-                {"action": "deny", "source_cidr": f"198.{18 + deny // 256}.{deny % 256}.0/24"}
+                {"action": "deny", "source_ip_address": f"198.{18 + deny // 256}.{deny % 256}.0/24"}
             )
             deny += 1
         for _ in range(block * 2):
@@ -111,8 +119,8 @@ def firewall_rules(count: int) -> list[dict[str, Any]]:
                 {
                     "action": "allow",
                     "protocol": "tcp",
-                    "destination_cidr": f"10.0.{tcp // 250}.{tcp % 250 + 1}/32",
-                    "destination_ports": {"first": port, "last": port},
+                    "destination_ip_address": f"10.0.{tcp // 250}.{tcp % 250 + 1}",
+                    "destination_port": str(port),
                 }
             )
             tcp += 1
@@ -121,13 +129,25 @@ def firewall_rules(count: int) -> list[dict[str, Any]]:
                 {
                     "action": "allow",
                     "protocol": "udp",
-                    "source_cidr": f"10.1.{udp % 250}.0/24",
-                    "destination_cidr": f"100.64.{udp // 8}.0/24",
-                    "destination_ports": {"first": 2000 + udp % 8, "last": 2000 + udp % 8},
+                    "source_ip_address": f"10.1.{udp % 250}.0/24",
+                    "destination_ip_address": f"100.64.{udp // 8}.0/24",
+                    "destination_port": str(2000 + udp % 8),
                 }
             )
             udp += 1
     return [dict(rule, id=f"r{n}") for n, rule in enumerate(rules[:count])]
+
+
+def firewall_section(rules: int) -> dict[str, Any]:
+    """A neutron-fwaas group on the router's port to the benchmark's inside network, its
+    ingress policy holding the rules, rendered by the router driver as for a real router."""
+    neutron_rules = [NeutronFirewallRule.model_validate(r) for r in firewall_rules(rules)]
+    policy = NeutronFirewallPolicy(id="bench-in", firewall_rules=[r.id for r in neutron_rules])
+    group = NeutronFirewallGroup(
+        id="bench", ports=["port-i1"], ingress_firewall_policy_id="bench-in"
+    )
+    rendered = firewall_groups([group], [policy], neutron_rules, {"port-i1": INT_MAC})
+    return {"groups": [g.model_dump() for g in rendered.groups]}
 
 
 def build_document(
@@ -170,7 +190,7 @@ def build_document(
                 },
             ],
             "floating_ips": [{"floating_ip": f, "fixed_ip": x} for f, x in pairs],
-            "firewall": {"default_action": "deny", "rules": firewall_rules(rules)},
+            "firewall": firewall_section(rules),
         }
     )
 
@@ -268,7 +288,14 @@ def worker(fips: int, rules: int, runs: int) -> None:
     changed = base.model_copy(
         update={
             "generation": 3,
-            "firewall": base.firewall.model_copy(update={"rules": base.firewall.rules[:-1]}),
+            "firewall": base.firewall.model_copy(
+                update={
+                    "groups": [
+                        group.model_copy(update={"ingress": group.ingress[:-1]})
+                        for group in base.firewall.groups
+                    ]
+                }
+            ),
         }
     )
     links.apply(changed, base, LINKS)
@@ -422,7 +449,7 @@ def run_peer(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
         "gateway_ip": GATEWAY_CIDR.split("/")[0],
         "fips": [list(fip_pair(n)) for n in range(fips)],
         "delta_fip": list(fip_pair(fips)),
-        "rules": [neutral_rule(rule) for rule in document.firewall.rules],
+        "rules": [neutral_rule(rule) for rule in document.firewall.groups[0].ingress],
         "runs": runs,
     }
     (scripts / "peer.json").write_text(json.dumps(spec))

@@ -37,6 +37,7 @@ class World:
     uplink: Namespace
     router: Any
     interface_port: str  # the router's port on the VM's network
+    vm_port: str
     fip: str
 
     def answers(self, port: int) -> bool:
@@ -88,7 +89,9 @@ def world() -> Iterator[World]:
             cloud.spawn(vm.namespace, [*ECHO, "--name", "vm-a", "--port", str(number), "--echo"])
         fip = sdk.network.create_ip(floating_network_id=ext.id, port_id=port.id, project_id=project)
         (interface,) = sdk.network.ports(device_id=router.id, network_id=net.id)
-        world = World(cloud, sdk, project, uplink, router, interface.id, fip.floating_ip_address)
+        world = World(
+            cloud, sdk, project, uplink, router, interface.id, port.id, fip.floating_ip_address
+        )
         for number in (OPEN, CLOSED, REJECTED):
             eventually(lambda n=number: world.answers(n), 60, f"port {number} before any group")
         yield world
@@ -123,6 +126,11 @@ def test_a_group_lets_the_allowed_port_through_and_refuses_the_others(world: Wor
     egress = sdk.network.create_firewall_policy(
         name="out", project_id=world.project, firewall_rules=[everything.id]
     )
+    # Astara enforces groups on its routers' interfaces, not on VM ports (fwaas's own 409).
+    with pytest.raises(openstack.exceptions.ConflictException, match="firewall driver 'astara'"):
+        sdk.network.create_firewall_group(
+            name="vm", project_id=world.project, ports=[world.vm_port]
+        )
     group = sdk.network.create_firewall_group(
         name="web",
         project_id=world.project,

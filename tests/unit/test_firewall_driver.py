@@ -9,7 +9,7 @@ import pytest
 
 from astara.drivers.router import firewall_group_statuses, render
 from astara.orchestrator.neutron_status import status_body
-from astara.orchestrator.reconciler import snapshot_digest
+from astara.orchestrator.reconciler import _groups_stale, snapshot_digest
 from astara.orchestrator.state import State
 from astara.wire.document import PortRange, problems
 from tests.unit.test_router_driver import MGMT, recorded, snapshot_of
@@ -155,3 +155,13 @@ def test_group_statuses_are_written_once_the_router_settles() -> None:
     assert error["router_status"]["firewall_group_statuses"] == {"g1": "ERROR", "g2": "ERROR"}
     booting = status_body(State.BOOTING, [GATEWAY], groups)
     assert booting is not None and "firewall_group_statuses" not in booting["router_status"]
+
+
+def test_a_group_still_shown_otherwise_is_written_even_when_the_document_is_unchanged() -> None:
+    pending = snapshot_with([fw_group("g1", [BACKEND], status="PENDING_UPDATE")])
+    active = snapshot_with([fw_group("g1", [BACKEND], status="ACTIVE")])
+    rendered = firewall_group_statuses(active)
+    assert _groups_stale(pending, State.ACTIVE, rendered)
+    assert not _groups_stale(active, State.ACTIVE, rendered)
+    assert _groups_stale(active, State.ERROR, rendered)  # to be shown in ERROR
+    assert not _groups_stale(pending, State.BOOTING, rendered)  # nothing to say yet
