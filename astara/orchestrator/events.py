@@ -131,6 +131,10 @@ def from_notification(
         return project(_project(body))
     if event_type == "subnet.update.end":
         return project(_project(_dict(payload, "subnet")))
+    if event_type == "network.update.end":
+        # Its MTU or DNS domain: the routers of its project re-read it (those of other
+        # projects on a shared network at their next resync).
+        return project(_project(_dict(payload, "network")))
     return []
 
 

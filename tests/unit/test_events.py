@@ -119,6 +119,11 @@ def test_subnet_update_resyncs_its_project() -> None:
     assert mapped("subnet.update.end", payload) == [("project", PROJECT, PROJECT, "update")]
 
 
+def test_network_update_resyncs_its_project() -> None:
+    payload = {"network": {"id": "n1", "project_id": PROJECT, "mtu": 1400}}
+    assert mapped("network.update.end", payload) == [("project", PROJECT, PROJECT, "update")]
+
+
 def test_everything_else_maps_to_nothing() -> None:
     mapped_types = {
         "router.create.end",
@@ -133,6 +138,7 @@ def test_everything_else_maps_to_nothing() -> None:
         "port.update.end",
         "port.delete.end",
         "subnet.update.end",
+        "network.update.end",
     }
     others = [n for n in NOTIFICATIONS if n["event_type"] not in mapped_types]
     assert {n["event_type"] for n in others} >= {"network.create.end", "router.create.start"}
