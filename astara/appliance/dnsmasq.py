@@ -3,7 +3,9 @@
 Rendering is pure: a network and its interface name give the command line, the hosts file
 (``mac,ip[,[v6]],hostname``, static leases only) and the options file. ``DnsmasqSubsystem``
 writes the files atomically and reloads with SIGHUP when only they change (dnsmasq re-reads
-both, same PID, no lease lost); it restarts only when the command line changes.
+both, same PID, no lease lost); it restarts when the command line changes, and when the files
+change while a host is tagged with options of its own (dnsmasq 2.90 crashes re-reading those;
+the lease file keeps the leases across the restart).
 
 DNS: each dnsmasq is its network's resolver (DHCP hands out the router's address). It answers
 for the names of the network's hosts, under the network's domain, forward and reverse, from a
@@ -194,6 +196,13 @@ def render_hosts(network: Network) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
+def tags_hosts(hosts: str) -> bool:
+    """Whether a hosts file tags a host (a port with options of its own). dnsmasq 2.90 cannot
+    re-read such a file: on SIGHUP, once a tagged host holds a lease, it dies of a segfault
+    (reproduced with Debian 12's 2.90), so a change to it means a restart, not a reload."""
+    return ",set:" in hosts
+
+
 def _port_opts(index: int, alloc: Allocation) -> Iterator[str]:
     for option in alloc.dhcp_options:
         yield f"tag:{_port_tag(index)},{_option_key(option)},{option.value}"
@@ -334,11 +343,14 @@ class DnsmasqSubsystem:
                 stale.unlink(missing_ok=True)
         for network_id, instance in wanted.items():
             paths = DnsmasqPaths(self.state_dir, network_id)
+            loaded = paths.hosts.read_text() if paths.hosts.exists() else ""
             changed = write_private(paths.hosts, instance.hosts, uid)
             changed = write_private(paths.opts, instance.opts, uid) or changed
             changed = write_private(paths.names, instance.names, uid) or changed
             make_private(paths.leases)  # opened by dnsmasq before it drops root
             daemon = self.daemon(network_id)
+            if changed and (tags_hosts(loaded) or tags_hosts(instance.hosts)):
+                daemon.stop()  # restarted below, with its leases from the lease file
             if not daemon.ensure(instance.argv) and changed:
                 daemon.signal(signal.SIGHUP)
 

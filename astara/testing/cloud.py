@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,9 +161,23 @@ class CloudInABox:
         fabric.run(["ip", "link", "set", f"{self.prefix}w{key}f", "master", bridge])
         return Workload(ns, f"{self.prefix}w{key}v", mac)
 
-    def dhcp(self, workload: Workload, timeout: int = 10) -> ipaddress.IPv4Interface:
-        workload.address = self._topology().dhcp(workload.namespace, workload.ifname, timeout)
+    def dhcp(
+        self, workload: Workload, timeout: int = 10, request: Sequence[str] = ()
+    ) -> ipaddress.IPv4Interface:
+        """An IPv4 lease (udhcpc), asking for the options in ``request`` besides the usual."""
+        topology = self._topology()
+        workload.address = topology.dhcp(workload.namespace, workload.ifname, timeout, request)
         return workload.address
+
+    def lease(self, workload: Workload) -> dict[str, str]:
+        """What the workload's last IPv4 lease gave, by udhcpc's names (ip, ntpsrv...)."""
+        return self._topology().lease(workload.namespace)
+
+    def dhcp6(
+        self, workload: Workload, stateless: bool = False, timeout: int = 10
+    ) -> dict[str, str]:
+        """DHCPv6 (ISC dhclient): see ``Topology.dhcp6``."""
+        return self._topology().dhcp6(workload.namespace, workload.ifname, stateless, timeout)
 
     def resolv_conf(self, workload: Workload) -> str:
         """What the workload's DHCP client wrote as its resolv.conf."""

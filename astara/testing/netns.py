@@ -32,14 +32,18 @@ NETNS_ETC = Path("/etc/netns")
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 15
 
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
 # udhcpc calls this with the lease in its environment; it configures the interface with
-# iproute2 and writes DNS servers to $RESOLV_CONF (never the host's file).
+# iproute2, writes DNS servers to $RESOLV_CONF (never the host's file) and the whole lease
+# (udhcpc's variables: ip, router, ntpsrv...) to $LEASE.
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
   deconfig)
     ip link set dev "$interface" up
     ip -4 addr flush dev "$interface" scope global ;;
   bound|renew)
+    env > "$LEASE"
     ip -4 addr flush dev "$interface" scope global
     ip addr add "$ip/$mask" dev "$interface"
     [ -n "$router" ] && { set -- $router; ip route replace default via "$1" dev "$interface"; }
@@ -68,6 +72,12 @@ exit 0
 
 class TopologyError(RuntimeError):
     pass
+
+
+def _variables(path: Path) -> dict[str, str]:
+    """``name=value`` lines a DHCP client's script wrote; empty when it wrote none."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
 def run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -138,6 +148,12 @@ class Namespace:
 
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
+
+    def router_advertisement(self, ifname: str, wait_ms: int = 2000) -> str:
+        """rdisc6's report of one router advertisement on ``ifname`` (it solicits one), or ""
+        when none came in ``wait_ms``."""
+        done = self.run(["rdisc6", "-1", "-w", str(wait_ms), ifname], check=False)
+        return done.stdout if "Hop limit" in done.stdout else ""
 
     def addresses(
         self, ifname: str, version: int = 4
@@ -261,16 +277,25 @@ class Topology:
         self.processes.append(process)
         return process
 
-    def dhcp(self, ns: Namespace, ifname: str, timeout: int = 5) -> ipaddress.IPv4Interface:
-        """Get an IPv4 lease for ``ifname`` with udhcpc (one shot); return the address."""
+    def dhcp(
+        self, ns: Namespace, ifname: str, timeout: int = 5, request: Sequence[str] = ()
+    ) -> ipaddress.IPv4Interface:
+        """Get an IPv4 lease for ``ifname`` with udhcpc (one shot); return the address.
+        ``request`` names more options to ask for (udhcpc's names or numbers); ``lease()``
+        tells what came."""
         script = self.workdir / "udhcpc.sh"
         if not script.exists():
             script.write_text(UDHCPC_SCRIPT)
             script.chmod(0o755)
+        self._lease_file(ns).unlink(missing_ok=True)
         ns.run(
             [
+                # Only the lease reaches the script's environment (and $LEASE), not ours.
                 "env",
+                "-i",
+                f"PATH={SYSTEM_PATH}",
                 f"RESOLV_CONF={self.workdir / (ns.name + '.resolv')}",
+                f"LEASE={self._lease_file(ns)}",
                 "udhcpc",
                 "-i",
                 ifname,
@@ -286,6 +311,7 @@ class Topology:
                 # As a VM's client does: ask for the interface MTU (option 26) and apply it.
                 "-O",
                 "mtu",
+                *(arg for option in request for arg in ("-O", option)),
             ],
             timeout=timeout * 2 + 5,
         )
@@ -293,6 +319,14 @@ class Topology:
         if not found:
             raise TopologyError(f"[{ns.name}] udhcpc set no address on {ifname}")
         return ipaddress.IPv4Interface(str(found[0]))
+
+    def lease(self, ns: Namespace) -> dict[str, str]:
+        """What the last IPv4 lease in ``ns`` gave, by udhcpc's names (ip, router, ntpsrv...);
+        empty before the first."""
+        return _variables(self._lease_file(ns))
+
+    def _lease_file(self, ns: Namespace) -> Path:
+        return self.workdir / f"{ns.name}.lease"
 
     def dhcp6(
         self, ns: Namespace, ifname: str, stateless: bool = False, timeout: int = 10
@@ -327,8 +361,7 @@ class Topology:
                 os.kill(int(files["pid6"].read_text()), signal.SIGTERM)
         if not files["out6"].exists():
             raise TopologyError(f"[{ns.name}] dhclient -6 got no answer on {ifname}")
-        lines = files["out6"].read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line)
+        return _variables(files["out6"])
 
     def close(self) -> None:
         """Stop our processes, then every process left in our namespaces, then delete them."""
