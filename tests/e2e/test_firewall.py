@@ -127,10 +127,14 @@ def test_a_group_lets_the_allowed_port_through_and_refuses_the_others(world: Wor
         name="out", project_id=world.project, firewall_rules=[everything.id]
     )
     # Astara enforces groups on its routers' interfaces, not on VM ports (fwaas's own 409).
+    vm_port = sdk.network.create_port(
+        network_id=sdk.network.get_port(world.vm_port).network_id,
+        project_id=world.project,
+        device_owner="compute:nova",
+    )
     with pytest.raises(openstack.exceptions.ConflictException, match="firewall driver 'astara'"):
-        sdk.network.create_firewall_group(
-            name="vm", project_id=world.project, ports=[world.vm_port]
-        )
+        sdk.network.create_firewall_group(name="vm", project_id=world.project, ports=[vm_port.id])
+    sdk.network.delete_port(vm_port)
     group = sdk.network.create_firewall_group(
         name="web",
         project_id=world.project,
