@@ -368,6 +368,11 @@ def test_status_written_through_the_api_shows_in_router_and_ports(
         ({"port_statuses": {"x": "BUILD"}}, "port_statuses"),
         ({"port_statuses": ["ACTIVE"]}, "port_statuses"),
         ({"port_statuses": {"00000000-0000-0000-0000-000000000000": "DOWN"}}, "port_statuses"),
+        ({"firewall_group_statuses": {"g": "INACTIVE"}}, "firewall_group_statuses"),
+        (
+            {"firewall_group_statuses": {"00000000-0000-0000-0000-000000000000": "ACTIVE"}},
+            "firewall_group_statuses",
+        ),
     ],
 )
 def test_invalid_status_is_refused_naming_the_field(
