@@ -6,25 +6,31 @@ one nft transaction, so there is no instant without rules and conntrack entries 
 Floating IPs and port forwards live in named maps, so a change to them alone is a handful of
 ``add element``/``delete element`` commands instead of a reload.
 
-Firewall rules keep their exact first-match order. A run of consecutive rules with the same
-action can be evaluated in any order (whichever matches first, the verdict is the same), so
-inside a run rules of the same match shape are folded into one set lookup; no rule ever moves
-across a rule with another action.
+Firewall rules keep their exact first-match order while being folded into sets
+(``astara.appliance.nft_folding``); scripts run through ``astara.appliance.nft_runner``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import json
-import subprocess
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from socket import inet_ntoa
 from typing import Any, Protocol
 
+from astara.appliance.nft_folding import (
+    Layer,
+    Shape,
+    match_prefix,
+    rule_comment,
+    selector_of,
+    set_type_of,
+    shape_of,
+    to_element,
+    to_layers,
+)
+from astara.appliance.nft_runner import NftRunner, RuleCounter, default_runner
 from astara.appliance.subsystem import ApplyStepError, LinkMap
 from astara.wire.defaults import API_PORT, METADATA_ADDRESS, METADATA_PORT
 from astara.wire.document import (
@@ -130,156 +136,7 @@ def external_v4(config: ApplianceConfig) -> ipaddress.IPv4Address | None:
     return next((a.ip for a in ext.addresses if isinstance(a.ip, ipaddress.IPv4Address)), None)
 
 
-# --- firewall folding -------------------------------------------------------------------
-
-# The fields a firewall rule can match values on, addresses first: the overlap test in Layer
-# relies on the first dimension being an address block whenever the rule has one.
-DIMENSIONS = ("source_cidr", "destination_cidr", "source_ports", "destination_ports")
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a rule matches on, without the values: rules of one shape share one set."""
-
-    direction: str
-    ip_version: int
-    protocol: str
-    dims: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Element:
-    """One rule's values in a set: nft text plus inclusive integer bounds for overlap tests."""
-
-    text: str
-    bounds: tuple[tuple[int, int], ...]
-    comment: str
-
-
-Span = tuple[int, int]
-
-
-@dataclass
-class Layer:
-    """Elements of one set; nft refuses overlapping elements, so overlaps go to another layer.
-
-    Elements are indexed by the span of their first dimension, so that finding the ones that
-    might overlap a new element does not scan the whole layer.
-    """
-
-    elements: list[Element] = field(default_factory=list)
-    by_first: dict[Span, list[tuple[Span, ...]]] = field(default_factory=dict)
-    sizes: set[int] = field(default_factory=set)
-    ranges: set[Span] = field(default_factory=set)
-
-    def overlaps(self, element: Element, aligned: bool) -> bool:
-        first, rest = element.bounds[0], element.bounds[1:]
-        spans = self._aligned_spans(first) if aligned else self._port_spans(first)
-        return any(
-            _intersects(rest, other) for span in spans for other in self.by_first.get(span, ())
-        )
-
-    def _aligned_spans(self, first: Span) -> list[Span]:
-        # Address blocks are aligned powers of two, and wider blocks are placed first, so an
-        # overlapping earlier block is one of the blocks enclosing our first value.
-        lo = first[0]
-        return [(lo - lo % size, lo - lo % size + size - 1) for size in self.sizes]
-
-    def _port_spans(self, first: Span) -> list[Span]:
-        lo, hi = first
-        if lo == hi:
-            return [first, *(span for span in self.ranges if span[0] <= lo <= span[1])]
-        return [span for span in self.by_first if span[0] <= hi and lo <= span[1]]
-
-    def add(self, element: Element) -> None:
-        first = element.bounds[0]
-        self.elements.append(element)
-        self.by_first.setdefault(first, []).append(element.bounds[1:])
-        self.sizes.add(first[1] - first[0] + 1)
-        if first[0] != first[1]:
-            self.ranges.add(first)
-
-
-def _intersects(a: tuple[Span, ...], b: tuple[Span, ...]) -> bool:
-    return all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b, strict=True))
-
-
-def rule_comment(rule: FirewallRule, index: int) -> str:
-    """The stable name of a firewall rule in counters: its id, or its position.
-
-    Ids cannot contain spaces and every other comment in the forward chain does ("rule #3",
-    "set fw_0", "default action"), so the two never collide."""
-    return rule.id if rule.id is not None else f"rule #{index}"
-
-
-def _shape(rule: FirewallRule) -> Shape:
-    dims = tuple(name for name in DIMENSIONS if getattr(rule, name) is not None)
-    return Shape(rule.direction, rule.ip_version, rule.protocol, dims)
-
-
-def _element(rule: FirewallRule, shape: Shape, comment: str) -> Element:
-    texts: list[str] = []
-    bounds: list[tuple[int, int]] = []
-    for name in shape.dims:
-        value = getattr(rule, name)
-        if isinstance(value, PortRange):
-            first, last = value.first, value.last
-            texts.append(str(first) if first == last else f"{first}-{last}")
-            bounds.append((first, last))
-        else:
-            address, prefixlen = value.network_address, value.prefixlen
-            host_bits = (32 if isinstance(value, ipaddress.IPv4Network) else 128) - prefixlen
-            texts.append(f"{address}/{prefixlen}" if host_bits else str(address))
-            low = int(address)
-            bounds.append((low, low + (1 << host_bits) - 1))
-    return Element(" . ".join(texts), tuple(bounds), comment)
-
-
-def _layers(elements: list[Element], aligned: bool) -> list[Layer]:
-    layers: list[Layer] = []
-    # Widest first so that an overlap is always with an enclosing (already placed) block.
-    for element in sorted(elements, key=lambda e: e.bounds[0][0] - e.bounds[0][1]):
-        layer = next((lay for lay in layers if not lay.overlaps(element, aligned)), None)
-        if layer is None:
-            layer = Layer()
-            layers.append(layer)
-        layer.add(element)
-    return layers
-
-
-def _match_prefix(shape: Shape, ifaces: Interfaces) -> str | None:
-    """The part of a rule before its values; None when the rule can never match."""
-    parts: list[str] = []
-    if shape.direction != "any":
-        if ifaces.external is None:
-            return None
-        side = "iifname" if shape.direction == "ingress" else "oifname"
-        parts.append(f'{side} "{ifaces.external}"')
-    has_address = any(d.endswith("_cidr") for d in shape.dims)
-    has_port = any(d.endswith("_ports") for d in shape.dims)
-    if not has_address:
-        parts.append("meta nfproto ipv4" if shape.ip_version == 4 else "meta nfproto ipv6")
-    if shape.protocol == "icmp":
-        parts.append("meta l4proto icmp" if shape.ip_version == 4 else "meta l4proto ipv6-icmp")
-    elif shape.protocol != "any" and not has_port:
-        parts.append(f"meta l4proto {shape.protocol}")
-    return " ".join(parts)
-
-
-def _selector(shape: Shape) -> str:
-    family = "ip" if shape.ip_version == 4 else "ip6"
-    names = {
-        "source_cidr": f"{family} saddr",
-        "destination_cidr": f"{family} daddr",
-        "source_ports": f"{shape.protocol} sport",
-        "destination_ports": f"{shape.protocol} dport",
-    }
-    return " . ".join(names[d] for d in shape.dims)
-
-
-def _set_type(shape: Shape) -> str:
-    address = "ipv4_addr" if shape.ip_version == 4 else "ipv6_addr"
-    return " . ".join(address if d.endswith("_cidr") else "inet_service" for d in shape.dims)
+# --- firewall rules ---------------------------------------------------------------------
 
 
 @dataclass
@@ -325,18 +182,20 @@ def _render_rules(
         verdict = verdicts[action]
         by_shape: dict[Shape, list[tuple[int, FirewallRule]]] = {}
         for index, rule in run:
-            by_shape.setdefault(_shape(rule), []).append((index, rule))
+            by_shape.setdefault(shape_of(rule), []).append((index, rule))
         for shape, members in by_shape.items():
-            prefix = _match_prefix(shape, ifaces)
+            prefix = match_prefix(shape, ifaces.external)
             if prefix is None:
                 continue
-            elements = [_element(rule, shape, rule_comment(rule, index)) for index, rule in members]
+            elements = [
+                to_element(rule, shape, rule_comment(rule, index)) for index, rule in members
+            ]
             if not shape.dims:
                 # Matches everything of its direction/protocol: nothing to fold.
                 for element in elements:
                     rendered.append(_rule(prefix, verdict, element.comment))
                 continue
-            for layer in _layers(elements, aligned=any(d.endswith("_cidr") for d in shape.dims)):
+            for layer in to_layers(elements, aligned=any(d.endswith("_cidr") for d in shape.dims)):
                 rendered.append(_layer_rule(out, shape, prefix, verdict, layer, chain))
     return rendered
 
@@ -344,7 +203,7 @@ def _render_rules(
 def _layer_rule(
     out: FirewallText, shape: Shape, prefix: str, verdict: str, layer: Layer, chain: str
 ) -> str:
-    selector = _selector(shape)
+    selector = selector_of(shape)
     if len(layer.elements) == 1:
         element = layer.elements[0]
         pairs = zip(selector.split(" . "), element.text.split(" . "), strict=True)
@@ -352,7 +211,7 @@ def _layer_rule(
         return _rule(match, verdict, element.comment)
     name = set_name(chain, len(out.sets))
     ranged = any(lo != hi for e in layer.elements for lo, hi in e.bounds)
-    lines = [f"\tset {name} {{", f"\t\ttype {_set_type(shape)}"]
+    lines = [f"\tset {name} {{", f"\t\ttype {set_type_of(shape)}"]
     if ranged:
         lines.append("\t\tflags interval")
     lines.append("\t\tcounter")
@@ -707,115 +566,6 @@ class Applied:
 
 
 # --- applying and reading back ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RuleCounter:
-    """Packets and bytes of one rule (or one folded firewall rule inside a set)."""
-
-    chain: str
-    comment: str
-    packets: int
-    bytes: int
-
-
-class NftRunner(Protocol):
-    """Runs nft scripts and lists as nft's JSON."""
-
-    def run(self, script: str) -> None: ...
-
-    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
-        """``nft -j list <what>``: the whole ruleset, or one "table <family> <name>"."""
-        ...
-
-
-class NftCli:
-    """Runs nft scripts through the nft command, in the current network namespace unless
-    ``command`` says otherwise (tests and benchmarks prefix ``ip netns exec NS``)."""
-
-    def __init__(self, command: Sequence[str] = ("nft",)) -> None:
-        self.command = list(command)
-
-    def run(self, script: str) -> None:
-        done = subprocess.run(
-            [*self.command, "-f", "-"], input=script, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise ApplyStepError("firewall", done.stderr.strip() or f"nft exit {done.returncode}")
-
-    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
-        done = subprocess.run(
-            [*self.command, "-j", "list", *what.split()],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise ApplyStepError("firewall", done.stderr.strip())
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
-
-
-# nft_ctx_output_flags bit of libnftables 1.0.x: print JSON.
-NFT_CTX_OUTPUT_JSON = 1 << 4
-
-
-class LibNftables:
-    """libnftables in-process with one long-lived context, in the current namespace.
-
-    The nft command fetches the whole live ruleset (every set element) into its cache before
-    each script: about 30 ms with thousands of elements, paid again by each delta. A kept
-    context revalidates its cache by generation id, so a floating-IP delta costs a few ms.
-    """
-
-    def __init__(self, library: str = "libnftables.so.1") -> None:
-        lib = ctypes.CDLL(library)
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
-            getattr(lib, name).restype = ctypes.c_char_p
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        self._lib = lib
-        self._ctx = lib.nft_ctx_new(0)
-        lib.nft_ctx_buffer_output(self._ctx)
-        lib.nft_ctx_buffer_error(self._ctx)
-        # A context is not thread-safe; the API may read counters while the engine applies.
-        self._lock = threading.Lock()
-
-    def _command(self, script: str, flags: int) -> str:
-        with self._lock:
-            self._lib.nft_ctx_output_set_flags(self._ctx, flags)
-            failed = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
-            output = self._lib.nft_ctx_get_output_buffer(self._ctx) or b""
-            error = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
-        if failed:
-            raise ApplyStepError("firewall", error.decode().strip() or "nft failed")
-        return str(output.decode())
-
-    def run(self, script: str) -> None:
-        self._command(script, 0)
-
-    def list_json(self, what: str = "ruleset") -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self._command(f"list {what}", NFT_CTX_OUTPUT_JSON))
-        return result
-
-    def close(self) -> None:
-        with self._lock:
-            if self._ctx:
-                self._lib.nft_ctx_free(self._ctx)
-                self._ctx = None
-
-
-def default_runner() -> NftRunner:
-    """libnftables when the library is there (it is wherever nft is), else the nft command."""
-    try:
-        return LibNftables()
-    except OSError:
-        return NftCli()
 
 
 def parse_counters(listing: Mapping[str, Any]) -> list[RuleCounter]:

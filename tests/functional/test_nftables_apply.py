@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from astara.appliance.nftables import TABLES, NftablesSubsystem, NftCli, render_ruleset
+from astara.appliance.nft_runner import NftCli
+from astara.appliance.nftables import TABLES, NftablesSubsystem, render_ruleset
 from astara.appliance.status import KernelLiveState
 from astara.appliance.subsystem import ApplyStepError
 from astara.wire.document import ApplianceConfig
@@ -386,7 +387,8 @@ IN_NAMESPACE = textwrap.dedent(
     """
     import json, sys
     from astara.wire.document import ApplianceConfig
-    from astara.appliance.nftables import LibNftables, NftablesSubsystem
+    from astara.appliance.nft_runner import LibNftables
+    from astara.appliance.nftables import NftablesSubsystem
     from astara.appliance.subsystem import ApplyStepError
     links, first, second = json.load(sys.stdin)
     first, second = (ApplianceConfig.model_validate(d) for d in (first, second))

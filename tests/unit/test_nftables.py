@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 from astara.appliance import nftables
 from astara.appliance.conntrack import ConntrackSubsystem, Cut, stale_translations
+from astara.appliance.nft_runner import RuleCounter
 from astara.appliance.nftables import (
     FILTER_TABLE,
     NAT_TABLE,
     TABLES,
     NftablesSubsystem,
-    RuleCounter,
     firewall_key,
     parse_counters,
     render_delta,
