@@ -124,16 +124,20 @@ class AstaraStatusPlugin(service_base.ServicePluginBase):
     def _show(
         self, context: Any, router: dict[str, Any], fields: list[str] | None
     ) -> dict[str, Any]:
-        ports = self._router_ports(context, router["id"])
-        shown = {
+        shown: dict[str, Any] = {
             "id": router["id"],
             "project_id": router["project_id"],
             "status": router["status"],
-            "port_statuses": {p["id"]: p["status"] for p in ports},
-            "firewall_group_statuses": _groups_on(
-                directory.get_plugin(FIREWALL_V2), context.elevated(), ports
-            ),
         }
+        # Ports and groups are read only when asked for (the orchestrator's ownership check
+        # asks for the id alone).
+        wanted = set(fields or ("port_statuses", "firewall_group_statuses"))
+        if wanted & {"port_statuses", "firewall_group_statuses"}:
+            ports = self._router_ports(context, router["id"])
+            shown["port_statuses"] = {p["id"]: p["status"] for p in ports}
+            if "firewall_group_statuses" in wanted:
+                firewall = directory.get_plugin(FIREWALL_V2)
+                shown["firewall_group_statuses"] = _groups_on(firewall, context.elevated(), ports)
         return {k: v for k, v in shown.items() if not fields or k in fields}
 
 

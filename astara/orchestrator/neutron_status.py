@@ -61,7 +61,8 @@ class NeutronStatusReporter:
 
     def owns(self, router_id: str) -> bool:
         """Whether Astara's plugin says the router is Astara's (it answers 404 otherwise)."""
-        response = self._network.get(f"{PATH_PREFIX}/{COLLECTION}/{router_id}")
+        # The id alone: the plugin then reads none of the router's ports or groups.
+        response = self._network.get(f"{PATH_PREFIX}/{COLLECTION}/{router_id}?fields=id")
         if response.status_code == 404:
             return False
         if response.status_code >= 400:
