@@ -1,16 +1,21 @@
 """Apply benchmark: Astara's packet filter, NAT and addresses against the Neutron L3 agent's way.
 
-    .venv/bin/python bench/apply.py [--runs N] [--peer-runs M]        (as root)
+    .venv/bin/python bench/apply.py [--runs N] [--peer-runs M] [--adversarial-runs K]  (root)
 
-A router with 1,000 floating IPs and 5,000 firewall rules (a neutron-fwaas group on its inside
-port, rendered from the FWaaS API's shape by the router driver) is applied from empty (nft ruleset
-through NftablesSubsystem, 1,000 /32 addresses through LinksSubsystem's one netlink socket),
+A router with 1,000 floating IPs and 5,000 firewall rules (a neutron-fwaas group on its
+inside port, rendered from the FWaaS API's shape by the router driver) is applied from empty
+(nft ruleset through NftablesSubsystem, 1,000 /32 addresses through LinksSubsystem's one
+netlink socket),
 then one floating IP is added (a map-element delta plus one address). Both documents are read
 from JSON as the appliance's API reads them (the second against the first: its unchanged
 sections are the first's objects); the delta's read is timed on its own, beside the apply.
 NAT element changes go over netlink as the appliance sends them. The same router goes through
-bench/neutron_l3_peer.py under the Neutron venv's python. Medians of N runs of
-Astara (default 15) and M of the peer (default 5, each takes tens of seconds). Astara's
+bench/neutron_l3_peer.py under the Neutron venv's python: the L3 agent's NAT and addresses,
+and neutron-fwaas 25's own L3 agent driver for the same group's rules.
+Then the same with an adversarial rule set of the same size that folds into no set (each
+rule's action differs from its neighbours', each has its own protocol, CIDRs and ports), K
+runs of each side (default 5). Medians of N runs of Astara (default 15) and M of the peer
+(default 5, each takes tens of seconds). Astara's
 background record after each answer (the document saved and digested, the live state read
 back for drift checks) is timed on its own: its median is a detail line.
 An established TCP connection through a floating IP is checked across a full re-apply and a
@@ -42,9 +47,13 @@ from astara.drivers.firewall import (
     firewall_groups,
 )
 from astara.testing.neutron_bed import ensure_venv
-from astara.wire.document import ApplianceConfig, FirewallRule
+from astara.wire.document import ApplianceConfig
 
 ROUTER, OUTSIDE, INSIDE, PEER = "tA-br", "tA-bo", "tA-bi", "tA-bn"
+# The inside network's router port: neutron-fwaas's driver names its interface "qr-" + the
+# port id, cut to 14 characters; the peer's namespace has that interface.
+PEER_PORT = "bench-inside-port"
+PEER_INSIDE = ("qr-" + PEER_PORT)[:14]
 NAMESPACES = (ROUTER, OUTSIDE, INSIDE, PEER)
 MGMT_MAC, EXT_MAC, INT_MAC, INT2_MAC = (f"02:bb:00:00:00:0{n}" for n in range(1, 5))
 LINKS = {MGMT_MAC: "tA-brm", EXT_MAC: "tA-bre", INT_MAC: "tA-bri", INT2_MAC: "tA-brj"}
@@ -138,10 +147,42 @@ def firewall_rules(count: int) -> list[dict[str, Any]]:
     return [dict(rule, id=f"r{n}") for n, rule in enumerate(rules[:count])]
 
 
-def firewall_section(rules: int) -> dict[str, Any]:
+def adversarial_rules(count: int) -> list[dict[str, Any]]:
+    """neutron-fwaas rules that fold into no set: every rule's action differs from its
+    neighbours' and each has its own protocol, source, destination and port combination."""
+    rules: list[dict[str, Any]] = [
+        # The benchmark's own TCP flow.
+        {
+            "action": "allow",
+            "protocol": "tcp",
+            "destination_ip_address": INSIDE_IP,
+            "destination_port": str(ECHO_PORT),
+        }
+    ]
+    for n in range(1, count):
+        protocol = ("tcp", "udp", None, "icmp")[n % 4]
+        rule: dict[str, Any] = {
+            "action": ("deny", "allow")[n % 2],
+            "protocol": protocol,
+            "source_ip_address": f"10.{100 + n % 50}.{n // 50 % 256}.0/{24 + n % 9}",
+            "destination_ip_address": f"10.0.{n // 250}.{n % 250 + 1}",
+        }
+        if protocol in ("tcp", "udp"):
+            first = 1024 + (n * 7) % 60000
+            rule["destination_port"] = f"{first}:{first + n % 5}" if n % 3 else str(first)
+            if n % 5 == 0:
+                rule["source_port"] = str(30000 + n)
+        rules.append(rule)
+    return [dict(rule, id=f"a{n}") for n, rule in enumerate(rules)]
+
+
+RULE_SETS = {"friendly": firewall_rules, "adversarial": adversarial_rules}
+
+
+def firewall_section(rules: int, kind: str = "friendly") -> dict[str, Any]:
     """A neutron-fwaas group on the router's port to the benchmark's inside network, its
     ingress policy holding the rules, rendered by the router driver as for a real router."""
-    neutron_rules = [NeutronFirewallRule.model_validate(r) for r in firewall_rules(rules)]
+    neutron_rules = [NeutronFirewallRule.model_validate(r) for r in RULE_SETS[kind](rules)]
     policy = NeutronFirewallPolicy(id="bench-in", firewall_rules=[r.id for r in neutron_rules])
     group = NeutronFirewallGroup(
         id="bench", ports=["port-i1"], ingress_firewall_policy_id="bench-in"
@@ -151,7 +192,7 @@ def firewall_section(rules: int) -> dict[str, Any]:
 
 
 def build_document(
-    fips: int, rules: int, generation: int = 1, extra_fip: bool = False
+    fips: int, rules: int, generation: int = 1, extra_fip: bool = False, kind: str = "friendly"
 ) -> ApplianceConfig:
     pairs = [fip_pair(n) for n in range(fips + (1 if extra_fip else 0))]
     return ApplianceConfig.model_validate(
@@ -190,21 +231,9 @@ def build_document(
                 },
             ],
             "floating_ips": [{"floating_ip": f, "fixed_ip": x} for f, x in pairs],
-            "firewall": firewall_section(rules),
+            "firewall": firewall_section(rules, kind),
         }
     )
-
-
-def neutral_rule(rule: FirewallRule) -> dict[str, Any]:
-    """A firewall rule in the peer's terms (it writes iptables syntax from this)."""
-    ports = rule.destination_ports
-    return {
-        "action": rule.action,
-        "protocol": None if rule.protocol == "any" else rule.protocol,
-        "source": str(rule.source_cidr) if rule.source_cidr else None,
-        "destination": str(rule.destination_cidr) if rule.destination_cidr else None,
-        "dport": ports.first if ports else None,
-    }
 
 
 # --- the worker: runs inside the router namespace ----------------------------------------
@@ -217,7 +246,7 @@ class NoAnnouncements:
         return None
 
 
-def worker(fips: int, rules: int, runs: int) -> None:
+def worker(fips: int, rules: int, runs: int, kind: str) -> None:
     from astara.appliance.conntrack import ConntrackSubsystem
     from astara.appliance.engine import RECORD_DELAY, Engine
     from astara.appliance.intake import DocumentReader
@@ -227,8 +256,8 @@ def worker(fips: int, rules: int, runs: int) -> None:
     from astara.appliance.nftables import TABLES, NftablesSubsystem, render_ruleset
     from astara.appliance.status import KernelLiveState
 
-    base = build_document(fips, rules)
-    plus_one = build_document(fips, rules, generation=2, extra_fip=True)
+    base = build_document(fips, rules, kind=kind)
+    plus_one = build_document(fips, rules, generation=2, extra_fip=True, kind=kind)
     # Each run's documents are read from JSON as PUT /v1/config reads them (the second one
     # against the first, applied: its unchanged sections are the first one's objects).
     texts = [doc.model_dump_json().encode() for doc in (base, plus_one)]
@@ -349,7 +378,8 @@ def testbed() -> Iterator[None]:
             if via:
                 sh("ip", "-n", ns, "route", "add", "default", "via", via)
         sh("ip", "-n", PEER, "link", "add", "tA-bng", "type", "veth", "peer", "tA-bngp")
-        for dev in ("tA-bng", "tA-bngp"):
+        sh("ip", "-n", PEER, "link", "add", PEER_INSIDE, "type", "veth", "peer", "tA-bnqp")
+        for dev in ("tA-bng", "tA-bngp", PEER_INSIDE, "tA-bnqp"):
             sh("ip", "-n", PEER, "link", "set", dev, "up")
         sh("ip", "-n", PEER, "addr", "add", GATEWAY_CIDR, "dev", "tA-bng")
         yield
@@ -379,7 +409,7 @@ def read_event(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
             return message
 
 
-def run_astara(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
+def run_astara(fips: int, rules: int, runs: int, scripts: Path, kind: str) -> dict[str, Any]:
     server = in_ns(
         INSIDE, sys.executable, str(scripts / "server.py"), str(ECHO_PORT), stdout=subprocess.PIPE
     )
@@ -394,6 +424,8 @@ def run_astara(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any
         str(rules),
         "--runs",
         str(runs),
+        "--kind",
+        kind,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
@@ -440,8 +472,7 @@ def run_astara(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any
                 proc.wait()
 
 
-def run_peer(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
-    document = build_document(fips, rules)
+def run_peer(fips: int, rules: int, runs: int, scripts: Path, kind: str) -> dict[str, Any]:
     spec = {
         "namespace": PEER,
         "gateway_interface": "tA-bng",
@@ -449,7 +480,9 @@ def run_peer(fips: int, rules: int, runs: int, scripts: Path) -> dict[str, Any]:
         "gateway_ip": GATEWAY_CIDR.split("/")[0],
         "fips": [list(fip_pair(n)) for n in range(fips)],
         "delta_fip": list(fip_pair(fips)),
-        "rules": [neutral_rule(rule) for rule in document.firewall.groups[0].ingress],
+        # The same group's rules in neutron-fwaas's own shape, for its L3 agent driver.
+        "firewall_port": PEER_PORT,
+        "rules": [dict(rule, enabled=True, ip_version=4) for rule in RULE_SETS[kind](rules)],
         "runs": runs,
     }
     (scripts / "peer.json").write_text(json.dumps(spec))
@@ -468,25 +501,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="Astara's runs (at least 5)")
     parser.add_argument("--peer-runs", type=int, default=5, help="the peer's runs (at least 5)")
+    parser.add_argument(
+        "--adversarial-runs",
+        type=int,
+        default=5,
+        help="runs of each side with the rule set that does not fold (at least 3)",
+    )
     parser.add_argument("--fips", type=int, default=1000)
     parser.add_argument("--rules", type=int, default=5000)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--kind", choices=sorted(RULE_SETS), default="friendly", help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
-        worker(args.fips, args.rules, args.runs)
+        worker(args.fips, args.rules, args.runs, args.kind)
         return
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
     runs, peer_runs = max(args.runs, 5), max(args.peer_runs, 5)
+    hard_runs = max(args.adversarial_runs, 3)
     with tempfile.TemporaryDirectory(prefix="tA-bench-") as tmp, testbed():
         scripts = Path(tmp)
         (scripts / "server.py").write_text(ECHO_SERVER)
         (scripts / "client.py").write_text(ECHO_CLIENT)
         log(f"astara: {args.fips} floating IPs, {args.rules} firewall rules, {runs} runs")
-        ours = run_astara(args.fips, args.rules, runs, scripts)
+        ours = run_astara(args.fips, args.rules, runs, scripts, "friendly")
         log(f"render alone: {ours['render'] * 1000:.1f} ms")
         log(f"neutron peer: {peer_runs} runs (each takes tens of seconds)")
-        peer = run_peer(args.fips, args.rules, peer_runs, scripts)
+        peer = run_peer(args.fips, args.rules, peer_runs, scripts, "friendly")
+        log(f"adversarial rule set (folds into no set): {hard_runs} runs of each")
+        hard = run_astara(args.fips, args.rules, hard_runs, scripts, "adversarial")
+        hard_peer = run_peer(args.fips, args.rules, hard_runs, scripts, "adversarial")
     full, delta = statistics.median(ours["full"]), statistics.median(ours["delta"])
     log(
         f"astara record after the answer (save, digest, live state read back), medians: "
@@ -494,13 +540,16 @@ def main() -> None:
         f"{statistics.median(ours['record_delta']) * 1000:.1f} ms after a one-FIP delta; "
         f"reading the one-FIP document from JSON against the applied one (before the apply): "
         f"{statistics.median(ours['read_delta']) * 1000:.1f} ms; "
-        f"connection survived: {ours['flow_survived']}"
+        f"connection survived: {ours['flow_survived']} (adversarial: {hard['flow_survived']})"
     )
     peer_full, peer_delta = peer["full_median"], peer["delta_median"]
+    hard_full, hard_peer_full = statistics.median(hard["full"]), hard_peer["full_median"]
     print(
         f"apply: full {full:.3f} s, delta {delta * 1000:.1f} ms; "
         f"peer full {peer_full:.3f} s, delta {peer_delta * 1000:.1f} ms; "
-        f"ratio full {peer_full / full:.1f}, delta {peer_delta / delta:.1f}"
+        f"ratio full {peer_full / full:.1f}, delta {peer_delta / delta:.1f}; "
+        f"adversarial full {hard_full:.3f} s, peer {hard_peer_full:.3f} s, "
+        f"ratio {hard_peer_full / hard_full:.1f}"
     )
 
 
