@@ -7,9 +7,10 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,9 @@ from astara.orchestrator.reconciler import (
     RECONCILE_CAUSE,
     LoggingStatusReporter,
     RouterReconciler,
+    RouterSource,
     Settings,
+    StatusReporter,
     periodic_poll,
 )
 from astara.orchestrator.state import Policy, State
@@ -79,19 +82,33 @@ class FixedSource:
         return self.snapshot
 
 
+class RecordingStatus:
+    """What the reconciler tells Neutron (the plugin's status API), call by call."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, State, list[str], dict[str, str]]] = []
+
+    def report(
+        self, router_id: str, state: State, port_ids: Sequence[str], firewall_groups: Any
+    ) -> None:
+        self.reports.append((router_id, state, list(port_ids), dict(firewall_groups)))
+
+
 def reconciler_for(
     store: Store,
     appliance: FakeAppliance,
     provider: NoopProvider,
     settings: Settings = Settings(management_prefixlen=64),  # noqa: B008 (frozen)
     clock: Callable[[], float] = time.time,
+    status: StatusReporter | None = None,
+    source: RouterSource | None = None,
 ) -> RouterReconciler:
     return RouterReconciler(
-        source=FixedSource(snapshot_of(recorded())),
+        source=source or FixedSource(snapshot_of(recorded())),
         store=store,
         provider=provider,
         clients=appliance,  # type: ignore[arg-type]
-        status=LoggingStatusReporter(),
+        status=status or LoggingStatusReporter(),
         settings=settings,
         clock=clock,
     )
@@ -328,3 +345,38 @@ def test_the_periodic_poll_leaves_a_silent_appliance_to_the_health_loop() -> Non
         None,
         None,
     )
+
+
+def test_neutron_hears_each_state_change_once_with_every_router_port(store: Store) -> None:
+    status = RecordingStatus()
+    reconciler = reconciler_for(store, FakeAppliance(), NoopProvider(), status=status)
+    active(reconciler, store)
+    snapshot = snapshot_of(recorded())
+    ports = sorted([p.id for p in snapshot.interface_ports] + [snapshot.gateway_port.id])  # type: ignore[union-attr]
+    states = [state for _, state, _, _ in status.reports]
+    assert states[-1] is State.ACTIVE and State.BOOTING in states
+    assert all(sorted(p) == ports and r == ROUTER_ID for r, _, p, _ in status.reports)
+    written = len(status.reports)
+    reconciler.step(ROUTER_ID, poll("test"))  # nothing changed: nothing to tell
+    assert len(status.reports) == written
+
+
+def test_a_firewall_group_neutron_shows_pending_is_written_even_when_nothing_else_changed(
+    store: Store,
+) -> None:
+    from tests.unit.test_firewall_driver import BACKEND, fw_group, snapshot_with
+
+    pending = snapshot_with([fw_group("g1", [BACKEND])])
+    source = FixedSource(pending)
+    status = RecordingStatus()
+    reconciler = reconciler_for(
+        store, FakeAppliance(), NoopProvider(), status=status, source=source
+    )
+    active(reconciler, store)
+    assert status.reports[-1][3] == {"g1": "ACTIVE"}
+    written = len(status.reports)
+    reconciler.step(ROUTER_ID, poll("test"))  # Neutron still shows it pending: say it again
+    assert len(status.reports) == written + 1
+    source.snapshot = snapshot_with([fw_group("g1", [BACKEND], status="ACTIVE")])
+    reconciler.step(ROUTER_ID, poll("test"))
+    assert len(status.reports) == written + 1
