@@ -16,6 +16,7 @@ import pytest
 
 from astara.drivers.metadata import MetadataService
 from astara.drivers.router import RouterSnapshot
+from astara.orchestrator.appliance_client import ApplyFailed, InvalidConfig, Unreachable
 from astara.orchestrator.events import Event, EventAction, ResourceType
 from astara.orchestrator.migrations import upgrade
 from astara.orchestrator.reconciler import (
@@ -26,13 +27,16 @@ from astara.orchestrator.reconciler import (
     RouterSource,
     Settings,
     StatusReporter,
+    data_ports,
+    failed_step,
     periodic_poll,
+    replacement_cause,
 )
 from astara.orchestrator.state import Policy, State
 from astara.orchestrator.store import Store
 from astara.providers.base import Instance, InstanceSpec, PortSpec
 from astara.providers.noop import NoopProvider
-from astara.wire.api import ServiceHealth
+from astara.wire.api import Failure, ServiceHealth
 from astara.wire.document import ApplianceConfig
 from tests.unit.test_router_driver import ROUTER_ID, recorded, snapshot_of
 
@@ -380,3 +384,39 @@ def test_a_firewall_group_neutron_shows_pending_is_written_even_when_nothing_els
     source.snapshot = snapshot_with([fw_group("g1", [BACKEND], status="ACTIVE")])
     reconciler.step(ROUTER_ID, poll("test"))
     assert len(status.reports) == written + 1
+
+
+def test_data_ports_mark_the_gateway_external_and_clamp_the_network_mtu() -> None:
+    snapshot = snapshot_of(recorded())
+    networks = [n.model_copy(update={"mtu": 100_000}) for n in snapshot.networks]
+    ports = data_ports(snapshot.model_copy(update={"networks": networks}))
+    kinds = {p.port_id: p.kind for p in ports}
+    assert kinds.pop(snapshot.gateway_port.id) == "external"  # type: ignore[union-attr]
+    assert set(kinds.values()) == {"internal"}
+    assert {p.mtu for p in ports} == {9216}
+    no_gateway = snapshot.model_copy(update={"gateway_port": None})
+    assert {p.kind for p in data_ports(no_gateway)} == {"internal"}
+
+
+def test_replacement_and_failure_labels_name_the_cause() -> None:
+    record = FrozenRecord(rebuild_requested=True)
+    assert replacement_cause(record, None) == "rebuild"  # type: ignore[arg-type]
+    never = FrozenRecord(ever_reachable=False)
+    answered = FrozenRecord(ever_reachable=True)
+    plain = FrozenRecord(rebuild_requested=False)
+    assert replacement_cause(plain, never) == "boot_timeout"  # type: ignore[arg-type]
+    assert replacement_cause(plain, answered) == "unreachable"  # type: ignore[arg-type]
+    assert replacement_cause(plain, None) == "unreachable"  # type: ignore[arg-type]
+    assert failed_step(ApplyFailed(Failure(step="firewall", detail="x"))) == "firewall"
+    assert failed_step(Unreachable("x")) == "unreachable"
+    assert failed_step(InvalidConfig([])) == "rejected"
+    assert failed_step(RuntimeError("plug")) == "plug"
+    assert failed_step(ValueError("other")) == "appliance"
+
+
+class FrozenRecord:
+    """The fields of a router or instance record the labels read."""
+
+    def __init__(self, rebuild_requested: bool = False, ever_reachable: bool = True) -> None:
+        self.rebuild_requested = rebuild_requested
+        self.ever_reachable = ever_reachable
