@@ -79,7 +79,7 @@ class FakeAppliance:
 
 
 class FixedSource:
-    def __init__(self, snapshot: RouterSnapshot) -> None:
+    def __init__(self, snapshot: RouterSnapshot | None) -> None:
         self.snapshot = snapshot
 
     def fetch(self, router_id: str) -> RouterSnapshot | None:
@@ -420,3 +420,51 @@ class FrozenRecord:
     def __init__(self, rebuild_requested: bool = False, ever_reachable: bool = True) -> None:
         self.rebuild_requested = rebuild_requested
         self.ever_reachable = ever_reachable
+
+
+def test_a_router_gone_from_neutron_loses_its_instance_then_its_record(store: Store) -> None:
+    provider = NoopProvider()
+    source = FixedSource(snapshot_of(recorded()))
+    reconciler = reconciler_for(store, FakeAppliance(), provider, source=source)
+    instance_id = active(reconciler, store)
+    source.snapshot = None  # the router deleted in Neutron
+    reconciler.step(ROUTER_ID, poll("router.delete.end"))
+    assert provider.deleted == [instance_id] and provider.list() == []
+    assert store.get_router(ROUTER_ID) is not None  # the instance first, then the record
+    reconciler.step(ROUTER_ID, poll("router.delete.end"))
+    assert store.get_router(ROUTER_ID) is None
+    # A router never known and already gone: nothing is recorded, nothing to come back for.
+    assert reconciler.step("never-seen", poll("router.delete.end")) is None
+    assert store.get_router("never-seen") is None
+
+
+def test_an_instance_gone_behind_astaras_back_is_replaced(store: Store) -> None:
+    provider = NoopProvider()
+    reconciler = reconciler_for(store, FakeAppliance(), provider)
+    first = active(reconciler, store)
+    provider.delete(first)  # the provider no longer has it (a Nova server deleted by hand)
+    replacement = active(reconciler, store)
+    assert replacement != first
+    assert [i.id for i in store.instances(ROUTER_ID)] == [replacement]
+
+
+def test_an_open_breaker_holds_a_replacement_back(store: Store) -> None:
+    provider = NoopProvider()
+    allowed = [True]
+    reconciler = RouterReconciler(
+        source=FixedSource(snapshot_of(recorded())),
+        store=store,
+        provider=provider,
+        clients=FakeAppliance(),  # type: ignore[arg-type]
+        status=LoggingStatusReporter(),
+        settings=Settings(management_prefixlen=64),
+        replacement_allowed=lambda: allowed[0],
+    )
+    first = active(reconciler, store)
+    allowed[0] = False
+    provider.delete(first)
+    for _ in range(3):
+        reconciler.step(ROUTER_ID, poll("test"))
+    assert provider.list() == []  # no replacement booted while the breaker is open
+    allowed[0] = True
+    assert active(reconciler, store) != first
