@@ -775,3 +775,39 @@ def test_the_conntrack_subsystem_cuts_only_over_a_previous_document_and_never_fa
     ConntrackSubsystem(RecordingTable(OSError("no conntrack netlink"))).apply(
         document(), first, LINKS
     )
+
+
+def test_port_ranges_that_overlap_go_to_separate_sets_and_the_rest_share_one() -> None:
+    from astara.appliance.nft_folding import Element, to_layers
+
+    def ports(first: int, last: int, name: str) -> Element:
+        return Element(f"{first}-{last}", ((first, last),), name)
+
+    layers = to_layers(
+        [ports(20, 30, "wide"), ports(25, 25, "inside"), ports(40, 40, "apart"),
+         ports(28, 35, "across"), ports(31, 31, "next")],
+        aligned=False,
+    )  # fmt: skip
+    names = [sorted(e.comment for e in layer.elements) for layer in layers]
+    # 25 and 28-35 overlap 20-30; 31 overlaps 28-35; 40 overlaps nothing.
+    assert names == [["apart", "next", "wide"], ["across", "inside"]]
+
+
+def test_elements_overlap_only_when_every_dimension_does() -> None:
+    from astara.appliance.nft_folding import intersects
+
+    assert intersects(((1, 5), (10, 20)), ((5, 9), (20, 30)))
+    assert not intersects(((1, 5), (10, 20)), ((5, 9), (21, 30)))
+    assert not intersects(((1, 5), (10, 20)), ((6, 9), (10, 20)))
+
+
+def test_a_directional_rule_needs_an_external_network_and_v6_sets_hold_v6_addresses() -> None:
+    from astara.appliance.nft_folding import Shape, match_prefix, set_type_of
+
+    ingress = Shape("ingress", 4, "tcp", ("destination_ports",))
+    assert match_prefix(ingress, None) is None
+    assert match_prefix(ingress, "eth1") == 'iifname "eth1" meta nfproto ipv4'
+    egress = Shape("egress", 6, "icmp", ())
+    assert match_prefix(egress, "eth1") == 'oifname "eth1" meta nfproto ipv6 meta l4proto ipv6-icmp'
+    v6 = Shape("any", 6, "udp", ("source_cidr", "destination_ports"))
+    assert set_type_of(v6) == "ipv6_addr . inet_service"
