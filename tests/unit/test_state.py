@@ -103,3 +103,29 @@ def test_deleted_router_loses_its_instance_then_is_forgotten() -> None:
 
 def test_unmanaged_router_is_not_touched() -> None:
     assert step(managed=False, instance=None) == (Action.NOTHING, State.UNMANAGED)
+
+
+def test_an_instance_its_provider_failed_is_replaced_as_a_failure() -> None:
+    failed = replace(HEALTHY, failed=True)
+    decision = decide(replace(BASE, instance=failed), POLICY)
+    assert (decision.action, decision.state, decision.failure) == (
+        Action.REPLACE,
+        State.BOOTING,
+        True,
+    )
+    # Other decisions are no failures.
+    assert not decide(replace(BASE, instance=None), POLICY).failure
+    assert not decide(replace(BASE, desired_generation=5), POLICY).failure
+
+
+def test_a_failure_time_left_from_before_a_success_is_no_backoff() -> None:
+    assert step(instance=None, failures=0, last_failure_at=BASE.now) == (
+        Action.BOOT,
+        State.BOOTING,
+    )
+
+
+def test_the_default_policy_gives_up_after_five_consecutive_failures() -> None:
+    failing = replace(BASE, instance=None, last_failure_at=0.0)
+    assert decide(replace(failing, failures=4), Policy()).state is not State.ERROR
+    assert decide(replace(failing, failures=5), Policy()).action is Action.MARK_ERROR
