@@ -9,6 +9,8 @@ copy of the package; a mutant is killed when they fail (or hang past the timeout
 modules are the reconciler, the state machine and the nftables renderer with its folding.
 Survivors are listed on stderr (file, line, mutation) so that each can be judged: a test
 missing, or a mutation that changes nothing observable. The last line is the summary.
+Each test run is in a network namespace of its own (``unshare --net``; run as root): a
+mutant once turned a recording nft runner into libnftables and replaced the host's rules.
 """
 
 from __future__ import annotations
@@ -134,9 +136,11 @@ def killed(mutant: Mutant, workdir: Path, timeout: float) -> bool:
     original = (ROOT / mutant.module).read_text()
     target.write_text(mutant_source(mutant))
     try:
+        # In a network namespace of its own: a mutant may turn a unit test's recording
+        # runner into the real one, and its packet filter must land nowhere that matters.
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-             "-p", "no:randomly", *MODULES[mutant.module]],
+            ["unshare", "--net", sys.executable, "-m", "pytest", "-x", "-q",
+             "-p", "no:cacheprovider", "-p", "no:randomly", *MODULES[mutant.module]],
             cwd=workdir,
             env={**os.environ, "PYTHONPATH": str(workdir)},
             capture_output=True,
