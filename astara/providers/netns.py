@@ -222,6 +222,8 @@ class Ip:
         return done.stdout
 
     def links(self, ns: str | None = None, *filters: str) -> list[dict[str, Any]]:
+        if ns is not None and not (NETNS_DIR / ns).exists():
+            return []  # a namespace deleted behind our back took its links with it
         out = self.run("-j", "link", "show", *filters, ns=ns)
         return json.loads(out) if out.strip() else []
 

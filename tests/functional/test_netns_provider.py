@@ -393,6 +393,23 @@ def test_delete_after_the_management_link_was_cut(
     assert_deleted_cleanly(breakable, tmp_path, pid)
 
 
+def test_teardown_after_every_namespace_was_deleted_behind_its_back(
+    breakable: NetnsProvider, client_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a host's cleanup (or a reboot) leaves: records, no namespaces, not even the
+    fabric. The next run's teardown must still clear the records, not fail on the fabric."""
+    boot_healthy(breakable, client_files)
+    pid = appliance_pid(breakable, BROKEN_SPEC.instance_id)
+    sh("kill", "-9", str(pid))
+    for ns in (breakable.names.instance_ns(BROKEN_SPEC.instance_id), breakable.names.fabric_ns):
+        sh("ip", "netns", "del", ns)
+    NetnsProvider(
+        breakable.state_dir, breakable.ca, prefix=BROKEN_PREFIX, management_subnet=BROKEN_SUBNET
+    ).teardown()
+    assert breakable.list() == []
+    assert leftovers(tmp_path / "state", BROKEN_PREFIX) == []
+
+
 def next_beat(sock: socket.socket, key: bytes, instance_id: str, seconds: float) -> Heartbeat:
     sock.settimeout(seconds)
     datagram, _ = sock.recvfrom(4096)
