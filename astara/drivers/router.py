@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GATEWAY_OWNER = "network:router_gateway"
+# How long the router source trusts its answer to "does Neutron serve this API extension".
+EXTENSION_TTL = 60.0
 # Every owner Neutron gives a port that belongs to a router rather than to a workload.
 ROUTER_OWNERS = frozenset(
     {
@@ -717,11 +720,18 @@ class NeutronRouterSource:
     BGP_EXTENSION = "bgp"  # neutron-dynamic-routing
     FWAAS_EXTENSION = "fwaas_v2"  # neutron-fwaas
 
-    def __init__(self, connection: Any, owns: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        owns: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``owns``: whether a router is Astara's (with the Neutron plugin, routers of other
         providers exist beside Astara's and must be left alone); None: every router is."""
         self._network = connection.network
         self._owns = owns
+        self._clock = clock
+        self._extensions: dict[str, tuple[bool, float]] = {}  # alias -> (served, asked at)
 
     def fetch(self, router_id: str) -> RouterSnapshot | None:
         """The router as Neutron has it now, or None when it is gone or not Astara's."""
@@ -805,7 +815,15 @@ class NeutronRouterSource:
                 yield {**forward, "floatingip_id": fip["id"]}
 
     def _has_extension(self, alias: str) -> bool:
-        return self._get(f"/extensions/{alias}", "extension") is not None
+        """Whether Neutron serves an API extension, asked at most once per EXTENSION_TTL:
+        the answer changes only with neutron-server's configuration, and asking on every
+        fetch cost three calls per reconcile."""
+        now = self._clock()
+        known = self._extensions.get(alias)
+        if known is None or now - known[1] > EXTENSION_TTL:
+            known = (self._get(f"/extensions/{alias}", "extension") is not None, now)
+            self._extensions[alias] = known
+        return known[0]
 
     def _get(self, path: str, key: str) -> dict[str, Any] | None:
         response = self._network.get(path)

@@ -369,3 +369,31 @@ def test_rendering_ignores_the_order_neutron_lists_things_in() -> None:
     for key in ("ports", "subnets", "networks", "network_ports", "floatingips", "port_forwardings"):
         reordered[key].reverse()
     assert rendered(reordered) == rendered(raw)
+
+
+def test_the_source_asks_neutron_for_its_extensions_once_per_ttl() -> None:
+    from astara.drivers.router import EXTENSION_TTL, NeutronRouterSource
+
+    class Answer:
+        def __init__(self, status: int, body: dict[str, Any]) -> None:
+            self.status_code, self._body, self.text = status, body, ""
+
+        def json(self) -> dict[str, Any]:
+            return self._body
+
+    class Network:
+        def __init__(self) -> None:
+            self.paths: list[str] = []
+
+        def get(self, path: str, params: Any = None) -> Answer:
+            self.paths.append(path)
+            return Answer(404, {}) if path.startswith("/extensions/") else Answer(200, {})
+
+    network, now = Network(), [0.0]
+    source = NeutronRouterSource(type("Conn", (), {"network": network})(), clock=lambda: now[0])
+    for _ in range(3):
+        assert not source._has_extension("fwaas_v2")
+    assert network.paths == ["/extensions/fwaas_v2"]
+    now[0] += EXTENSION_TTL + 1
+    source._has_extension("fwaas_v2")
+    assert network.paths == ["/extensions/fwaas_v2"] * 2
