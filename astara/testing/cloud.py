@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from astara.common.tls import CertificateAuthority
+from astara.orchestrator.appliance_client import ApplianceClient
 from astara.providers.netns import NetnsProvider, short_hash
 from astara.testing import services
 from astara.testing.netns import Namespace, Topology
@@ -65,6 +66,17 @@ class CloudInABox:
         """A provider object on the same state as the orchestrator's (for uplinks, checks)."""
         ca = CertificateAuthority.load_or_create(self.state_dir / "orchestrator" / "ca")
         return NetnsProvider(self.state_dir / "instances", ca, prefix=self.prefix)
+
+    def appliance(self) -> ApplianceClient:
+        """A client of the cloud's one appliance, with the orchestrator's own credentials."""
+        (instance,) = self.provider().list()
+        creds = self.state_dir / "orchestrator"
+        return ApplianceClient(
+            instance.management_address,
+            ca=creds / "ca" / "ca.pem",
+            cert=creds / "orchestrator-client.pem",
+            key=creds / "orchestrator-client.pem",
+        )
 
     def up(self) -> Endpoint:
         services.ensure_all()

@@ -14,7 +14,6 @@ from typing import Any
 import openstack
 import pytest
 
-from astara.orchestrator.appliance_client import ApplianceClient
 from astara.testing.chaos import eventually, plugin_cloud
 from astara.testing.cloud import CloudInABox
 from astara.testing.conversation import conversation
@@ -48,19 +47,9 @@ class World:
             return False
         return True
 
-    def appliance(self) -> ApplianceClient:
-        (instance,) = self.cloud.provider().list()
-        creds = STATE / "orchestrator"
-        return ApplianceClient(
-            instance.management_address,
-            ca=creds / "ca" / "ca.pem",
-            cert=creds / "orchestrator-client.pem",
-            key=creds / "orchestrator-client.pem",
-        )
-
     def group_rules(self, group_id: str, direction: str) -> list[str] | None:
         """The rule ids the appliance applies for a group, None while it has no such group."""
-        appliance = self.appliance()
+        appliance = self.cloud.appliance()
         try:
             config = appliance.get_config()
         finally:
@@ -155,7 +144,7 @@ def test_a_group_lets_the_allowed_port_through_and_refuses_the_others(world: Wor
             lambda: sdk.network.get_firewall_group(group.id).status == "ACTIVE", 30, "ACTIVE"
         )
 
-        appliance = world.appliance()
+        appliance = world.cloud.appliance()
         try:
             counters = {
                 (c["chain"], c["rule"]): c["packets"] for c in appliance.counters()["rules"]

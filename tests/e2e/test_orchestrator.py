@@ -55,15 +55,7 @@ class World:
         self.vms: dict[str, Workload] = {}
 
     def appliance(self) -> ApplianceClient:
-        instances = self.cloud.provider().list()
-        assert len(instances) == 1, instances
-        creds = STATE / "orchestrator"
-        return ApplianceClient(
-            instances[0].management_address,
-            ca=creds / "ca" / "ca.pem",
-            cert=creds / "orchestrator-client.pem",
-            key=creds / "orchestrator-client.pem",
-        )
+        return self.cloud.appliance()
 
     def appliance_pid(self) -> tuple[str, int]:
         (instance,) = self.cloud.provider().list()
